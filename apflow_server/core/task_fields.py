@@ -1,0 +1,233 @@
+"""Validation of the task fields a client may write (SPEC §2). Pure: no database, no clock.
+
+Every write goes through `validate_task_fields`, so the API, the CLI and the Python API refuse
+the same input with the same message naming the same field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from apflow_server.core.errors import ValidationError
+from apflow_server.core.types import MisfirePolicy, OverlapPolicy
+from apflow_server.schedules import parse_schedule_type
+from apflow_server.schedules.timezones import get_zone
+
+SCHEDULE_FIELDS = frozenset(
+    {
+        "schedule_type",
+        "schedule_expression",
+        "schedule_timezone",
+        "schedule_enabled",
+        "schedule_start_at",
+        "schedule_end_at",
+        "max_runs",
+        "schedule_misfire",
+        "schedule_overlap",
+        "schedule_jitter_seconds",
+    }
+)
+DEFINITION_FIELDS = frozenset(
+    {"name", "user_id", "priority", "inputs", "params", "schemas", "dependencies"}
+)
+CREATE_ONLY_FIELDS = frozenset({"id", "parent_id"})
+WRITABLE_ON_CREATE = DEFINITION_FIELDS | SCHEDULE_FIELDS | CREATE_ONLY_FIELDS
+WRITABLE_ON_UPDATE = DEFINITION_FIELDS | SCHEDULE_FIELDS
+READ_ONLY_FIELDS = frozenset(
+    {
+        "status",
+        "result",
+        "error",
+        "progress",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+        "run_count",
+        "next_run_at",
+        "last_run_at",
+    }
+)
+
+MAX_JITTER_SECONDS = 86_400
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+
+
+def validate_task_fields(data: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+    """Check and normalise the fields of one task write; refuse unknown and read-only fields."""
+    if not isinstance(data, Mapping):
+        raise ValidationError("task", "must be a JSON object")
+    allowed = WRITABLE_ON_CREATE if creating else WRITABLE_ON_UPDATE
+    clean: dict[str, Any] = {}
+    for field, value in data.items():
+        if field in READ_ONLY_FIELDS:
+            raise ValidationError(field, "is computed by the service and cannot be written")
+        if field in CREATE_ONLY_FIELDS and not creating:
+            raise ValidationError(field, "cannot be changed after the task is created")
+        if field not in allowed:
+            raise ValidationError(str(field), "unknown field")
+        clean[field] = _CHECKS[field](field, value)
+    if creating and "name" not in clean:
+        raise ValidationError("name", "is required")
+    return clean
+
+
+def parse_instant(field: str, value: Any) -> datetime | None:
+    """A datetime or ISO 8601 text; naive results are read later in the task's zone."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be an ISO 8601 datetime")
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(
+            field, f"{value!r} is not an ISO 8601 datetime (e.g. 2025-01-15T09:00:00Z)"
+        ) from None
+
+
+def _identifier(field: str, value: Any) -> str | None:
+    if value is None and field != "id":
+        return None
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValidationError(
+            field, "must be 1-64 characters: letters, digits and _ . : - (not starting with one)"
+        )
+    return value
+
+
+def _user_id(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        raise ValidationError(field, "must be a non-empty string of at most 255 characters")
+    return value.strip()
+
+
+def _name(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, "must be a non-empty string")
+    name: str = value.strip()
+    if len(name) > 200:
+        raise ValidationError(field, "must be at most 200 characters")
+    return name
+
+
+def _int_in(low: int, high: int | None) -> Any:
+    def check(field: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(field, "must be a whole number")
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f"at least {low}"
+            raise ValidationError(field, f"must be {bound}")
+        return value
+
+    return check
+
+
+def _optional(check: Any) -> Any:
+    def optional(field: str, value: Any) -> Any:
+        return None if value is None else check(field, value)
+
+    return optional
+
+
+def _json_object(field: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(field, "must be a JSON object")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValidationError(field, "must contain only JSON values") from None
+    return dict(value)
+
+
+def _dependencies(field: str, value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValidationError(field, 'must be a list of {"id": ..., "required": true}')
+    result: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        where = f"{field}[{index}]"
+        if isinstance(item, str):
+            item = {"id": item}
+        if not isinstance(item, dict):
+            raise ValidationError(where, 'must be {"id": ..., "required": true} or an id')
+        unknown = set(item) - {"id", "required"}
+        if unknown:
+            raise ValidationError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        ref = item.get("id")
+        if not isinstance(ref, str) or not ref.strip():
+            raise ValidationError(f"{where}.id", "must name a sibling task by id or name")
+        required = item.get("required", True)
+        if not isinstance(required, bool):
+            raise ValidationError(f"{where}.required", "must be true or false")
+        if ref in seen:
+            raise ValidationError(f"{where}.id", f"{ref!r} is listed twice")
+        seen.add(ref)
+        result.append({"id": ref.strip(), "required": required})
+    return result
+
+
+def _schedule_type(field: str, value: Any) -> str | None:
+    return None if value is None else parse_schedule_type(value).value
+
+
+def _expression(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 255:
+        raise ValidationError(field, "must be a string of at most 255 characters")
+    return value.strip() or None
+
+
+def _timezone(field: str, value: Any) -> str:
+    return str(get_zone(value, field).key)
+
+
+def _bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field, "must be true or false")
+    return value
+
+
+def _choice(enum: Any) -> Any:
+    def check(field: str, value: Any) -> str:
+        try:
+            return str(enum(value).value)
+        except ValueError:
+            names = ", ".join(member.value for member in enum)
+            raise ValidationError(field, f"must be one of {names}") from None
+
+    return check
+
+
+_CHECKS: dict[str, Any] = {
+    "id": _identifier,
+    "parent_id": _identifier,
+    "user_id": _user_id,
+    "name": _name,
+    "priority": _int_in(0, 3),
+    "inputs": _json_object,
+    "params": _json_object,
+    "schemas": _json_object,
+    "dependencies": _dependencies,
+    "schedule_type": _schedule_type,
+    "schedule_expression": _expression,
+    "schedule_timezone": _timezone,
+    "schedule_enabled": _bool,
+    "schedule_start_at": parse_instant,
+    "schedule_end_at": parse_instant,
+    "max_runs": _optional(_int_in(1, None)),
+    "schedule_misfire": _choice(MisfirePolicy),
+    "schedule_overlap": _choice(OverlapPolicy),
+    "schedule_jitter_seconds": _int_in(0, MAX_JITTER_SECONDS),
+}

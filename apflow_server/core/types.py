@@ -1,0 +1,75 @@
+"""The vocabulary of the service: enumerations and the webhook verify-hook contract."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ScheduleType(StrEnum):
+    ONCE = "once"
+    INTERVAL = "interval"
+    CRON = "cron"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+class MisfirePolicy(StrEnum):
+    RUN_ONCE = "run_once"
+    SKIP = "skip"
+    RUN_ALL = "run_all"
+
+
+class OverlapPolicy(StrEnum):
+    SKIP = "skip"
+    BUFFER_ONE = "buffer_one"
+    CANCEL_OTHER = "cancel_other"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    ABANDONED = "abandoned"
+    SKIPPED = "skipped"
+    MISSED = "missed"
+
+
+class RunTrigger(StrEnum):
+    SCHEDULE = "schedule"
+    WEBHOOK = "webhook"
+    MANUAL = "manual"
+    API = "api"
+
+
+@dataclass(frozen=True)
+class WebhookVerifyContext:
+    """What a webhook verify hook sees of an incoming trigger request."""
+
+    task_id: str
+    signature: str | None = None
+    timestamp: str | None = None
+    client_ip: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class WebhookVerifyResult:
+    """A verify hook's verdict; `user_id` names the caller when the hook knows it."""
+
+    valid: bool
+    user_id: str | None = None
+    error: str | None = None

@@ -1,0 +1,68 @@
+"""A stored task's schedule, and what its next occurrence is. Pure: works on any object with
+the task's schedule attributes (the ORM row, or a plain dataclass in tests)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from apflow_server.core.errors import ValidationError
+from apflow_server.core.types import ScheduleType
+from apflow_server.schedules.schedule import Schedule, jitter_delay
+from apflow_server.schedules.timezones import get_zone, resolve_local
+
+
+class ScheduledTask(Protocol):
+    id: str
+    schedule_type: str | None
+    schedule_expression: str | None
+    schedule_timezone: str
+    schedule_start_at: datetime | None
+    schedule_end_at: datetime | None
+    schedule_anchor_at: datetime | None
+    schedule_jitter_seconds: int
+    max_runs: int | None
+    run_count: int
+
+
+def localise(value: datetime | None, timezone: str) -> datetime | None:
+    """A bound without an offset is a wall-clock time in the task's zone (RFC 5545 rules)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return resolve_local(value, get_zone(timezone)).first
+
+
+def schedule_of(task: ScheduledTask) -> Schedule:
+    if task.schedule_type is None:
+        raise ValidationError("schedule_type", "the task has no schedule")
+    return Schedule.parse(
+        task.schedule_type,
+        task.schedule_expression,
+        task.schedule_timezone,
+        start_at=task.schedule_start_at,
+        end_at=task.schedule_end_at,
+        anchor_at=task.schedule_anchor_at,
+    )
+
+
+def runs_exhausted(task: ScheduledTask) -> bool:
+    return task.max_runs is not None and task.run_count >= task.max_runs
+
+
+def first_fire(schedule: Schedule, task: ScheduledTask, now: datetime) -> datetime | None:
+    """The occurrence a freshly enabled (or re-initialised) schedule waits for."""
+    return None if runs_exhausted(task) else schedule.first_fire(now)
+
+
+def fire_after(schedule: Schedule, task: ScheduledTask, after: datetime) -> datetime | None:
+    """The occurrence after `after`, or None when the schedule is over (end, max_runs, once)."""
+    if runs_exhausted(task) or schedule.type is ScheduleType.ONCE:
+        return None
+    return schedule.next_after(after)
+
+
+def due_time(task: ScheduledTask, next_run_at: datetime | None) -> datetime | None:
+    """When the occurrence at `next_run_at` becomes due: its instant plus the task's jitter."""
+    if next_run_at is None:
+        return None
+    return next_run_at + jitter_delay(task.id, next_run_at, task.schedule_jitter_seconds)

@@ -1,0 +1,163 @@
+"""Opening the database: engines, transactions and the schema version.
+
+SQLite is the embedded default. It runs in WAL mode with a busy timeout, and write
+transactions start with BEGIN IMMEDIATE: a deferred transaction that reads and then writes can
+fail at once with "database is locked" when another process wrote in between, whereas an
+immediate one waits its turn (busy_timeout) and then sees the latest data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from apflow_server.config import Settings, normalise_database_url
+from apflow_server.core.errors import ApflowError
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseError(ApflowError):
+    """The database cannot be used as it is (unreachable, or its schema is out of date)."""
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so BEGIN is ours (see module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """An engine plus the transaction helpers every storage module uses."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = normalise_database_url(url)
+        parsed = make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # One connection per session: SQLite serialises writers anyway, and pooled
+            # connections across forked or threaded users cause more harm than good.
+            self.engine = create_async_engine(self.url, poolclass=NullPool)
+            _install_sqlite_hooks(self.engine)
+        elif self.dialect == "postgresql":
+            self.engine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+        else:
+            raise DatabaseError(
+                f"unsupported database {parsed.drivername!r}: use sqlite:// or postgresql://"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(settings.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @asynccontextmanager
+    async def connect(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as connection:
+            if write and self.is_sqlite:
+                connection = await connection.execution_options(sqlite_begin="IMMEDIATE")
+            yield connection
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session in one transaction, committed on success and rolled back on error."""
+        async with self.connect(write=write) as connection:
+            async with AsyncSession(bind=connection, expire_on_commit=False) as session:
+                async with session.begin():
+                    yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    # ------------------------------------------------------------------ schema
+
+    async def current_revision(self) -> str | None:
+        try:
+            async with self.connect() as connection:
+                result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+                return result.scalar_one_or_none()
+        except (OperationalError, ProgrammingError) as exc:
+            if "alembic_version" in str(exc):
+                return None
+            raise DatabaseError(f"cannot reach the database: {_reason(exc)}") from None
+        except (DBAPIError, OSError) as exc:
+            raise DatabaseError(f"cannot reach the database: {_reason(exc)}") from None
+
+    async def upgrade(self, revision: str = "head") -> None:
+        """Apply migrations up to `revision` in one transaction."""
+        async with self.connect(write=True) as connection:
+            async with connection.begin():
+                await connection.run_sync(_run_upgrade, revision)
+
+    async def ensure_schema(self) -> None:
+        """Bring SQLite up to date; require PostgreSQL to be migrated explicitly.
+
+        The embedded file belongs to this installation, so it migrates itself. A shared
+        PostgreSQL database is migrated by an operator (`apflow db upgrade`), once, not by
+        whichever replica happens to start first.
+        """
+        current = await self.current_revision()
+        if current == head_revision():
+            return
+        if self.is_sqlite:
+            await self.upgrade()
+            return
+        state = "has no schema" if current is None else f"is at revision {current}"
+        raise DatabaseError(
+            f"the database {state}; run `apflow db upgrade` to migrate it to {head_revision()}"
+        )
+
+
+def _run_upgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def _reason(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__

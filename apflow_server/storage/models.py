@@ -1,0 +1,215 @@
+"""The tables: tasks (definition and latest execution) and task_runs (the run history)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite keeps no offset, so values are stored as naive UTC there; PostgreSQL uses timestamptz.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    parent_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("tasks.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    priority: Mapped[int] = mapped_column(Integer, default=2)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    schemas: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dependencies: Mapped[list[Any]] = mapped_column(default=list)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+
+    schedule_type: Mapped[str | None] = mapped_column(String(16))
+    schedule_expression: Mapped[str | None] = mapped_column(String(255))
+    schedule_timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    schedule_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    schedule_start_at: Mapped[datetime | None]
+    schedule_end_at: Mapped[datetime | None]
+    max_runs: Mapped[int | None] = mapped_column(Integer)
+    run_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_run_at: Mapped[datetime | None]
+    last_run_at: Mapped[datetime | None]
+    schedule_misfire: Mapped[str] = mapped_column(String(16), default="run_once")
+    schedule_overlap: Mapped[str] = mapped_column(String(16), default="skip")
+    schedule_jitter_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    # Internal: the first instant of an interval grid when no schedule_start_at is set.
+    schedule_anchor_at: Mapped[datetime | None]
+    # Internal: when the next occurrence becomes due (next_run_at plus its jitter); the
+    # scheduler's claim query and its sleep both read this column.
+    due_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # The claim query: enabled schedules ordered by due time. Partial, so the index holds
+        # only the rows the scheduler can ever pick, however many tasks are stored.
+        Index(
+            "ix_tasks_due",
+            "due_at",
+            postgresql_where=text("schedule_enabled"),
+            sqlite_where=text("schedule_enabled = 1"),
+        ),
+        Index(
+            "ix_tasks_user_due",
+            "user_id",
+            "due_at",
+            postgresql_where=text("schedule_enabled"),
+            sqlite_where=text("schedule_enabled = 1"),
+        ),
+    )
+
+
+class TaskRun(Base):
+    __tablename__ = "task_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), ForeignKey("tasks.id", ondelete="CASCADE"))
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    trigger: Mapped[str] = mapped_column(String(16))
+    scheduled_for: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    instance_id: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        # Exactly once: an occurrence of a task can be recorded a single time, whoever claims it.
+        # Ad-hoc runs have scheduled_for NULL, and NULLs never collide.
+        UniqueConstraint("task_id", "scheduled_for", name="uq_task_runs_occurrence"),
+        Index("ix_task_runs_task_created", "task_id", "created_at"),
+        Index(
+            "ix_task_runs_running_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+    )
+
+
+TASK_FIELDS = (
+    "id",
+    "parent_id",
+    "user_id",
+    "name",
+    "status",
+    "priority",
+    "inputs",
+    "params",
+    "schemas",
+    "dependencies",
+    "result",
+    "error",
+    "progress",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "schedule_type",
+    "schedule_expression",
+    "schedule_timezone",
+    "schedule_enabled",
+    "schedule_start_at",
+    "schedule_end_at",
+    "max_runs",
+    "run_count",
+    "next_run_at",
+    "last_run_at",
+    "schedule_misfire",
+    "schedule_overlap",
+    "schedule_jitter_seconds",
+)
+RUN_FIELDS = (
+    "id",
+    "task_id",
+    "user_id",
+    "trigger",
+    "scheduled_for",
+    "started_at",
+    "finished_at",
+    "status",
+    "attempt",
+    "error",
+    "result",
+    "instance_id",
+)
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """The task as its JSON representation (SPEC §2 names; datetimes in ISO 8601 with offset)."""
+    return {name: _json_value(getattr(task, name)) for name in TASK_FIELDS}
+
+
+def run_to_dict(run: TaskRun) -> dict[str, Any]:
+    return {name: _json_value(getattr(run, name)) for name in RUN_FIELDS}

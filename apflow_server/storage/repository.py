@@ -1,0 +1,619 @@
+"""TaskRepository: every read and write of tasks and their run history.
+
+Each public method is one transaction. Writes validate everything first and write nothing when
+anything is refused.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apflow_server.config import Settings
+from apflow_server.core.errors import ConflictError, NotFoundError, ValidationError
+from apflow_server.core.task_fields import (
+    SCHEDULE_FIELDS,
+    parse_instant,
+    validate_task_fields,
+)
+from apflow_server.core.trees import NodeRef, batch_label, plan_batch, resolve_dependencies
+from apflow_server.core.types import RunStatus, RunTrigger, ScheduleType, TaskStatus
+from apflow_server.schedules import Schedule, parse_schedule_type
+from apflow_server.schedules.expressions import IntervalRecurrence
+from apflow_server.schedules.plan import (
+    due_time,
+    fire_after,
+    first_fire,
+    localise,
+    runs_exhausted,
+    schedule_of,
+)
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import Task, TaskRun
+
+MAX_PAGE = 1000
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Page:
+    items: list[Any]
+    total: int
+
+
+@dataclass
+class TaskNode:
+    task: Task
+    children: list[TaskNode] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from apflow_server.storage.models import task_to_dict
+
+        return {**task_to_dict(self.task), "children": [c.to_dict() for c in self.children]}
+
+
+def check_page(limit: Any, offset: Any) -> tuple[int, int]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValidationError("limit", f"must be a whole number in 1..{MAX_PAGE}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValidationError("offset", "must be a whole number, at least 0")
+    return limit, offset
+
+
+def _instant(field_name: str, value: Any) -> datetime | None:
+    parsed = parse_instant(field_name, value)
+    if parsed is not None and parsed.tzinfo is None:
+        raise ValidationError(field_name, "must carry a UTC offset, e.g. 2025-01-15T09:00:00Z")
+    return parsed.astimezone(UTC) if parsed else None
+
+
+class TaskRepository:
+    """Tasks, trees and schedules in the database.
+
+    `TaskRepository()` uses the database of the environment (APFLOW_DATABASE_URL, else the
+    SQLite file under APFLOW_HOME) and migrates a fresh SQLite file on first use.
+    """
+
+    def __init__(
+        self,
+        database: Database | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self._database = database
+        self._schema_checked = database is not None
+        self.clock = clock
+
+    async def db(self) -> Database:
+        if self._database is None:
+            self._database = Database.from_settings(self.settings)
+        if not self._schema_checked:
+            await self._database.ensure_schema()
+            self._schema_checked = True
+        return self._database
+
+    # ------------------------------------------------------------------ create
+
+    async def create_task(self, **fields: Any) -> Task:
+        """Create one task (keyword fields of SPEC §2)."""
+        return (await self.create_tasks([fields]))[0]
+
+    async def create_tasks(self, specs: Sequence[Mapping[str, Any]]) -> list[Task]:
+        """Create a tree in one transaction: dependencies and parents may name tasks by name."""
+        if not isinstance(specs, Sequence) or isinstance(specs, str | bytes) or not specs:
+            raise ValidationError("tasks", "must be a non-empty list of tasks")
+        label = batch_label(len(specs))
+        cleaned = [
+            _with_prefix(label(i), validate_task_fields, spec, creating=True)
+            for i, spec in enumerate(specs)
+        ]
+        now = self.clock()
+        database = await self.db()
+        async with database.transaction(write=True) as session:
+            given = [spec["id"] for spec in cleaned if spec.get("id")]
+            existing = await session.scalars(select(Task.id).where(Task.id.in_(given)))
+            nodes = plan_batch(cleaned, existing)
+            root_index = next(
+                i for i, n in enumerate(nodes) if n.parent_id not in {m.id for m in nodes}
+            )
+            root = nodes[root_index]
+            parent: Task | None = None
+            siblings: list[NodeRef] = []
+            if root.parent_id is not None:
+                parent = await session.get(Task, root.parent_id)
+                if parent is None:
+                    raise ValidationError(
+                        f"{label(root_index)}parent_id", f"no task {root.parent_id!r}"
+                    )
+                rows = await session.scalars(select(Task).where(Task.parent_id == parent.id))
+                siblings = [_node_of(row) for row in rows]
+            resolve_dependencies(
+                [*nodes, *siblings],
+                field_of=lambda node: (
+                    f"{label(nodes.index(node))}dependencies" if node in nodes else "dependencies"
+                ),
+            )
+            owner = cleaned[root_index].get("user_id", parent.user_id if parent else None)
+            if parent is not None and parent.user_id != owner:
+                raise ValidationError(
+                    f"{label(root_index)}user_id", "must match the owner of the parent task"
+                )
+            tasks = []
+            for index, (node, spec) in enumerate(zip(nodes, cleaned, strict=True)):
+                if spec.get("user_id", owner) != owner:
+                    raise ValidationError(
+                        f"{label(index)}user_id", "every task of a tree has the root's owner"
+                    )
+                task = Task(
+                    id=node.id,
+                    parent_id=node.parent_id,
+                    user_id=owner,
+                    name=spec["name"],
+                    status=TaskStatus.PENDING.value,
+                    priority=spec.get("priority", 2),
+                    inputs=spec.get("inputs", {}),
+                    params=spec.get("params", {}),
+                    schemas=spec.get("schemas", {}),
+                    dependencies=node.dependencies,
+                    progress=0.0,
+                    created_at=now,
+                    updated_at=now,
+                    schedule_timezone=self.settings.default_timezone,
+                    schedule_enabled=False,
+                    run_count=0,
+                    schedule_misfire="run_once",
+                    schedule_overlap="skip",
+                    schedule_jitter_seconds=0,
+                )
+                schedule_values = {k: v for k, v in spec.items() if k in SCHEDULE_FIELDS}
+                _with_prefix(
+                    label(index),
+                    self._apply_schedule,
+                    task,
+                    schedule_values,
+                    now,
+                    was_enabled=False,
+                )
+                tasks.append(task)
+            session.add_all(tasks)
+        return tasks
+
+    # ------------------------------------------------------------------ read
+
+    async def get_task_by_id(self, task_id: str) -> Task | None:
+        database = await self.db()
+        async with database.transaction() as session:
+            return await session.get(Task, task_id)
+
+    async def require_task(self, task_id: str) -> Task:
+        task = await self.get_task_by_id(task_id)
+        if task is None:
+            raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+        return task
+
+    async def list_tasks(
+        self,
+        *,
+        user_id: str | None = None,
+        status: str | None = None,
+        parent_id: str | None = None,
+        roots_only: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        limit, offset = check_page(limit, offset)
+        query = select(Task)
+        if user_id is not None:
+            query = query.where(Task.user_id == user_id)
+        if status is not None:
+            query = query.where(Task.status == _status(status))
+        if parent_id is not None:
+            query = query.where(Task.parent_id == parent_id)
+        if roots_only:
+            query = query.where(Task.parent_id.is_(None))
+        return await self._page(query.order_by(Task.created_at, Task.id), limit, offset)
+
+    async def get_tree(self, task_id: str) -> TaskNode:
+        """The whole tree the task belongs to, from its root; children by priority."""
+        database = await self.db()
+        async with database.transaction() as session:
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            root = await _root_of(session, task)
+            rows = await _subtree(session, root.id)
+        return build_tree(rows, root.id)
+
+    # ------------------------------------------------------------------ update
+
+    async def update_task(self, task_id: str, **fields: Any) -> Task:
+        """Change a task's definition or schedule; an enabled schedule gets its next_run_at."""
+        cleaned = validate_task_fields(fields, creating=False)
+        now = self.clock()
+        database = await self.db()
+        async with database.transaction(write=True) as session:
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            if "dependencies" in cleaned:
+                siblings: list[NodeRef] = []
+                if task.parent_id is not None:
+                    rows = await session.scalars(
+                        select(Task).where(Task.parent_id == task.parent_id, Task.id != task.id)
+                    )
+                    siblings = [_node_of(row) for row in rows]
+                node = NodeRef(task.id, cleaned.get("name", task.name), task.parent_id)
+                node.dependencies = cleaned["dependencies"]
+                resolve_dependencies([node, *siblings])
+                task.dependencies = node.dependencies
+            if "user_id" in cleaned and cleaned["user_id"] != task.user_id:
+                if task.parent_id is not None:
+                    raise ValidationError("user_id", "only a root task's owner can be changed")
+                for row in await _subtree(session, task.id):
+                    row.user_id = cleaned["user_id"]
+            for name in ("name", "priority", "inputs", "params", "schemas"):
+                if name in cleaned:
+                    setattr(task, name, cleaned[name])
+            schedule_values = {k: v for k, v in cleaned.items() if k in SCHEDULE_FIELDS}
+            if schedule_values:
+                self._apply_schedule(task, schedule_values, now, was_enabled=task.schedule_enabled)
+            task.updated_at = now
+        return task
+
+    def _apply_schedule(
+        self, task: Task, values: dict[str, Any], now: datetime, *, was_enabled: bool
+    ) -> None:
+        """Write schedule fields and keep the invariant: enabled ⇔ next_run_at is set."""
+        if not values:
+            return
+        if task.parent_id is not None and (
+            values.get("schedule_type") or values.get("schedule_enabled")
+        ):
+            raise ValidationError(
+                "schedule_type", "only a root task can be scheduled (its whole tree runs)"
+            )
+        grid_changed = bool(
+            {"schedule_type", "schedule_expression", "schedule_start_at"} & values.keys()
+        )
+        for name, value in values.items():
+            setattr(task, name, value)
+        # Bounds without an offset are wall-clock times in the task's zone.
+        task.schedule_start_at = localise(task.schedule_start_at, task.schedule_timezone)
+        task.schedule_end_at = localise(task.schedule_end_at, task.schedule_timezone)
+        if task.schedule_type is None:
+            if task.schedule_enabled:
+                raise ValidationError("schedule_type", "an enabled schedule needs a type")
+            task.next_run_at = task.due_at = task.schedule_anchor_at = None
+            return
+        if not task.schedule_expression:
+            raise ValidationError(
+                "schedule_expression", f"a {task.schedule_type} schedule needs an expression"
+            )
+        schedule = schedule_of(task)  # validates type, expression, zone and bounds
+        if not task.schedule_enabled:
+            task.next_run_at = task.due_at = None
+            return
+        if isinstance(schedule.recurrence, IntervalRecurrence) and (
+            grid_changed or not was_enabled or task.schedule_anchor_at is None
+        ):
+            task.schedule_anchor_at = now + schedule.recurrence.period
+        schedule = schedule_of(task)
+        next_run = first_fire(schedule, task, now)
+        if next_run is None:
+            raise _why_never(task, schedule)
+        task.next_run_at = next_run
+        task.due_at = due_time(task, next_run)
+
+    # ------------------------------------------------------------------ delete
+
+    async def delete_task(self, task_id: str) -> list[str]:
+        """Delete a task and its descendants; refused while any of them runs."""
+        database = await self.db()
+        async with database.transaction(write=True) as session:
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            rows = await _subtree(session, task.id)
+            busy = [row for row in rows if row.status == TaskStatus.IN_PROGRESS.value]
+            if busy:
+                raise ConflictError(
+                    f"task {busy[0].id!r} ({busy[0].name}) is running; cancel it first",
+                    data={"task_id": busy[0].id},
+                )
+            if task.parent_id is not None:
+                siblings = await session.scalars(
+                    select(Task).where(Task.parent_id == task.parent_id, Task.id != task.id)
+                )
+                for sibling in siblings:
+                    if any(dep["id"] == task.id for dep in sibling.dependencies):
+                        raise ConflictError(
+                            f"task {sibling.id!r} ({sibling.name}) depends on it; "
+                            "remove that dependency first",
+                            data={"task_id": sibling.id},
+                        )
+            ids = [row.id for row in rows]
+            await session.execute(delete(TaskRun).where(TaskRun.task_id.in_(ids)))
+            await session.execute(delete(Task).where(Task.id.in_(ids)))
+        return ids
+
+    # ------------------------------------------------------------------ scheduled queries
+
+    async def list_scheduled(
+        self,
+        *,
+        enabled_only: bool = True,
+        user_id: str | None = None,
+        schedule_type: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page:
+        limit, offset = check_page(limit, offset)
+        query = select(Task).where(Task.schedule_type.is_not(None))
+        if enabled_only:
+            query = query.where(Task.schedule_enabled.is_(True))
+        if user_id is not None:
+            query = query.where(Task.user_id == user_id)
+        if schedule_type is not None:
+            query = query.where(Task.schedule_type == parse_schedule_type(schedule_type).value)
+        if status is not None:
+            query = query.where(Task.status == _status(status))
+        ordered = query.order_by(Task.next_run_at.is_(None), Task.next_run_at, Task.id)
+        return await self._page(ordered, limit, offset)
+
+    async def due_tasks(
+        self, *, before: datetime | str | None = None, user_id: str | None = None, limit: int = 100
+    ) -> list[Task]:
+        """Enabled schedules whose next occurrence is due by `before` (default now) and that are
+        not running, oldest first."""
+        limit, _ = check_page(limit, 0)
+        cutoff = _instant("before", before) or self.clock()
+        query = (
+            due_filter(select(Task), cutoff, user_id)
+            .where(Task.status != TaskStatus.IN_PROGRESS.value)
+            .order_by(Task.due_at, Task.id)
+            .limit(limit)
+        )
+        database = await self.db()
+        async with database.transaction() as session:
+            return list(await session.scalars(query))
+
+    async def init_schedule(self, task_id: str, *, from_time: datetime | str | None = None) -> Task:
+        """Recompute next_run_at from `from_time` (default now) on the task's current grid."""
+        start = _instant("from_time", from_time)
+        now = self.clock()
+        database = await self.db()
+        async with database.transaction(write=True) as session:
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            if task.schedule_type is None:
+                raise ValidationError("schedule_type", "the task has no schedule")
+            if not task.schedule_enabled:
+                raise ValidationError(
+                    "schedule_enabled", "the schedule is disabled; enable it first"
+                )
+            schedule = schedule_of(task)
+            if start is None:
+                next_run = first_fire(schedule, task, now)
+            elif schedule.type is ScheduleType.ONCE:
+                when = schedule.first_fire(start)
+                next_run = when if when and when > start and not runs_exhausted(task) else None
+            else:
+                next_run = None if runs_exhausted(task) else schedule.next_after(start)
+            _set_next_run(task, next_run)
+            task.updated_at = now
+        return task
+
+    async def complete_scheduled(
+        self,
+        task_id: str,
+        *,
+        success: bool = True,
+        error: str | None = None,
+        result: Any = None,
+        calculate_next_run: bool = True,
+    ) -> Task:
+        """Record the outcome of a run an external scheduler performed, and move the schedule on.
+
+        The occurrence it served is the current next_run_at when that is due, so reporting the
+        same occurrence twice is refused by the history's unique key.
+        """
+        if not isinstance(success, bool):
+            raise ValidationError("success", "must be true or false")
+        if error is not None and not isinstance(error, str):
+            raise ValidationError("error", "must be a string")
+        if not isinstance(calculate_next_run, bool):
+            raise ValidationError("calculate_next_run", "must be true or false")
+        now = self.clock()
+        database = await self.db()
+        occurrence: datetime | None = None
+        try:
+            async with database.transaction(write=True) as session:
+                task = await session.get(Task, task_id)
+                if task is None:
+                    raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                if task.status == TaskStatus.IN_PROGRESS.value:
+                    raise ConflictError(
+                        f"task {task_id!r} is running here; its run completes itself",
+                        data={"task_id": task_id},
+                    )
+                occurrence = (
+                    task.next_run_at if task.next_run_at and task.next_run_at <= now else None
+                )
+                status = RunStatus.COMPLETED if success else RunStatus.FAILED
+                session.add(
+                    TaskRun(
+                        id=str(uuid.uuid4()),
+                        task_id=task.id,
+                        user_id=task.user_id,
+                        trigger=RunTrigger.API.value,
+                        scheduled_for=occurrence,
+                        started_at=now,
+                        finished_at=now,
+                        status=status.value,
+                        attempt=1,
+                        error=None if success else (error or "failed"),
+                        result=result,
+                        created_at=now,
+                    )
+                )
+                task.status = TaskStatus.COMPLETED.value if success else TaskStatus.FAILED.value
+                task.result = result
+                task.error = None if success else (error or "failed")
+                task.completed_at = now
+                task.last_run_at = now
+                task.run_count += 1
+                task.updated_at = now
+                if calculate_next_run and task.schedule_enabled and task.schedule_type:
+                    after = max(now, occurrence) if occurrence else now
+                    _set_next_run(task, fire_after(schedule_of(task), task, after))
+                await session.flush()
+                await prune_runs(session, task.id, self.settings.run_history_keep)
+        except IntegrityError:
+            raise ConflictError(
+                f"the occurrence of task {task_id!r} at {occurrence} is already recorded",
+                data={"task_id": task_id},
+            ) from None
+        return task
+
+    # ------------------------------------------------------------------ run history
+
+    async def list_runs(
+        self,
+        *,
+        task_id: str | None = None,
+        user_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        limit, offset = check_page(limit, offset)
+        query = select(TaskRun)
+        if task_id is not None:
+            query = query.where(TaskRun.task_id == task_id)
+        if user_id is not None:
+            query = query.where(TaskRun.user_id == user_id)
+        if status is not None:
+            try:
+                query = query.where(TaskRun.status == RunStatus(status).value)
+            except ValueError:
+                names = ", ".join(s.value for s in RunStatus)
+                raise ValidationError("status", f"must be one of {names}") from None
+        ordered = query.order_by(TaskRun.created_at.desc(), TaskRun.id)
+        return await self._page(ordered, limit, offset)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _page(self, query: Select[Any], limit: int, offset: int) -> Page:
+        database = await self.db()
+        async with database.transaction() as session:
+            total = await session.scalar(
+                select(func.count()).select_from(query.order_by(None).subquery())
+            )
+            items = list(await session.scalars(query.limit(limit).offset(offset)))
+        return Page(items, total or 0)
+
+
+# ---------------------------------------------------------------------- shared query pieces
+
+
+def due_filter(query: Select[Any], cutoff: datetime, user_id: str | None) -> Select[Any]:
+    """The rows whose next occurrence is due by `cutoff`. Shaped for the partial index
+    ix_tasks_due (ix_tasks_user_due with a user): `schedule_enabled` and `due_at` lead."""
+    query = query.where(
+        Task.schedule_enabled.is_(True),
+        Task.due_at <= cutoff,
+        or_(Task.max_runs.is_(None), Task.run_count < Task.max_runs),
+        or_(Task.schedule_end_at.is_(None), Task.next_run_at <= Task.schedule_end_at),
+    )
+    if user_id is not None:
+        query = query.where(Task.user_id == user_id)
+    return query
+
+
+async def prune_runs(session: AsyncSession, task_id: str, keep: int) -> None:
+    """Keep the newest `keep` history rows of a task, never a running one."""
+    stale = (
+        select(TaskRun.id)
+        .where(TaskRun.task_id == task_id, TaskRun.status != RunStatus.RUNNING.value)
+        .order_by(TaskRun.created_at.desc(), TaskRun.id.desc())
+        .offset(keep)
+    )
+    await session.execute(delete(TaskRun).where(TaskRun.id.in_(stale.scalar_subquery())))
+
+
+def build_tree(rows: Sequence[Task], root_id: str) -> TaskNode:
+    nodes = {row.id: TaskNode(row) for row in rows}
+    for row in sorted(rows, key=lambda r: (r.priority, r.created_at, r.id)):
+        if row.parent_id in nodes and row.id != root_id:
+            nodes[row.parent_id].children.append(nodes[row.id])
+    return nodes[root_id]
+
+
+async def _subtree(session: AsyncSession, root_id: str) -> list[Task]:
+    tree = select(Task.id).where(Task.id == root_id).cte("subtree", recursive=True)
+    tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
+    return list(await session.scalars(select(Task).where(Task.id.in_(select(tree.c.id)))))
+
+
+async def _root_of(session: AsyncSession, task: Task) -> Task:
+    while task.parent_id is not None:
+        parent = await session.get(Task, task.parent_id)
+        if parent is None:
+            break
+        task = parent
+    return task
+
+
+def _node_of(task: Task) -> NodeRef:
+    return NodeRef(task.id, task.name, task.parent_id, [dict(d) for d in task.dependencies])
+
+
+def _status(value: str) -> str:
+    try:
+        return TaskStatus(value).value
+    except ValueError:
+        names = ", ".join(s.value for s in TaskStatus)
+        raise ValidationError("status", f"must be one of {names}") from None
+
+
+def _set_next_run(task: Task, next_run: datetime | None) -> None:
+    """Point the schedule at its next occurrence, or disable it when there is none."""
+    task.next_run_at = next_run
+    task.due_at = due_time(task, next_run)
+    if next_run is None:
+        task.schedule_enabled = False
+
+
+def _why_never(task: Task, schedule: Schedule) -> ValidationError:
+    if runs_exhausted(task):
+        return ValidationError(
+            "max_runs", f"already reached ({task.run_count} runs); raise it to enable the schedule"
+        )
+    if schedule.end_at is not None:
+        return ValidationError("schedule_end_at", "no occurrence is left before this end bound")
+    return ValidationError("schedule_expression", "the schedule has no future occurrence")
+
+
+def _with_prefix(prefix: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call `function`, prefixing the field of a ValidationError (`tasks[2].name`)."""
+    try:
+        return function(*args, **kwargs)
+    except ValidationError as exc:
+        if not prefix or exc.field.startswith(prefix):
+            raise
+        raise ValidationError(prefix + exc.field, exc.reason) from None
