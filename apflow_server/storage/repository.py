@@ -490,6 +490,59 @@ class TaskRepository:
             ) from None
         return task
 
+    async def preview_schedule(
+        self,
+        *,
+        task_id: str | None = None,
+        count: int = 10,
+        after: datetime | str | None = None,
+        **schedule_fields: Any,
+    ) -> list[datetime]:
+        """The next `count` fire times of a stored task's schedule, or of schedule fields given
+        here (nothing is saved). An unsaved interval without a start counts from now."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAGE:
+            raise ValidationError("count", f"must be a whole number in 1..{MAX_PAGE}")
+        now = self.clock()
+        start = _instant("after", after) or now
+        remaining: int | None = None
+        if task_id is not None:
+            if schedule_fields:
+                raise ValidationError(sorted(schedule_fields)[0], "give a task_id or a schedule")
+            task = await self.require_task(task_id)
+            schedule = schedule_of(task)
+            if task.max_runs is not None:
+                remaining = task.max_runs - task.run_count
+        else:
+            fields = validate_task_fields(schedule_fields, creating=False)
+            if set(fields) - SCHEDULE_FIELDS:
+                raise ValidationError(sorted(set(fields) - SCHEDULE_FIELDS)[0], "unknown field")
+            draft = Task(
+                id="preview",
+                schedule_type=fields.get("schedule_type"),
+                schedule_expression=fields.get("schedule_expression"),
+                schedule_timezone=fields.get(
+                    "schedule_timezone", self.settings.default_timezone
+                ),
+                schedule_start_at=fields.get("schedule_start_at"),
+                schedule_end_at=fields.get("schedule_end_at"),
+                schedule_anchor_at=None,
+            )
+            if draft.schedule_type is None:
+                raise ValidationError("schedule_type", "is required for a preview")
+            if not draft.schedule_expression:
+                raise ValidationError("schedule_expression", "is required for a preview")
+            draft.schedule_start_at = localise(draft.schedule_start_at, draft.schedule_timezone)
+            draft.schedule_end_at = localise(draft.schedule_end_at, draft.schedule_timezone)
+            schedule = schedule_of(draft)
+            if isinstance(schedule.recurrence, IntervalRecurrence) and schedule.start_at is None:
+                draft.schedule_anchor_at = now + schedule.recurrence.period
+                schedule = schedule_of(draft)
+            remaining = fields.get("max_runs")
+        if schedule.type is ScheduleType.ONCE:
+            when = schedule.first_fire(start)
+            return [when] if when is not None and remaining != 0 else []
+        return schedule.preview(count, start, remaining)
+
     # ------------------------------------------------------------------ run history
 
     async def list_runs(
