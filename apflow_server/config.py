@@ -31,6 +31,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return (env.get(name) or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
+
+
 def normalise_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean asyncpg; `sqlite://` means aiosqlite."""
     for prefix in ("postgresql://", "postgres://"):
@@ -50,6 +58,9 @@ class Settings:
     max_catchup_runs: int = 100
     lease_seconds: int = 30
     run_history_keep: int = 1000
+    rest_allow_private_urls: bool = False
+    allow_command_executor: bool = False
+    command_allowlist: tuple[str, ...] = ()
 
     @property
     def is_sqlite(self) -> bool:
@@ -75,4 +86,7 @@ class Settings:
             max_catchup_runs=_int(env, "APFLOW_MAX_CATCHUP_RUNS", 100, minimum=1),
             lease_seconds=_int(env, "APFLOW_LEASE_SECONDS", 30, minimum=2),
             run_history_keep=_int(env, "APFLOW_RUN_HISTORY_KEEP", 1000, minimum=1),
+            rest_allow_private_urls=_flag(env, "APFLOW_REST_ALLOW_PRIVATE_URLS"),
+            allow_command_executor=_flag(env, "APFLOW_ALLOW_COMMAND_EXECUTOR"),
+            command_allowlist=_list(env, "APFLOW_COMMAND_ALLOWLIST"),
         )

@@ -1,1 +1,17 @@
+"""Execution: executors by name, and running task trees."""
 
+from apflow_server.execution.builtins import ExecutionError
+from apflow_server.execution.registry import (
+    ExecutionContext,
+    ExecutorRegistry,
+    register_executor,
+    registry,
+)
+
+__all__ = [
+    "ExecutionContext",
+    "ExecutionError",
+    "ExecutorRegistry",
+    "register_executor",
+    "registry",
+]

@@ -66,3 +66,19 @@ def due_time(task: ScheduledTask, next_run_at: datetime | None) -> datetime | No
     if next_run_at is None:
         return None
     return next_run_at + jitter_delay(task.id, next_run_at, task.schedule_jitter_seconds)
+
+
+def occurrences_due(
+    schedule: Schedule, task: ScheduledTask, first: datetime, until: datetime, limit: int
+) -> tuple[list[datetime], datetime | None]:
+    """Occurrences from `first` (inclusive) that are due by `until`, at most `limit` of them,
+    and the occurrence that follows them (None when the schedule ends)."""
+    found: list[datetime] = []
+    current: datetime | None = first
+    while current is not None and len(found) < limit:
+        due = due_time(task, current)
+        if due is None or due > until:
+            break
+        found.append(current)
+        current = schedule.next_after(current)
+    return found, current

@@ -102,6 +102,11 @@ class Task(Base):
     # Internal: when the next occurrence becomes due (next_run_at plus its jitter); the
     # scheduler's claim query and its sleep both read this column.
     due_at: Mapped[datetime | None]
+    # Internal: the run that currently owns the task (status in_progress); a run that lost
+    # ownership (cancelled by another, or reclaimed) must not write the task any more.
+    current_run_id: Mapped[str | None] = mapped_column(String(64))
+    # Internal: a manual trigger waiting for a scheduler (`apflow scheduler trigger`).
+    trigger_requested_at: Mapped[datetime | None]
 
     __table_args__ = (
         # The claim query: enabled schedules ordered by due time. Partial, so the index holds
@@ -111,6 +116,12 @@ class Task(Base):
             "due_at",
             postgresql_where=text("schedule_enabled"),
             sqlite_where=text("schedule_enabled = 1"),
+        ),
+        Index(
+            "ix_tasks_trigger_requested",
+            "trigger_requested_at",
+            postgresql_where=text("trigger_requested_at IS NOT NULL"),
+            sqlite_where=text("trigger_requested_at IS NOT NULL"),
         ),
         Index(
             "ix_tasks_user_due",
@@ -152,6 +163,22 @@ class TaskRun(Base):
             sqlite_where=text("status = 'running'"),
         ),
     )
+
+
+class SchedulerInstance(Base):
+    """One row per scheduler process: its identity, a heartbeat and its stats."""
+
+    __tablename__ = "scheduler_instances"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    user_filter: Mapped[str | None] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime] = mapped_column(index=True)
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 TASK_FIELDS = (

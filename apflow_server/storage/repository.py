@@ -234,7 +234,7 @@ class TaskRepository:
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
             root = await _root_of(session, task)
-            rows = await _subtree(session, root.id)
+            rows = await subtree_of(session, root.id)
         return build_tree(rows, root.id)
 
     # ------------------------------------------------------------------ update
@@ -262,7 +262,7 @@ class TaskRepository:
             if "user_id" in cleaned and cleaned["user_id"] != task.user_id:
                 if task.parent_id is not None:
                     raise ValidationError("user_id", "only a root task's owner can be changed")
-                for row in await _subtree(session, task.id):
+                for row in await subtree_of(session, task.id):
                     row.user_id = cleaned["user_id"]
             for name in ("name", "priority", "inputs", "params", "schemas"):
                 if name in cleaned:
@@ -309,7 +309,7 @@ class TaskRepository:
         if isinstance(schedule.recurrence, IntervalRecurrence) and (
             grid_changed or not was_enabled or task.schedule_anchor_at is None
         ):
-            task.schedule_anchor_at = now + schedule.recurrence.period
+            task.schedule_anchor_at = now.replace(microsecond=0) + schedule.recurrence.period
         schedule = schedule_of(task)
         next_run = first_fire(schedule, task, now)
         if next_run is None:
@@ -326,7 +326,7 @@ class TaskRepository:
             task = await session.get(Task, task_id)
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
-            rows = await _subtree(session, task.id)
+            rows = await subtree_of(session, task.id)
             busy = [row for row in rows if row.status == TaskStatus.IN_PROGRESS.value]
             if busy:
                 raise ConflictError(
@@ -414,7 +414,7 @@ class TaskRepository:
                 next_run = when if when and when > start and not runs_exhausted(task) else None
             else:
                 next_run = None if runs_exhausted(task) else schedule.next_after(start)
-            _set_next_run(task, next_run)
+            set_next_run(task, next_run)
             task.updated_at = now
         return task
 
@@ -480,7 +480,7 @@ class TaskRepository:
                 task.updated_at = now
                 if calculate_next_run and task.schedule_enabled and task.schedule_type:
                     after = max(now, occurrence) if occurrence else now
-                    _set_next_run(task, fire_after(schedule_of(task), task, after))
+                    set_next_run(task, fire_after(schedule_of(task), task, after))
                 await session.flush()
                 await prune_runs(session, task.id, self.settings.run_history_keep)
         except IntegrityError:
@@ -520,9 +520,7 @@ class TaskRepository:
                 id="preview",
                 schedule_type=fields.get("schedule_type"),
                 schedule_expression=fields.get("schedule_expression"),
-                schedule_timezone=fields.get(
-                    "schedule_timezone", self.settings.default_timezone
-                ),
+                schedule_timezone=fields.get("schedule_timezone", self.settings.default_timezone),
                 schedule_start_at=fields.get("schedule_start_at"),
                 schedule_end_at=fields.get("schedule_end_at"),
                 schedule_anchor_at=None,
@@ -535,7 +533,7 @@ class TaskRepository:
             draft.schedule_end_at = localise(draft.schedule_end_at, draft.schedule_timezone)
             schedule = schedule_of(draft)
             if isinstance(schedule.recurrence, IntervalRecurrence) and schedule.start_at is None:
-                draft.schedule_anchor_at = now + schedule.recurrence.period
+                draft.schedule_anchor_at = now.replace(microsecond=0) + schedule.recurrence.period
                 schedule = schedule_of(draft)
             remaining = fields.get("max_runs")
         if schedule.type is ScheduleType.ONCE:
@@ -617,7 +615,7 @@ def build_tree(rows: Sequence[Task], root_id: str) -> TaskNode:
     return nodes[root_id]
 
 
-async def _subtree(session: AsyncSession, root_id: str) -> list[Task]:
+async def subtree_of(session: AsyncSession, root_id: str) -> list[Task]:
     tree = select(Task.id).where(Task.id == root_id).cte("subtree", recursive=True)
     tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
     return list(await session.scalars(select(Task).where(Task.id.in_(select(tree.c.id)))))
@@ -644,7 +642,7 @@ def _status(value: str) -> str:
         raise ValidationError("status", f"must be one of {names}") from None
 
 
-def _set_next_run(task: Task, next_run: datetime | None) -> None:
+def set_next_run(task: Task, next_run: datetime | None) -> None:
     """Point the schedule at its next occurrence, or disable it when there is none."""
     task.next_run_at = next_run
     task.due_at = due_time(task, next_run)

@@ -1,0 +1,140 @@
+"""The `apflow` command: the root group, and the one place errors become messages.
+
+Every failure ends as exactly one line on stderr:
+- `Error: <message>` exit 1 when the operation was refused (any ApflowError: a validation,
+  not-found, conflict, database or configuration error);
+- `Error: <message>` exit 2 for a malformed command line (click's usage errors, bad JSON);
+- `Error: internal error: <type>: <message>` exit 1 for a bug (APFLOW_DEBUG=1 adds the
+  traceback);
+- exit 130, silently, on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import click
+
+from apflow_server.core.errors import ApflowError
+
+from .db import db_group
+from .tasks import tasks_group
+
+try:
+    __version__ = version("apflow-server")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "unknown"
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {one_line(message)}", err=True)
+
+
+def usage_message(error: click.ClickException) -> str:
+    """Click's message for a usage error, led by the option it is about."""
+    if isinstance(error, click.BadParameter) and not isinstance(error, click.MissingParameter):
+        param = error.param
+        if param is not None:
+            options = [opt for opt in param.opts if opt.startswith("--")] or param.opts
+            hint = (
+                max(options, key=len)
+                if isinstance(param, click.Option)
+                else (param.name or "").upper()
+            )
+            return f"{hint}: {error.message}"
+    return error.format_message()
+
+
+class ApflowGroup(click.Group):
+    """The root group: runs the command and turns every outcome into an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        code = self.run(args, prog_name, complete_var, windows_expand_args, **extra)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+    def run(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str | None,
+        complete_var: str | None,
+        windows_expand_args: bool,
+        **extra: Any,
+    ) -> int:
+        try:
+            result = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.format_message())
+            return 0
+        except click.ClickException as error:
+            fail(usage_message(error))
+            return error.exit_code
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        except ApflowError as error:
+            fail(error.message)
+            return EXIT_REFUSED
+        except Exception as error:
+            if os.environ.get("APFLOW_DEBUG") == "1":
+                traceback.print_exc()
+            fail(f"internal error: {type(error).__name__}: {error}")
+            return EXIT_REFUSED
+        # Commands return None; an int here is the code of a click Exit (--help, --version).
+        return result if isinstance(result, int) else 0
+
+
+@click.group(
+    cls=ApflowGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "--version", prog_name="apflow", message="%(prog)s %(version)s")
+def apflow() -> None:
+    """apflow-server: task trees on schedules, fired exactly once, visible in your calendar.
+
+    The database is APFLOW_DATABASE_URL, else the SQLite file APFLOW_HOME/apflow.db
+    (APFLOW_HOME defaults to ~/.apflow).
+    """
+
+
+apflow.add_command(db_group)
+apflow.add_command(tasks_group)
+
+
+def main() -> None:
+    """The `apflow` console script."""
+    apflow.main(prog_name="apflow")

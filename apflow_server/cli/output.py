@@ -1,0 +1,291 @@
+"""Rendering for every command: rich tables for people, JSON on stdout for programs.
+
+JSON shapes, one per kind of result:
+- one task: the task object (`task_to_dict`);
+- a list of tasks or runs: `{"items": [...], "total": N}` (paged listings add `limit` and
+  `offset`; `total` counts every match, not only this page);
+- a tree: the root task object with a `children` list, recursively;
+- a preview: `{"task_id", "schedule_type", "schedule_expression", "schedule_timezone",
+  "fire_times": [{"utc": ..., "local": ...}]}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from apflow_server.storage.models import Task, TaskRun, run_to_dict, task_to_dict
+from apflow_server.storage.repository import Page, TaskNode
+
+# Piped output is not cut at 80 columns: ids must stay whole and copyable.
+PIPE_WIDTH = 200
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console on the current stdout (or stderr), created per use so redirection works."""
+    out = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(stderr=stderr, highlight=False, soft_wrap=False, width=PIPE_WIDTH)
+    return out
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def line(message: str) -> None:
+    """A plain line on stdout (no markup, no wrapping), e.g. an id to copy."""
+    click.echo(message)
+
+
+# ---------------------------------------------------------------------- values
+
+
+def instant(value: datetime | None) -> str:
+    """A UTC instant for a table: `2025-03-06 09:00:00Z`."""
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def local_instant(value: datetime, zone: str) -> str:
+    """The wall-clock time of `value` in `zone`: `2025-03-30 03:30:00 CEST (+02:00)`."""
+    local = value.astimezone(ZoneInfo(zone))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} ({offset[:3]}:{offset[3:]})"
+
+
+def schedule_text(task: Task) -> str:
+    if task.schedule_type is None:
+        return "-"
+    text = f"{task.schedule_type} {task.schedule_expression or ''}".strip()
+    text += f" {task.schedule_timezone}"
+    return text if task.schedule_enabled else f"{text} (disabled)"
+
+
+def runs_text(task: Task) -> str:
+    return f"{task.run_count}/{task.max_runs}" if task.max_runs is not None else str(task.run_count)
+
+
+def cell(value: Any) -> Text:
+    """A table cell shown literally (a name like `[red]` is not rich markup)."""
+    if value is None:
+        return Text("-")
+    if isinstance(value, bool):
+        return Text("yes" if value else "no")
+    if isinstance(value, dict | list):
+        return Text(json.dumps(value, ensure_ascii=False))
+    return Text(str(value))
+
+
+def describe(task: Task) -> str:
+    return f"{task.id} ({task.name})"
+
+
+# ---------------------------------------------------------------------- tasks
+
+
+def task_table(tasks: Iterable[Task], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name")
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Schedule")
+    table.add_column("Next run (UTC)", no_wrap=True)
+    table.add_column("Runs", justify="right", no_wrap=True)
+    table.add_column("User")
+    for task in tasks:
+        table.add_row(
+            cell(task.id),
+            cell(task.name),
+            cell(task.status),
+            cell(schedule_text(task)),
+            cell(instant(task.next_run_at)),
+            cell(runs_text(task)),
+            cell(task.user_id),
+        )
+    return table
+
+
+def show_task(task: Task, output_format: str, headline: str | None = None) -> None:
+    """One task: every field in table mode (after an optional headline)."""
+    if output_format == "json":
+        print_json(task_to_dict(task))
+        return
+    if headline:
+        line(headline)
+    table = Table(show_header=False)
+    table.add_column("Field", style="bold", no_wrap=True)
+    table.add_column("Value")
+    for name, value in task_to_dict(task).items():
+        table.add_row(name, cell(value))
+    console().print(table)
+
+
+def show_task_row(task: Task, output_format: str, headline: str) -> None:
+    """One task after a change: the headline and its one-row summary."""
+    if output_format == "json":
+        print_json(task_to_dict(task))
+        return
+    line(headline)
+    console().print(task_table([task]))
+
+
+def _page_footer(shown: int, total: int, offset: int) -> str:
+    if shown == 0:
+        return f"Nothing on this page ({total} in all)." if total else ""
+    return f"{offset + 1}-{offset + shown} of {total}"
+
+
+def show_tasks(
+    tasks: Sequence[Task],
+    output_format: str,
+    *,
+    total: int | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    empty: str = "No tasks found.",
+) -> None:
+    """A list of tasks; `limit` given means a paged listing."""
+    total = len(tasks) if total is None else total
+    if output_format == "json":
+        data: dict[str, Any] = {"items": [task_to_dict(t) for t in tasks], "total": total}
+        if limit is not None:
+            data.update(limit=limit, offset=offset)
+        print_json(data)
+        return
+    if not total:
+        line(empty)
+        return
+    out = console()
+    out.print(task_table(tasks))
+    if limit is not None:
+        out.print(_page_footer(len(tasks), total, offset))
+
+
+def show_page(page: Page, output_format: str, *, limit: int, offset: int, empty: str) -> None:
+    show_tasks(page.items, output_format, total=page.total, limit=limit, offset=offset, empty=empty)
+
+
+def _tree_label(task: Task) -> Text:
+    label = Text()
+    label.append(task.name, style="bold")
+    label.append(f"  {task.id}  [{task.status}]")
+    if task.schedule_type is not None:
+        label.append(f"  {schedule_text(task)}, next {instant(task.next_run_at)}")
+    return label
+
+
+def show_tree(node: TaskNode, output_format: str) -> None:
+    if output_format == "json":
+        print_json(node.to_dict())
+        return
+
+    def add(branch: Tree, child: TaskNode) -> None:
+        sub = branch.add(_tree_label(child.task))
+        for grandchild in child.children:
+            add(sub, grandchild)
+
+    tree = Tree(_tree_label(node.task))
+    for child in node.children:
+        add(tree, child)
+    console().print(tree)
+
+
+# ---------------------------------------------------------------------- runs
+
+
+def show_runs(page: Page, output_format: str, *, limit: int, offset: int) -> None:
+    runs: list[TaskRun] = page.items
+    if output_format == "json":
+        print_json(
+            {
+                "items": [run_to_dict(run) for run in runs],
+                "total": page.total,
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+        return
+    if not page.total:
+        line("No runs found.")
+        return
+    table = Table()
+    table.add_column("Run ID", no_wrap=True)
+    table.add_column("Task ID", no_wrap=True)
+    table.add_column("Trigger", no_wrap=True)
+    table.add_column("Scheduled for", no_wrap=True)
+    table.add_column("Started", no_wrap=True)
+    table.add_column("Finished", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Attempt", justify="right")
+    table.add_column("Error")
+    for run in runs:
+        table.add_row(
+            cell(run.id),
+            cell(run.task_id),
+            cell(run.trigger),
+            cell(instant(run.scheduled_for)),
+            cell(instant(run.started_at)),
+            cell(instant(run.finished_at)),
+            cell(run.status),
+            cell(run.attempt),
+            cell(run.error),
+        )
+    out = console()
+    out.print(table)
+    out.print(_page_footer(len(runs), page.total, offset))
+
+
+# ---------------------------------------------------------------------- preview
+
+
+def show_preview(
+    fire_times: Sequence[datetime],
+    output_format: str,
+    *,
+    task_id: str | None,
+    schedule_type: str,
+    expression: str,
+    zone: str,
+) -> None:
+    if output_format == "json":
+        local = ZoneInfo(zone)
+        print_json(
+            {
+                "task_id": task_id,
+                "schedule_type": schedule_type,
+                "schedule_expression": expression,
+                "schedule_timezone": zone,
+                "fire_times": [
+                    {
+                        "utc": when.astimezone(UTC).isoformat(),
+                        "local": when.astimezone(local).isoformat(),
+                    }
+                    for when in fire_times
+                ],
+            }
+        )
+        return
+    subject = f"task {task_id}: " if task_id else ""
+    title = f"{subject}{schedule_type} {expression} ({zone})"
+    if not fire_times:
+        line(f"{title}: no upcoming fire times.")
+        return
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("UTC", no_wrap=True)
+    table.add_column(f"Local ({zone})", no_wrap=True)
+    for number, when in enumerate(fire_times, start=1):
+        table.add_row(str(number), instant(when), local_instant(when, zone))
+    console().print(table)

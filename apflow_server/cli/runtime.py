@@ -1,0 +1,59 @@
+"""Running a command's work against the database: Settings, Database and TaskRepository are
+opened for one command, its coroutine runs under `asyncio.run`, and the engine is disposed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+
+from apflow_server.config import Settings
+from apflow_server.storage.database import Database, DatabaseError
+from apflow_server.storage.repository import TaskRepository
+
+T = TypeVar("T")
+
+
+def open_database(settings: Settings) -> Database:
+    """The configured database, or a DatabaseError saying why it cannot be opened."""
+    try:
+        return Database.from_settings(settings)
+    except ArgumentError as exc:
+        raise DatabaseError(f"APFLOW_DATABASE_URL is not a database URL: {exc}") from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot open the database: {exc}") from None
+
+
+async def _with_database(
+    settings: Settings, work: Callable[[Database], Awaitable[T]], *, ensure_schema: bool
+) -> T:
+    database = open_database(settings)
+    try:
+        if ensure_schema:
+            await database.ensure_schema()
+        return await work(database)
+    except (OperationalError, InterfaceError) as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise DatabaseError(f"database error: {reason}") from None
+    finally:
+        await database.dispose()
+
+
+def run_with_database(work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `work` on the configured database as it is, without a schema check (`apflow db`)."""
+    return asyncio.run(_with_database(Settings.from_env(), work, ensure_schema=False))
+
+
+def run_with_repository(work: Callable[[TaskRepository], Awaitable[T]]) -> T:
+    """Run `work` with a TaskRepository on the configured database, its schema ensured first:
+    a fresh SQLite file is migrated; PostgreSQL must have been migrated by `apflow db upgrade`.
+    """
+    settings = Settings.from_env()
+
+    def with_repository(database: Database) -> Awaitable[T]:
+        return work(TaskRepository(database, settings=settings))
+
+    return asyncio.run(_with_database(settings, with_repository, ensure_schema=True))

@@ -1,0 +1,217 @@
+"""`apflow tasks scheduled ...`: the schedules of tasks: list, due, init, complete, preview."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+
+from apflow_server.core.types import ScheduleType
+from apflow_server.storage.models import Task
+from apflow_server.storage.repository import MAX_PAGE, TaskRepository
+
+from . import output
+from .options import (
+    choice_of,
+    format_option,
+    given_values,
+    page_options,
+    schedule_definition_options,
+    task_status_filter,
+    user_id_filter,
+)
+from .params import INSTANT, JSON_ANY
+from .runtime import run_with_repository
+
+PREVIEW_FIELDS = (
+    "schedule_type",
+    "schedule_expression",
+    "schedule_timezone",
+    "schedule_start_at",
+    "schedule_end_at",
+    "max_runs",
+)
+
+
+@click.group("scheduled")
+def scheduled_group() -> None:
+    """Scheduled tasks: what is due, when it fires next, and reporting external runs."""
+
+
+@scheduled_group.command("list")
+@click.option("--all", "include_disabled", is_flag=True, help="Include disabled schedules.")
+@user_id_filter
+@click.option(
+    "--type", "schedule_type", type=choice_of(ScheduleType), help="Only schedules of this type."
+)
+@task_status_filter
+@page_options()
+@format_option
+def list_scheduled(
+    include_disabled: bool,
+    user_id: str | None,
+    schedule_type: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+    output_format: str,
+) -> None:
+    """List tasks with a schedule, soonest next run first (enabled ones unless --all)."""
+
+    async def work(repository: TaskRepository) -> Any:
+        return await repository.list_scheduled(
+            enabled_only=not include_disabled,
+            user_id=user_id,
+            schedule_type=schedule_type,
+            status=status,
+            limit=limit,
+            offset=offset,
+        )
+
+    output.show_page(
+        run_with_repository(work),
+        output_format,
+        limit=limit,
+        offset=offset,
+        empty="No scheduled tasks found.",
+    )
+
+
+@scheduled_group.command("due")
+@click.option(
+    "--before", type=INSTANT, help="Due by this instant (e.g. 2025-03-06T09:00:00Z); default now."
+)
+@user_id_filter
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_PAGE),
+    default=50,
+    show_default=True,
+    help="Show at most this many.",
+)
+@format_option
+def due(before: datetime | None, user_id: str | None, limit: int, output_format: str) -> None:
+    """Enabled schedules whose next run is due and that are not running, oldest first."""
+
+    async def work(repository: TaskRepository) -> list[Task]:
+        return await repository.due_tasks(before=before, user_id=user_id, limit=limit)
+
+    output.show_tasks(run_with_repository(work), output_format, empty="No task is due.")
+
+
+@scheduled_group.command("init")
+@click.argument("task_id")
+@click.option(
+    "--from-time", type=INSTANT, help="Compute the next run after this instant (default: now)."
+)
+@format_option
+def init(task_id: str, from_time: datetime | None, output_format: str) -> None:
+    """Recompute a task's next_run_at on its schedule."""
+
+    async def work(repository: TaskRepository) -> Task:
+        return await repository.init_schedule(task_id, from_time=from_time)
+
+    task = run_with_repository(work)
+    if task.next_run_at is None:
+        headline = f"Task {output.describe(task)} has no next run; its schedule is now disabled"
+    else:
+        headline = f"Next run of task {output.describe(task)}: {output.instant(task.next_run_at)}"
+    output.show_task_row(task, output_format, headline)
+
+
+@scheduled_group.command("complete")
+@click.argument("task_id")
+@click.option(
+    "--success/--failure", default=True, show_default=True, help="How the external run ended."
+)
+@click.option("--error", help="What went wrong (with --failure).")
+@click.option("--result", type=JSON_ANY, help="The run's result, as JSON.")
+@click.option(
+    "--no-next-run", is_flag=True, help="Do not move the schedule on to its next occurrence."
+)
+@format_option
+def complete(
+    task_id: str,
+    success: bool,
+    error: str | None,
+    result: Any,
+    no_next_run: bool,
+    output_format: str,
+) -> None:
+    """Record the outcome of a run an external scheduler performed, and move the schedule on."""
+
+    async def work(repository: TaskRepository) -> Task:
+        return await repository.complete_scheduled(
+            task_id,
+            success=success,
+            error=error,
+            result=result,
+            calculate_next_run=not no_next_run,
+        )
+
+    task = run_with_repository(work)
+    outcome = "a successful" if success else "a failed"
+    next_run = output.instant(task.next_run_at) if task.next_run_at else "none"
+    output.show_task_row(
+        task,
+        output_format,
+        f"Recorded {outcome} run of task {output.describe(task)}; next run: {next_run}",
+    )
+
+
+@scheduled_group.command("preview")
+@click.argument("task_id", required=False)
+@click.option(
+    "--count",
+    type=click.IntRange(1, MAX_PAGE),
+    default=10,
+    show_default=True,
+    help="How many fire times.",
+)
+@click.option("--after", type=INSTANT, help="Fire times after this instant (default: now).")
+@schedule_definition_options
+@format_option
+@click.pass_context
+def preview(
+    ctx: click.Context,
+    /,
+    task_id: str | None,
+    count: int,
+    after: datetime | None,
+    output_format: str,
+    **_: Any,
+) -> None:
+    """The next fire times of a stored task's schedule, or of a schedule given by the
+    --schedule-* options (nothing is saved), in UTC and in the schedule's zone."""
+    fields = given_values(ctx, PREVIEW_FIELDS)
+    if task_id is not None and fields:
+        raise click.UsageError("give a TASK_ID or --schedule-* options, not both")
+    if task_id is None and not fields:
+        raise click.UsageError(
+            "give a TASK_ID, or --schedule-type and --schedule-expression to preview"
+        )
+
+    async def work(repository: TaskRepository) -> tuple[list[datetime], str, str, str]:
+        if task_id is not None:
+            task = await repository.require_task(task_id)
+            times = await repository.preview_schedule(task_id=task_id, count=count, after=after)
+            return (
+                times,
+                task.schedule_type or "",
+                task.schedule_expression or "",
+                task.schedule_timezone,
+            )
+        times = await repository.preview_schedule(count=count, after=after, **fields)
+        zone = fields.get("schedule_timezone") or repository.settings.default_timezone
+        return times, fields["schedule_type"], fields["schedule_expression"], zone
+
+    times, schedule_type, expression, zone = run_with_repository(work)
+    output.show_preview(
+        times,
+        output_format,
+        task_id=task_id,
+        schedule_type=schedule_type,
+        expression=expression,
+        zone=zone,
+    )

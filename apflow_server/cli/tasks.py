@@ -1,0 +1,304 @@
+"""`apflow tasks ...`: create, read, change and delete tasks and trees, and their run history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from apflow_server.storage.models import Task
+from apflow_server.storage.repository import TaskNode, TaskRepository
+
+from . import output
+from .options import (
+    dependencies_option,
+    executor_option,
+    flag_of,
+    format_option,
+    given,
+    given_values,
+    inputs_option,
+    page_options,
+    params_option,
+    priority_option,
+    run_status_filter,
+    schedule_options,
+    schemas_option,
+    task_status_filter,
+    user_id_filter,
+)
+from .params import TaskFile
+from .runtime import run_with_repository
+from .scheduled import scheduled_group
+
+# Options that set a task field, by parameter name; `executor` is folded into params.
+FIELD_PARAMS = (
+    "name",
+    "inputs",
+    "params",
+    "schemas",
+    "executor",
+    "user_id",
+    "priority",
+    "parent_id",
+    "dependencies",
+    "new_id",
+    "schedule_type",
+    "schedule_expression",
+    "schedule_timezone",
+    "schedule_enabled",
+    "schedule_start_at",
+    "schedule_end_at",
+    "max_runs",
+    "schedule_misfire",
+    "schedule_overlap",
+    "schedule_jitter_seconds",
+)
+
+
+@click.group("tasks")
+def tasks_group() -> None:
+    """Create, inspect, change and delete tasks."""
+
+
+tasks_group.add_command(scheduled_group)
+
+
+def _fields(ctx: click.Context) -> tuple[dict[str, Any], str | None]:
+    """The task fields given on the command line, and the --executor when given."""
+    fields = given_values(ctx, [name for name in FIELD_PARAMS if name in ctx.params])
+    if "new_id" in fields:
+        fields["id"] = fields.pop("new_id")
+    executor = fields.pop("executor", None)
+    return fields, executor
+
+
+def _with_executor(params: dict[str, Any] | None, executor: str) -> dict[str, Any]:
+    return {**(params or {}), "executor_id": executor}
+
+
+# ---------------------------------------------------------------------- create
+
+
+@tasks_group.command("create")
+@click.option("--name", help="The task's name (1-200 characters).")
+@inputs_option
+@params_option
+@schemas_option
+@executor_option
+@click.option("--user-id", help="The owner.")
+@priority_option
+@click.option("--parent-id", help="Create the task under this parent.")
+@dependencies_option
+@click.option("--id", "new_id", help="Use this id instead of a generated uuid.")
+@click.option(
+    "--file",
+    "tree_file",
+    type=TaskFile(),
+    help="Create a tree from a JSON file (`-` = stdin): a list of task objects whose "
+    "parent_id and dependencies may name each other by id or name, or one task object.",
+)
+@schedule_options
+@format_option
+@click.pass_context
+def create(
+    ctx: click.Context, /, tree_file: list[dict[str, Any]] | None, output_format: str, **_: Any
+) -> None:
+    """Create a task, or a whole tree with --file (validated in full before anything is
+    written)."""
+    fields, executor = _fields(ctx)
+    if tree_file is not None:
+        mixed = given(ctx, FIELD_PARAMS)
+        if mixed:
+            flags = ", ".join(flag_of(ctx, name) for name in mixed)
+            raise click.UsageError(f"--file: cannot be combined with {flags}")
+        specs = tree_file
+    else:
+        if "name" not in fields:
+            raise click.UsageError("Missing option '--name' (or give a tree with --file).")
+        if executor is not None:
+            fields["params"] = _with_executor(fields.get("params"), executor)
+        specs = [fields]
+
+    async def work(repository: TaskRepository) -> list[Task]:
+        return await repository.create_tasks(specs)
+
+    tasks = run_with_repository(work)
+    if output_format == "json":
+        if tree_file is None:
+            output.show_task(tasks[0], "json")
+        else:
+            output.show_tasks(tasks, "json")
+        return
+    for task in tasks:
+        output.line(f"Created task {output.describe(task)}")
+        if task.next_run_at is not None:
+            output.line(f"  next run: {output.instant(task.next_run_at)}")
+
+
+# ---------------------------------------------------------------------- read
+
+
+@tasks_group.command("get")
+@click.argument("task_id")
+@format_option
+def get(task_id: str, output_format: str) -> None:
+    """Show one task, every field."""
+
+    async def work(repository: TaskRepository) -> Task:
+        return await repository.require_task(task_id)
+
+    output.show_task(run_with_repository(work), output_format)
+
+
+@tasks_group.command("list")
+@user_id_filter
+@task_status_filter
+@click.option("--parent-id", help="Only the children of this task.")
+@click.option("--roots-only", is_flag=True, help="Only root tasks (no parent).")
+@page_options()
+@format_option
+def list_tasks(
+    user_id: str | None,
+    status: str | None,
+    parent_id: str | None,
+    roots_only: bool,
+    limit: int,
+    offset: int,
+    output_format: str,
+) -> None:
+    """List tasks, oldest first."""
+
+    async def work(repository: TaskRepository) -> Any:
+        return await repository.list_tasks(
+            user_id=user_id,
+            status=status,
+            parent_id=parent_id,
+            roots_only=roots_only,
+            limit=limit,
+            offset=offset,
+        )
+
+    output.show_page(
+        run_with_repository(work),
+        output_format,
+        limit=limit,
+        offset=offset,
+        empty="No tasks found.",
+    )
+
+
+@tasks_group.command("tree")
+@click.argument("task_id")
+@format_option
+def tree(task_id: str, output_format: str) -> None:
+    """Show the whole tree a task belongs to, from its root."""
+
+    async def work(repository: TaskRepository) -> TaskNode:
+        return await repository.get_tree(task_id)
+
+    output.show_tree(run_with_repository(work), output_format)
+
+
+@tasks_group.command("runs")
+@click.argument("task_id", required=False)
+@user_id_filter
+@run_status_filter
+@page_options()
+@format_option
+def runs(
+    task_id: str | None,
+    user_id: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+    output_format: str,
+) -> None:
+    """The run history, newest first: of one task, or of all tasks."""
+
+    async def work(repository: TaskRepository) -> Any:
+        if task_id is not None:
+            await repository.require_task(task_id)
+        return await repository.list_runs(
+            task_id=task_id, user_id=user_id, status=status, limit=limit, offset=offset
+        )
+
+    output.show_runs(run_with_repository(work), output_format, limit=limit, offset=offset)
+
+
+# ---------------------------------------------------------------------- update
+
+
+@tasks_group.command("update")
+@click.argument("task_id")
+@click.option("--name", help="A new name.")
+@inputs_option
+@params_option
+@schemas_option
+@executor_option
+@click.option("--user-id", help="A new owner (root tasks only; the whole tree follows).")
+@priority_option
+@dependencies_option
+@schedule_options
+@format_option
+@click.pass_context
+def update(ctx: click.Context, /, task_id: str, output_format: str, **_: Any) -> None:
+    """Change a task: only the options given are changed. An enabled schedule gets its
+    next_run_at at once."""
+    fields, executor = _fields(ctx)
+    if not fields and executor is None:
+        raise click.UsageError(
+            "nothing to change: give at least one option, e.g. --name or --schedule-enabled"
+        )
+
+    async def work(repository: TaskRepository) -> Task:
+        if executor is not None:
+            params = fields.get("params")
+            if params is None:
+                params = (await repository.require_task(task_id)).params
+            fields["params"] = _with_executor(params, executor)
+        return await repository.update_task(task_id, **fields)
+
+    task = run_with_repository(work)
+    output.show_task_row(task, output_format, f"Updated task {output.describe(task)}")
+
+
+# ---------------------------------------------------------------------- delete
+
+
+def _subtree(node: TaskNode, task_id: str) -> TaskNode | None:
+    if node.task.id == task_id:
+        return node
+    for child in node.children:
+        found = _subtree(child, task_id)
+        if found is not None:
+            return found
+    return None
+
+
+def _flatten(node: TaskNode) -> list[Task]:
+    return [node.task, *(task for child in node.children for task in _flatten(child))]
+
+
+@tasks_group.command("delete")
+@click.argument("task_id")
+@format_option
+def delete(task_id: str, output_format: str) -> None:
+    """Delete a task with all its descendants and their run history."""
+
+    async def work(repository: TaskRepository) -> tuple[list[str], dict[str, str]]:
+        root = await repository.get_tree(task_id)
+        doomed = _subtree(root, task_id)
+        names = {task.id: task.name for task in _flatten(doomed)} if doomed else {}
+        return await repository.delete_task(task_id), names
+
+    deleted, names = run_with_repository(work)
+    ordered = [task_id, *(other for other in deleted if other != task_id)]
+    if output_format == "json":
+        output.print_json({"deleted": ordered})
+        return
+    others = len(ordered) - 1
+    suffix = f" and {others} descendant{'s' if others != 1 else ''}" if others else ""
+    output.line(f"Deleted task {task_id} ({names.get(task_id, '?')}){suffix}")
+    for other in ordered[1:]:
+        output.line(f"  {other} ({names.get(other, '?')})")

@@ -1,0 +1,214 @@
+"""Running one task tree: children before parents, siblings by priority and dependencies.
+
+Pure orchestration over an in-memory snapshot of the tree; every state change is reported to a
+`TaskStateSink`, which the runner backs with the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from apflow_server.execution.registry import ExecutionContext, ExecutorRegistry
+
+logger = logging.getLogger(__name__)
+
+AGGREGATE = "aggregate_results_executor"
+
+
+class TaskSpec(Protocol):
+    id: str
+    parent_id: str | None
+    name: str
+    priority: int
+    inputs: dict[str, Any]
+    params: dict[str, Any]
+    schemas: dict[str, Any]
+    dependencies: list[Any]
+    user_id: str | None
+
+
+class TaskStateSink(Protocol):
+    async def started(self, task_id: str) -> None: ...
+
+    async def finished(self, task_id: str, ok: bool, result: Any, error: str | None) -> None: ...
+
+
+@dataclass
+class NodeOutcome:
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class _Node:
+    spec: TaskSpec
+    children: list[_Node] = field(default_factory=list)
+    outcome: NodeOutcome | None = None
+
+
+def executor_name(spec: TaskSpec, has_children: bool) -> str | None:
+    name = spec.params.get("executor_id") or spec.schemas.get("method")
+    if isinstance(name, str) and name:
+        return name
+    return AGGREGATE if has_children else None
+
+
+def jsonable(value: Any) -> Any:
+    """Executor results are stored as JSON: anything else is converted, never rejected."""
+    try:
+        return json.loads(json.dumps(value, default=str, allow_nan=False))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def merge_inputs(inputs: dict[str, Any], dependency_results: dict[str, Any]) -> dict[str, Any]:
+    """Stored inputs, then each dependency's result (JSON objects are merged in, in the declared
+    order, so fresh outputs override stored defaults). Built per run and never written back."""
+    merged = dict(inputs)
+    for result in dependency_results.values():
+        if isinstance(result, dict):
+            merged.update(result)
+    return merged
+
+
+class TreeRun:
+    """One execution of the tree rooted at `root_id`."""
+
+    def __init__(
+        self,
+        tasks: list[TaskSpec],
+        root_id: str,
+        *,
+        run_id: str,
+        attempt: int,
+        registry: ExecutorRegistry,
+        sink: TaskStateSink,
+        max_parallel: int = 8,
+    ) -> None:
+        nodes = {spec.id: _Node(spec) for spec in tasks}
+        for node in nodes.values():
+            parent = nodes.get(node.spec.parent_id or "")
+            if parent is not None and node.spec.id != root_id:
+                parent.children.append(node)
+        self.nodes = nodes
+        self.root = nodes[root_id]
+        self.run_id = run_id
+        self.attempt = attempt
+        self.registry = registry
+        self.sink = sink
+        self.slots = asyncio.Semaphore(max_parallel)
+
+    async def run(self) -> NodeOutcome:
+        return await self._run_group([self.root], is_root=True)
+
+    async def _run_group(self, group: list[_Node], *, is_root: bool = False) -> NodeOutcome:
+        """Run siblings: each when its dependencies have finished, lower priority first."""
+        by_id = {node.spec.id: node for node in group}
+        pending = sorted(group, key=lambda n: (n.spec.priority, n.spec.id))
+        running: dict[asyncio.Task[None], _Node] = {}
+        try:
+            while pending or running:
+                for node in list(pending):
+                    deps = [by_id[d["id"]] for d in node.spec.dependencies if d["id"] in by_id]
+                    if all(dep.outcome is not None for dep in deps):
+                        pending.remove(node)
+                        running[asyncio.create_task(self._run_node(node, by_id))] = node
+                if not running:  # validation makes this unreachable; never hang on bad data
+                    for node in pending:
+                        node.outcome = NodeOutcome(False, error="dependencies can never finish")
+                        await self.sink.finished(node.spec.id, False, None, node.outcome.error)
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    running.pop(finished)
+                    finished.result()  # re-raise cancellation or a bug in the orchestration
+        finally:
+            for leftover in running:
+                leftover.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        if is_root:
+            assert self.root.outcome is not None
+            return self.root.outcome
+        return NodeOutcome(all(node.outcome and node.outcome.ok for node in group))
+
+    async def _run_node(self, node: _Node, siblings: dict[str, _Node]) -> None:
+        spec = node.spec
+        if node.children:
+            await self._run_group(node.children)
+        failure = self._blocking_failure(node, siblings)
+        is_root = node is self.root
+        if failure is not None:
+            node.outcome = NodeOutcome(False, error=failure)
+        else:
+            node.outcome = await self._execute(node, siblings, is_root)
+        if not is_root:  # the root's outcome is recorded with the run itself
+            await self.sink.finished(
+                spec.id, node.outcome.ok, node.outcome.result, node.outcome.error
+            )
+
+    def _blocking_failure(self, node: _Node, siblings: dict[str, _Node]) -> str | None:
+        for child in node.children:
+            if child.outcome is not None and not child.outcome.ok:
+                return f"child {child.spec.name!r} ({child.spec.id}) failed: {child.outcome.error}"
+        for dependency in node.spec.dependencies:
+            other = siblings.get(dependency["id"])
+            if other is None or other.outcome is None or other.outcome.ok:
+                continue
+            if dependency.get("required", True):
+                return (
+                    f"required dependency {other.spec.name!r} ({other.spec.id}) failed: "
+                    f"{other.outcome.error}"
+                )
+        return None
+
+    async def _execute(self, node: _Node, siblings: dict[str, _Node], is_root: bool) -> NodeOutcome:
+        spec = node.spec
+        name = executor_name(spec, bool(node.children))
+        if name is None:
+            return NodeOutcome(False, error="no executor: set params.executor_id")
+        dependency_results = {
+            d["id"]: siblings[d["id"]].outcome.result  # type: ignore[union-attr]
+            for d in spec.dependencies
+            if d["id"] in siblings and siblings[d["id"]].outcome is not None
+        }
+        context = ExecutionContext(
+            task_id=spec.id,
+            task_name=spec.name,
+            run_id=self.run_id,
+            user_id=spec.user_id,
+            params=dict(spec.params),
+            attempt=self.attempt,
+            child_results={
+                c.spec.id: c.outcome.result for c in node.children if c.outcome is not None
+            },
+            dependency_results=dependency_results,
+        )
+        async with self.slots:
+            if not is_root:
+                await self.sink.started(spec.id)
+            try:
+                result = await self.registry.call(
+                    name, merge_inputs(spec.inputs, dependency_results), context
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an executor's failure is the task's failure
+                message = str(exc).strip() or type(exc).__name__
+                if not _is_expected(exc):
+                    logger.warning("task %s failed", spec.id, exc_info=True)
+                    message = f"{type(exc).__name__}: {message}"
+                return NodeOutcome(False, error=message)
+        return NodeOutcome(True, result=jsonable(result))
+
+
+def _is_expected(exc: Exception) -> bool:
+    from apflow_server.core.errors import ApflowError
+    from apflow_server.execution.builtins import ExecutionError
+
+    return isinstance(exc, ExecutionError | ApflowError)

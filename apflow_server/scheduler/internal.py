@@ -1,0 +1,397 @@
+"""InternalScheduler: claims due occurrences from the database and runs them.
+
+Correctness lives in the database (storage/runs.py); this class only decides *when* to ask it.
+It sleeps until the earliest due time, never longer than poll_interval, and wakes early when a
+schedule changes (in this process, or through LISTEN/NOTIFY on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from apflow_server.config import Settings
+from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.execution.registry import ExecutorRegistry
+from apflow_server.execution.registry import registry as default_registry
+from apflow_server.execution.runner import RunExecutor
+from apflow_server.scheduler.base import SchedulerConfig, SchedulerState, SchedulerStats
+from apflow_server.scheduler.listener import ScheduleListener
+from apflow_server.storage import instances, signals
+from apflow_server.storage.database import Database, DatabaseError
+from apflow_server.storage.repository import utcnow
+from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore
+
+logger = logging.getLogger("apflow_server.scheduler")
+
+CompletionCallback = Callable[[str, bool, Any], Any | Awaitable[Any]]
+TRANSIENT_ERRORS = (OperationalError, DBAPIError, OSError, ConnectionError, DatabaseError)
+# With nothing claimable although something is due (rows locked by another scheduler), wait
+# this long rather than spinning.
+MIN_SLEEP = 0.05
+
+
+def new_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Active:
+    claimed: ClaimedRun
+    task: asyncio.Task[None]
+    lost: bool = False
+
+
+class InternalScheduler:
+    """The built-in scheduler (SPEC §5). Safe to run in any number of processes at once."""
+
+    mode = "internal"
+
+    def __init__(
+        self,
+        config: SchedulerConfig | None = None,
+        *,
+        database: Database | None = None,
+        settings: Settings | None = None,
+        registry: ExecutorRegistry | None = None,
+        claim: bool = True,
+    ) -> None:
+        self.config = config or SchedulerConfig()
+        self.settings = settings or Settings.from_env()
+        self._database = database
+        self._owns_database = database is None
+        self.registry = registry or default_registry
+        # claim=False: run only what is triggered here (an API server without a scheduler).
+        self.claiming = claim
+        self.instance_id = new_instance_id()
+        self.stats = SchedulerStats(instance_id=self.instance_id)
+        self._callbacks: list[CompletionCallback] = []
+        self._active: dict[str, _Active] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+        self._listener: ScheduleListener | None = None
+        self._last_beat: datetime | None = None
+        self.store: RunStore | None = None
+        self.executor: RunExecutor | None = None
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def state(self) -> SchedulerState:
+        return self.stats.state
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            raise RuntimeError("the scheduler is not started")
+        return self._database
+
+    def on_task_complete(self, callback: CompletionCallback) -> None:
+        """Call `callback(task_id, success, result)` (sync or async) after every run."""
+        self._callbacks.append(callback)
+
+    async def start(self) -> None:
+        if self.state not in {SchedulerState.STOPPED, SchedulerState.ERROR}:
+            raise RuntimeError(f"cannot start a scheduler that is {self.state.value}")
+        self.stats.state = SchedulerState.STARTING
+        try:
+            if self._database is None:
+                self._database = Database.from_settings(self.settings)
+            await self._database.ensure_schema()
+        except Exception:
+            self.stats.state = SchedulerState.ERROR
+            raise
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.store = RunStore(self._database, self.settings, self.instance_id)
+        self.executor = RunExecutor(
+            self.store,
+            self.registry,
+            task_timeout=self.config.task_timeout,
+            retry_on_failure=self.config.retry_on_failure,
+            max_retries=self.config.max_retries,
+            retry_backoff_seconds=self.config.retry_backoff_seconds,
+            max_parallel=self.config.max_parallel_per_run,
+        )
+        self.stats.started_at = utcnow()
+        self.stats.state = SchedulerState.RUNNING
+        signals.subscribe(self._wake.set)
+        if self._database.dialect == "postgresql" and self.claiming:
+            self._listener = ScheduleListener(self._database.url, self._wake.set)
+            self._listener.start()
+        logger.info(
+            "scheduler %s started: host=%s pid=%s mode=%s user=%s database=%s poll=%ss "
+            "max_concurrent=%s",
+            self.instance_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.mode,
+            self.config.user_id or "*",
+            self._database.dialect,
+            self.config.poll_interval,
+            self.config.max_concurrent_tasks,
+        )
+        await self._beat(force=True)
+        self._loop_task = asyncio.create_task(self._loop(), name="apflow-scheduler")
+        self._lease_task = asyncio.create_task(self._renew_leases(), name="apflow-leases")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running runs finish within the grace period, then cancel them."""
+        if self.state in {SchedulerState.STOPPED, SchedulerState.STOPPING}:
+            return
+        self.stats.state = SchedulerState.STOPPING
+        self._stopping = True
+        self._wake.set()
+        signals.unsubscribe(self._wake.set)
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        running = [active.task for active in self._active.values()]
+        if running:
+            logger.info("waiting up to %ss for %d running run(s)", grace, len(running))
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+        self.stats.state = SchedulerState.STOPPED
+        try:
+            await self._beat(force=True)
+        except TRANSIENT_ERRORS:
+            logger.warning("could not record the stop of %s", self.instance_id)
+        if self._owns_database and self._database is not None:
+            await self._database.dispose()
+            self._database = None
+        logger.info("scheduler %s stopped", self.instance_id)
+
+    async def pause(self) -> None:
+        """Stop claiming new occurrences; running runs continue and leases are kept."""
+        if self.state is SchedulerState.RUNNING:
+            self.stats.state = SchedulerState.PAUSED
+            await self._beat(force=True)
+
+    async def resume(self) -> None:
+        if self.state is SchedulerState.PAUSED:
+            self.stats.state = SchedulerState.RUNNING
+            self._wake.set()
+            await self._beat(force=True)
+
+    async def trigger(self, task_id: str, trigger: RunTrigger = RunTrigger.MANUAL) -> str:
+        """Run a task now, in this process; returns the run id."""
+        store = self._require_store()
+        claimed = await store.start_now(task_id, trigger)
+        self._launch(claimed)
+        return claimed.run_id
+
+    async def run_and_wait(self, task_id: str, trigger: RunTrigger) -> tuple[str, RunResult]:
+        """Run a task now and wait for its outcome (synchronous webhooks, `tasks execute`)."""
+        store = self._require_store()
+        claimed = await store.start_now(task_id, trigger)
+        done: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
+        self._launch(claimed, done)
+        return claimed.run_id, await done
+
+    async def get_status(self) -> SchedulerStats:
+        self.stats.active_tasks = len(self._active)
+        return self.stats
+
+    async def wait_idle(self) -> None:
+        """Wait until no run is active in this process (for tests and one-shot commands)."""
+        while self._active:
+            await asyncio.gather(
+                *(a.task for a in list(self._active.values())), return_exceptions=True
+            )
+
+    # ------------------------------------------------------------------ the loop
+
+    def _require_store(self) -> RunStore:
+        if self.store is None or self.state not in {SchedulerState.RUNNING, SchedulerState.PAUSED}:
+            raise RuntimeError("the scheduler is not running")
+        return self.store
+
+    async def _loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                timeout = await self._poll_once()
+                failures = 0
+            except TRANSIENT_ERRORS as exc:
+                failures += 1
+                timeout = min(0.5 * 2**failures, 30.0)
+                logger.warning("database unavailable (%s); retrying in %.1f s", exc, timeout)
+            except Exception:
+                logger.exception("scheduler loop error; continuing")
+                timeout = min(self.config.poll_interval, 5.0)
+            if self._stopping:
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _poll_once(self) -> float:
+        """Reclaim, claim, beat; return how long to sleep before the next look."""
+        assert self.store is not None
+        now = utcnow()
+        self.stats.last_poll_at = now
+        claimed: list[ClaimedRun] = []
+        if self.claiming:
+            reclaimed = await self.store.reclaim_expired()
+            if reclaimed:
+                self.stats.runs_reclaimed += len(reclaimed)
+                logger.warning("recorded %d abandoned run(s): %s", len(reclaimed), reclaimed)
+        free = self.config.max_concurrent_tasks - len(self._active)
+        if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
+            claimed = await self.store.claim_due(free, self.config.user_id)
+            for run in claimed:
+                self._launch(run)
+        await self._beat()
+        if not self.claiming:
+            return self.config.poll_interval
+        free = self.config.max_concurrent_tasks - len(self._active)
+        wake_at = await self.store.next_wake_at(self.config.user_id)
+        self.stats.next_wake_at = wake_at
+        if free <= 0 or wake_at is None or self.state is not SchedulerState.RUNNING:
+            return self.config.poll_interval  # a finishing run or a change wakes us
+        delay = (wake_at - utcnow()).total_seconds()
+        if delay <= 0:
+            return 0.0 if claimed else MIN_SLEEP
+        return min(delay, self.config.poll_interval)
+
+    # ------------------------------------------------------------------ runs
+
+    def _launch(self, claimed: ClaimedRun, done: asyncio.Future[RunResult] | None = None) -> None:
+        task = asyncio.create_task(self._execute(claimed, done), name=f"run-{claimed.run_id}")
+        self._active[claimed.run_id] = _Active(claimed, task)
+        self.stats.active_tasks = len(self._active)
+
+    async def _execute(self, claimed: ClaimedRun, done: asyncio.Future[RunResult] | None) -> None:
+        assert self.executor is not None and self.store is not None
+        current: ClaimedRun | None = claimed
+        try:
+            while current is not None:
+                active = self._active[current.run_id]
+                try:
+                    outcome = await self.executor.execute(current)
+                except asyncio.CancelledError:
+                    if active.lost:
+                        logger.warning("run %s was taken from this instance", current.run_id)
+                        return
+                    outcome = RunResult(RunStatus.CANCELLED, None, "the scheduler stopped")
+                    await asyncio.shield(self._finish(current, outcome))
+                    raise
+                follow_up = await self._finish(current, outcome)
+                if done is not None and not done.done():
+                    done.set_result(outcome)
+                await self._completed(current, outcome)
+                if follow_up is not None:
+                    self._active[follow_up.run_id] = _Active(follow_up, active.task)
+                    self._active.pop(current.run_id, None)
+                current = follow_up
+        finally:
+            if current is not None:
+                self._active.pop(current.run_id, None)
+            self._active.pop(claimed.run_id, None)
+            self.stats.active_tasks = len(self._active)
+            if done is not None and not done.done():
+                done.set_exception(RuntimeError("the run ended without an outcome"))
+            self._wake.set()  # a slot is free
+
+    async def _finish(self, claimed: ClaimedRun, outcome: RunResult) -> ClaimedRun | None:
+        """Record the outcome, retrying through a short database outage (within the lease)."""
+        assert self.store is not None
+        delay = 0.2
+        deadline = asyncio.get_running_loop().time() + self.settings.lease_seconds
+        while True:
+            try:
+                return await self.store.finish(claimed, outcome)
+            except TRANSIENT_ERRORS as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    logger.error("could not record run %s: %s", claimed.run_id, exc)
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _completed(self, claimed: ClaimedRun, outcome: RunResult) -> None:
+        success = outcome.status is RunStatus.COMPLETED
+        self.stats.tasks_executed += 1
+        if success:
+            self.stats.tasks_succeeded += 1
+        else:
+            self.stats.tasks_failed += 1
+        if outcome.status is RunStatus.TIMEOUT:
+            self.stats.tasks_timed_out += 1
+        for callback in self._callbacks:
+            try:
+                value = callback(claimed.task_id, success, outcome.result)
+                if inspect.isawaitable(value):
+                    await value
+            except Exception:
+                logger.exception("on_task_complete callback failed for %s", claimed.task_id)
+
+    async def _renew_leases(self) -> None:
+        """Renew our leases well before they expire; stop runs we no longer own."""
+        interval = max(self.settings.lease_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            if not self._active or self.store is None:
+                continue
+            ids = list(self._active)
+            try:
+                owned = await self.store.renew(ids)
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("lease renewal failed: %s", exc)
+                continue
+            for run_id in ids:
+                active = self._active.get(run_id)
+                if run_id not in owned and active is not None and not active.task.done():
+                    active.lost = True
+                    active.task.cancel()
+
+    async def _beat(self, *, force: bool = False) -> None:
+        if self._database is None:
+            return
+        now = utcnow()
+        if (
+            not force
+            and self._last_beat is not None
+            and (now - self._last_beat).total_seconds() < self.config.heartbeat_interval
+        ):
+            return
+        self._last_beat = now
+        self.stats.active_tasks = len(self._active)
+        await instances.beat(
+            self._database,
+            {
+                "id": self.instance_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "mode": self.mode,
+                "user_filter": self.config.user_id,
+                "state": self.state.value,
+                "started_at": self.stats.started_at or now,
+                "heartbeat_at": now,
+                "stats": {
+                    **self.stats.to_dict(),
+                    "heartbeat_interval": self.config.heartbeat_interval,
+                },
+            },
+        )

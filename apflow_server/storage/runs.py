@@ -1,0 +1,551 @@
+"""Runs: claiming due occurrences, starting ad-hoc runs, leases, reclaiming, finishing.
+
+This module holds the SQL that exactly-once rests on. The guarantees and why they hold:
+
+* One occurrence, one run. Claiming reads due tasks and, in the same transaction, inserts the
+  occurrence's history row under the unique key (task_id, scheduled_for) and moves the task's
+  next_run_at past it. On PostgreSQL the read is `FOR UPDATE SKIP LOCKED`: two schedulers never
+  hold the same task row, and a scheduler that reads after the first commits sees the advanced
+  next_run_at. On SQLite the transaction is BEGIN IMMEDIATE, which serialises writers outright.
+  The unique key is the backstop for anything else (a re-enabled `once`, an operator's edit):
+  the insert is ON CONFLICT DO NOTHING and an occurrence already recorded is never run again.
+* A run belongs to one process. The run row carries instance_id and lease_expires_at; the task
+  row carries current_run_id. Only the owner renews the lease, and finishing a run first checks,
+  under a row lock, that the run is still `running` and still its own: a run that was cancelled
+  by `cancel_other` or reclaimed after its lease expired writes nothing.
+* No task stays in_progress forever. A run whose lease expired is marked `abandoned` by whichever
+  live scheduler sees it first (SKIP LOCKED again, so only one does), and its task is released.
+* Every due occurrence ends as exactly one history row: fired (`running`, later its outcome),
+  `missed` (misfire policy), or `skipped` (overlap policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from apflow_server.config import Settings
+from apflow_server.core.errors import ConflictError, NotFoundError
+from apflow_server.core.types import (
+    MisfirePolicy,
+    OverlapPolicy,
+    RunStatus,
+    RunTrigger,
+    TaskStatus,
+)
+from apflow_server.schedules import Schedule
+from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_of
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import Task, TaskRun
+from apflow_server.storage.repository import due_filter, prune_runs, set_next_run, utcnow
+from apflow_server.storage.signals import notify_in_transaction, wake_local
+
+logger = logging.getLogger(__name__)
+
+# Occurrences handled per task in one transaction; a longer backlog continues in the next pass.
+OCCURRENCE_CHUNK = 1000
+
+IN_PROGRESS = TaskStatus.IN_PROGRESS.value
+RUNNING = RunStatus.RUNNING.value
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run this process owns and must execute."""
+
+    run_id: str
+    task_id: str
+    user_id: str | None
+    trigger: str
+    scheduled_for: datetime | None
+    started_at: datetime
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: RunStatus
+    result: Any = None
+    error: str | None = None
+    attempt: int = 1
+
+
+def _claimable(now: datetime, user_id: str | None) -> Select[Any]:
+    """Due schedules a scheduler may act on now. A running task is left alone (what came due
+    meanwhile is settled when its run ends) unless its policy is to cancel the running one."""
+    query = due_filter(select(Task), now, user_id).where(
+        or_(Task.status != IN_PROGRESS, Task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value)
+    )
+    return query
+
+
+class RunStore:
+    """The run lifecycle in the database, for one scheduler (or server) instance."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        instance_id: str,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.instance_id = instance_id
+        self.clock = clock
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.lease_seconds)
+
+    # ------------------------------------------------------------------ claiming
+
+    async def claim_due(self, limit: int, user_id: str | None = None) -> list[ClaimedRun]:
+        """Claim up to `limit` runs: due occurrences first, then waiting manual triggers."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        claimed: list[ClaimedRun] = []
+        async with self.database.transaction(write=True) as session:
+            due = _claimable(now, user_id).order_by(Task.due_at).limit(limit)
+            rows: list[Task] = list(await session.scalars(due.with_for_update(skip_locked=True)))
+            for task in rows:
+                run = await self._settle_due(session, task, now)
+                if run is not None:
+                    claimed.append(run)
+            room = limit - len(claimed)
+            if room > 0:
+                requested = select(Task).where(
+                    Task.trigger_requested_at <= now, Task.status != IN_PROGRESS
+                )
+                if user_id is not None:
+                    requested = requested.where(Task.user_id == user_id)
+                requested = requested.order_by(Task.trigger_requested_at).limit(room)
+                waiting = requested.with_for_update(skip_locked=True)
+                rows = list(await session.scalars(waiting))
+                for task in rows:
+                    task.trigger_requested_at = None
+                    claimed.append(await self._start(session, task, RunTrigger.MANUAL, None, now))
+        return claimed
+
+    async def _settle_due(
+        self, session: AsyncSession, task: Task, now: datetime
+    ) -> ClaimedRun | None:
+        """Apply the misfire and overlap rules to a due task; start a run when they say so."""
+        assert task.next_run_at is not None and task.due_at is not None
+        schedule = schedule_of(task)
+        late_cutoff = now - timedelta(seconds=self.settings.misfire_grace_seconds)
+
+        if task.status == IN_PROGRESS:  # cancel_other: the newer occurrence wins
+            await self._cancel_current(session, task, now, "cancelled by a newer occurrence")
+
+        if task.due_at > late_cutoff:  # on time
+            return await self._fire(session, task, schedule, task.next_run_at, now)
+
+        late, following = occurrences_due(
+            schedule, task, task.next_run_at, late_cutoff, OCCURRENCE_CHUNK
+        )
+        policy = MisfirePolicy(task.schedule_misfire)
+        backlog_continues = len(late) == OCCURRENCE_CHUNK and following is not None
+        if backlog_continues or policy is MisfirePolicy.SKIP:
+            fire = None
+        elif policy is MisfirePolicy.RUN_ONCE:
+            fire = late[-1]  # one run now, for the most recent missed occurrence
+        else:  # RUN_ALL: the most recent ones, in order, one run at a time
+            fire = late[-self.settings.max_catchup_runs :][0]
+        missed = [o for o in late if fire is None or o < fire]
+        await self._record(session, task, missed, RunStatus.MISSED, now)
+        if fire is not None:
+            return await self._fire(session, task, schedule, fire, now)
+        set_next_run(task, following)
+        return None
+
+    async def _fire(
+        self,
+        session: AsyncSession,
+        task: Task,
+        schedule: Schedule,
+        occurrence: datetime,
+        now: datetime,
+        *,
+        then: datetime | None = None,
+    ) -> ClaimedRun | None:
+        """Start the run of one occurrence and move the schedule past it (to `then` if given)."""
+        run_id = await self._insert_run(
+            session, task, RunTrigger.SCHEDULE, occurrence, RunStatus.RUNNING, now
+        )
+        claimed = None
+        if run_id is None:
+            logger.info("occurrence %s of task %s was already recorded", occurrence, task.id)
+        else:
+            claimed = self._take(task, run_id, RunTrigger.SCHEDULE, occurrence, now)
+        # After _take: run_count includes this run, so max_runs ends the schedule in time.
+        set_next_run(task, then if then is not None else fire_after(schedule, task, occurrence))
+        return claimed
+
+    async def _start(
+        self,
+        session: AsyncSession,
+        task: Task,
+        trigger: RunTrigger,
+        occurrence: datetime | None,
+        now: datetime,
+    ) -> ClaimedRun:
+        run_id = await self._insert_run(session, task, trigger, occurrence, RunStatus.RUNNING, now)
+        assert run_id is not None  # ad-hoc runs have no occurrence, hence no conflict
+        claimed = self._take(task, run_id, trigger, occurrence, now)
+        if task.max_runs is not None and task.run_count >= task.max_runs:
+            set_next_run(task, None)
+        return claimed
+
+    def _take(
+        self,
+        task: Task,
+        run_id: str,
+        trigger: RunTrigger,
+        occurrence: datetime | None,
+        now: datetime,
+    ) -> ClaimedRun:
+        """The task now belongs to the run `run_id`."""
+        task.status = IN_PROGRESS
+        task.current_run_id = run_id
+        task.started_at = now
+        task.completed_at = None
+        task.error = None
+        task.progress = 0.0
+        task.run_count += 1
+        task.last_run_at = now
+        task.updated_at = now
+        return ClaimedRun(run_id, task.id, task.user_id, trigger.value, occurrence, now)
+
+    async def _insert_run(
+        self,
+        session: AsyncSession,
+        task: Task,
+        trigger: RunTrigger,
+        occurrence: datetime | None,
+        status: RunStatus,
+        now: datetime,
+    ) -> str | None:
+        """Insert one history row; None when its occurrence is already recorded."""
+        run_id = str(uuid.uuid4())
+        running = status is RunStatus.RUNNING
+        values = {
+            "id": run_id,
+            "task_id": task.id,
+            "user_id": task.user_id,
+            "trigger": trigger.value,
+            "scheduled_for": occurrence,
+            "started_at": now if running else None,
+            "finished_at": None if running else now,
+            "status": status.value,
+            "attempt": 1,
+            "instance_id": self.instance_id if running else None,
+            "lease_expires_at": now + self.lease if running else None,
+            "created_at": now,
+        }
+        statement = (
+            self._insert()
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["task_id", "scheduled_for"])
+            .returning(TaskRun.id)
+        )
+        inserted = await session.scalar(statement)
+        return run_id if inserted else None
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        task: Task,
+        occurrences: Sequence[datetime],
+        status: RunStatus,
+        now: datetime,
+    ) -> None:
+        """History rows for occurrences that will not run (missed or skipped)."""
+        if not occurrences:
+            return
+        rows = [
+            {
+                "id": str(uuid.uuid4()),
+                "task_id": task.id,
+                "user_id": task.user_id,
+                "trigger": RunTrigger.SCHEDULE.value,
+                "scheduled_for": occurrence,
+                "started_at": None,
+                "finished_at": now,
+                "status": status.value,
+                "attempt": 0,
+                "instance_id": None,
+                "lease_expires_at": None,
+                "created_at": now,
+                "error": None,
+                "result": None,
+            }
+            for occurrence in occurrences
+        ]
+        statement = self._insert().on_conflict_do_nothing(
+            index_elements=["task_id", "scheduled_for"]
+        )
+        await session.execute(statement, rows)
+
+    def _insert(self) -> Any:
+        dialect = postgresql if self.database.dialect == "postgresql" else sqlite
+        return dialect.insert(TaskRun)
+
+    async def _cancel_current(
+        self, session: AsyncSession, task: Task, now: datetime, reason: str
+    ) -> None:
+        """End the task's current run as cancelled; its process learns it at its next renewal."""
+        if task.current_run_id is None:
+            return
+        await session.execute(
+            update(TaskRun)
+            .where(TaskRun.id == task.current_run_id, TaskRun.status == RUNNING)
+            .values(
+                status=RunStatus.CANCELLED.value,
+                finished_at=now,
+                error=reason,
+                lease_expires_at=None,
+            )
+        )
+        task.status = TaskStatus.CANCELLED.value
+        task.current_run_id = None
+        task.error = reason
+        task.completed_at = now
+
+    # ------------------------------------------------------------------ ad-hoc runs
+
+    async def start_now(
+        self, task_id: str, trigger: RunTrigger, *, idempotency_key: str | None = None
+    ) -> ClaimedRun:
+        """Start a run of a task outside its schedule (manual, webhook, API).
+
+        While the task runs, its overlap policy decides: `cancel_other` replaces the current
+        run; otherwise the request is refused as a conflict (HTTP 409).
+        """
+        now = self.clock()
+        async with self.database.transaction(write=True) as session:
+            task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+            if task is None:
+                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            if task.status == IN_PROGRESS:
+                if task.schedule_overlap != OverlapPolicy.CANCEL_OTHER.value:
+                    raise ConflictError(
+                        f"task {task_id!r} is already running", data={"task_id": task_id}
+                    )
+                await self._cancel_current(session, task, now, "cancelled by a newer trigger")
+            claimed = await self._start(session, task, trigger, None, now)
+            await notify_in_transaction(session)
+        wake_local()
+        return claimed
+
+    async def request_trigger(self, task_id: str) -> None:
+        """Ask whichever scheduler is running to start the task now (`scheduler trigger`)."""
+        now = self.clock()
+        async with self.database.transaction(write=True) as session:
+            task = await session.get(Task, task_id)
+            if task is None:
+                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            task.trigger_requested_at = now
+            await notify_in_transaction(session)
+        wake_local()
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel the task's running run; its owner stops it at its next lease renewal."""
+        now = self.clock()
+        async with self.database.transaction(write=True) as session:
+            task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+            if task is None:
+                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            if task.status != IN_PROGRESS:
+                return False
+            await self._cancel_current(session, task, now, "cancelled on request")
+            await self._release_tree(session, task.id, "cancelled on request", now)
+            await notify_in_transaction(session)
+        wake_local()
+        return True
+
+    # ------------------------------------------------------------------ leases
+
+    async def renew(self, run_ids: Sequence[str]) -> set[str]:
+        """Extend the leases of our running runs; returns the ids we still own."""
+        if not run_ids:
+            return set()
+        now = self.clock()
+        async with self.database.transaction(write=True) as session:
+            owned = await session.scalars(
+                update(TaskRun)
+                .where(
+                    TaskRun.id.in_(list(run_ids)),
+                    TaskRun.status == RUNNING,
+                    TaskRun.instance_id == self.instance_id,
+                )
+                .values(lease_expires_at=now + self.lease)
+                .returning(TaskRun.id)
+            )
+            return set(owned)
+
+    async def reclaim_expired(self, limit: int = 100) -> list[str]:
+        """Record runs whose owner stopped renewing as abandoned and release their tasks."""
+        now = self.clock()
+        abandoned: list[str] = []
+        async with self.database.transaction(write=True) as session:
+            expired = (
+                select(TaskRun)
+                .where(TaskRun.status == RUNNING, TaskRun.lease_expires_at < now)
+                .order_by(TaskRun.lease_expires_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            for run in await session.scalars(expired):
+                reason = f"abandoned: instance {run.instance_id} stopped renewing its lease"
+                run.status = RunStatus.ABANDONED.value
+                run.finished_at = now
+                run.error = reason
+                run.lease_expires_at = None
+                task = await session.scalar(
+                    select(Task).where(Task.id == run.task_id).with_for_update()
+                )
+                if task is not None and task.current_run_id == run.id:
+                    self._release(task, TaskStatus.FAILED, None, reason, now)
+                    await self._release_tree(session, task.id, reason, now)
+                    await self._settle_after_run(session, task, run, now)
+                abandoned.append(run.id)
+            if abandoned:
+                await notify_in_transaction(session)
+        if abandoned:
+            wake_local()
+        return abandoned
+
+    # ------------------------------------------------------------------ finishing
+
+    async def set_attempt(self, run_id: str, attempt: int) -> None:
+        async with self.database.transaction(write=True) as session:
+            await session.execute(
+                update(TaskRun)
+                .where(TaskRun.id == run_id, TaskRun.instance_id == self.instance_id)
+                .values(attempt=attempt)
+            )
+
+    async def finish(self, claimed: ClaimedRun, outcome: RunResult) -> ClaimedRun | None:
+        """Record a run's outcome if we still own it; returns a buffered run to start next."""
+        now = self.clock()
+        follow_up: ClaimedRun | None = None
+        async with self.database.transaction(write=True) as session:
+            run = await session.scalar(
+                select(TaskRun).where(TaskRun.id == claimed.run_id).with_for_update()
+            )
+            if run is None or run.status != RUNNING or run.instance_id != self.instance_id:
+                logger.info("run %s ended elsewhere (%s)", claimed.run_id, run and run.status)
+                return None
+            run.status = outcome.status.value
+            run.finished_at = now
+            run.result = outcome.result
+            run.error = outcome.error
+            run.attempt = outcome.attempt
+            run.lease_expires_at = None
+            task = await session.scalar(
+                select(Task).where(Task.id == claimed.task_id).with_for_update()
+            )
+            if task is not None and task.current_run_id == run.id:
+                status = {
+                    RunStatus.COMPLETED: TaskStatus.COMPLETED,
+                    RunStatus.CANCELLED: TaskStatus.CANCELLED,
+                }.get(outcome.status, TaskStatus.FAILED)
+                self._release(task, status, outcome.result, outcome.error, now)
+                if status is not TaskStatus.COMPLETED:
+                    reason = outcome.error or f"run ended {outcome.status.value}"
+                    await self._release_tree(session, task.id, reason, now)
+                follow_up = await self._settle_after_run(session, task, run, now)
+                await session.flush()
+                await prune_runs(session, task.id, self.settings.run_history_keep)
+            await notify_in_transaction(session)
+        wake_local()
+        return follow_up
+
+    def _release(
+        self, task: Task, status: TaskStatus, result: Any, error: str | None, now: datetime
+    ) -> None:
+        task.status = status.value
+        task.result = result
+        task.error = error
+        task.progress = 1.0 if status is TaskStatus.COMPLETED else task.progress
+        task.completed_at = now
+        task.current_run_id = None
+        task.updated_at = now
+
+    async def _release_tree(
+        self, session: AsyncSession, root_id: str, reason: str, now: datetime
+    ) -> None:
+        """Descendants left in_progress by a run that ended without them fail with its reason."""
+        tree = select(Task.id).where(Task.parent_id == root_id).cte("below", recursive=True)
+        tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
+        await session.execute(
+            update(Task)
+            .where(Task.id.in_(select(tree.c.id)), Task.status == IN_PROGRESS)
+            .values(status=TaskStatus.FAILED.value, error=reason, completed_at=now, updated_at=now)
+        )
+
+    async def _settle_after_run(
+        self, session: AsyncSession, task: Task, run: TaskRun, now: datetime
+    ) -> ClaimedRun | None:
+        """Occurrences that came due while the run was running meet the overlap policy now.
+
+        Occurrences older than the run (a run_all catch-up backlog) are left to the claim.
+        """
+        if not task.schedule_enabled or task.next_run_at is None or task.due_at is None:
+            return None
+        started = run.started_at or now
+        if task.due_at > now or task.next_run_at < started:
+            return None
+        schedule = schedule_of(task)
+        during, following = occurrences_due(schedule, task, task.next_run_at, now, OCCURRENCE_CHUNK)
+        if OverlapPolicy(task.schedule_overlap) is OverlapPolicy.BUFFER_ONE:
+            # The first to come due waited in the buffer; the buffer was full for the rest.
+            await self._record(session, task, during[1:], RunStatus.SKIPPED, now)
+            then = following if len(during) > 1 else None
+            return await self._fire(session, task, schedule, during[0], now, then=then)
+        await self._record(session, task, during, RunStatus.SKIPPED, now)
+        set_next_run(task, following)
+        return None
+
+    # ------------------------------------------------------------------ sleeping
+
+    async def next_wake_at(self, user_id: str | None = None) -> datetime | None:
+        """The earliest moment something may need this scheduler: a due time, a requested
+        trigger, or a lease that will expire."""
+        async with self.database.transaction() as session:
+            due_query = select(func.min(Task.due_at)).where(
+                Task.schedule_enabled.is_(True),
+                or_(
+                    Task.status != IN_PROGRESS,
+                    Task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value,
+                ),
+            )
+            requested = select(func.min(Task.trigger_requested_at)).where(
+                Task.trigger_requested_at.is_not(None)
+            )
+            if user_id is not None:
+                due_query = due_query.where(Task.user_id == user_id)
+                requested = requested.where(Task.user_id == user_id)
+            lease = select(func.min(TaskRun.lease_expires_at)).where(TaskRun.status == RUNNING)
+            candidates = [
+                await session.scalar(due_query),
+                await session.scalar(requested),
+                await session.scalar(lease),
+            ]
+        found = [_aware(c) for c in candidates if c is not None]
+        return min(found) if found else None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
