@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from apflow_server.storage.database import Database
+from apflow_server.storage.models import Base
 
 ADMIN_URL = os.environ.get(
     "APFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -73,10 +74,10 @@ def fresh_postgres_url() -> Iterator[str]:
 
 
 async def _empty_tables(database: Database) -> None:
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     async with database.connect() as connection:
         async with connection.begin():
-            await connection.execute(text("DELETE FROM task_runs"))
-            await connection.execute(text("DELETE FROM tasks"))
+            await connection.execute(text(f"TRUNCATE {tables} CASCADE"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

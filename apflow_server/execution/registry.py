@@ -12,6 +12,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib.metadata import entry_points
 from typing import Any, overload
 
@@ -32,6 +33,8 @@ class ExecutionContext:
     user_id: str | None
     params: dict[str, Any]
     attempt: int
+    # The occurrence this run serves (None for manual, webhook and API runs).
+    scheduled_for: datetime | None = None
     # Results of this task's children and dependencies, keyed by task id.
     child_results: dict[str, Any] = field(default_factory=dict)
     dependency_results: dict[str, Any] = field(default_factory=dict)

@@ -106,6 +106,7 @@ class RunExecutor:
             claimed.task_id,
             run_id=claimed.run_id,
             attempt=attempt,
+            scheduled_for=claimed.scheduled_for,
             registry=self.registry,
             sink=self.sink,
             max_parallel=self.max_parallel,

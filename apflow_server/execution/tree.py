@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from apflow_server.execution.registry import ExecutionContext, ExecutorRegistry
@@ -86,6 +87,7 @@ class TreeRun:
         *,
         run_id: str,
         attempt: int,
+        scheduled_for: datetime | None = None,
         registry: ExecutorRegistry,
         sink: TaskStateSink,
         max_parallel: int = 8,
@@ -99,6 +101,7 @@ class TreeRun:
         self.root = nodes[root_id]
         self.run_id = run_id
         self.attempt = attempt
+        self.scheduled_for = scheduled_for
         self.registry = registry
         self.sink = sink
         self.slots = asyncio.Semaphore(max_parallel)
@@ -184,6 +187,7 @@ class TreeRun:
             user_id=spec.user_id,
             params=dict(spec.params),
             attempt=self.attempt,
+            scheduled_for=self.scheduled_for,
             child_results={
                 c.spec.id: c.outcome.result for c in node.children if c.outcome is not None
             },

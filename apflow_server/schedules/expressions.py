@@ -74,7 +74,7 @@ def parse_once(expression: str) -> OnceRecurrence:
         raise ValidationError(
             FIELD, f"once {expression!r} must be an ISO 8601 datetime, e.g. 2025-01-15T09:00:00Z"
         ) from None
-    return OnceRecurrence(when.replace(microsecond=0))
+    return OnceRecurrence(when)
 
 
 # ---------------------------------------------------------------------- daily / weekly / monthly

@@ -37,6 +37,7 @@ from apflow_server.schedules.plan import (
 )
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun
+from apflow_server.storage.signals import schedule_write
 
 MAX_PAGE = 1000
 Clock = Callable[[], datetime]
@@ -122,7 +123,7 @@ class TaskRepository:
         ]
         now = self.clock()
         database = await self.db()
-        async with database.transaction(write=True) as session:
+        async with schedule_write(database) as session:
             given = [spec["id"] for spec in cleaned if spec.get("id")]
             existing = await session.scalars(select(Task.id).where(Task.id.in_(given)))
             nodes = plan_batch(cleaned, existing)
@@ -244,7 +245,7 @@ class TaskRepository:
         cleaned = validate_task_fields(fields, creating=False)
         now = self.clock()
         database = await self.db()
-        async with database.transaction(write=True) as session:
+        async with schedule_write(database) as session:
             task = await session.get(Task, task_id)
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
@@ -396,7 +397,7 @@ class TaskRepository:
         start = _instant("from_time", from_time)
         now = self.clock()
         database = await self.db()
-        async with database.transaction(write=True) as session:
+        async with schedule_write(database) as session:
             task = await session.get(Task, task_id)
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
@@ -442,7 +443,7 @@ class TaskRepository:
         database = await self.db()
         occurrence: datetime | None = None
         try:
-            async with database.transaction(write=True) as session:
+            async with schedule_write(database) as session:
                 task = await session.get(Task, task_id)
                 if task is None:
                     raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})

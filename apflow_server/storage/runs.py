@@ -46,7 +46,7 @@ from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_o
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import due_filter, prune_runs, set_next_run, utcnow
-from apflow_server.storage.signals import notify_in_transaction, wake_local
+from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ class RunStore:
         run; otherwise the request is refused as a conflict (HTTP 409).
         """
         now = self.clock()
-        async with self.database.transaction(write=True) as session:
+        async with schedule_write(self.database) as session:
             task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
@@ -344,25 +344,21 @@ class RunStore:
                     )
                 await self._cancel_current(session, task, now, "cancelled by a newer trigger")
             claimed = await self._start(session, task, trigger, None, now)
-            await notify_in_transaction(session)
-        wake_local()
         return claimed
 
     async def request_trigger(self, task_id: str) -> None:
         """Ask whichever scheduler is running to start the task now (`scheduler trigger`)."""
         now = self.clock()
-        async with self.database.transaction(write=True) as session:
+        async with schedule_write(self.database) as session:
             task = await session.get(Task, task_id)
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
             task.trigger_requested_at = now
-            await notify_in_transaction(session)
-        wake_local()
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel the task's running run; its owner stops it at its next lease renewal."""
         now = self.clock()
-        async with self.database.transaction(write=True) as session:
+        async with schedule_write(self.database) as session:
             task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
@@ -370,8 +366,6 @@ class RunStore:
                 return False
             await self._cancel_current(session, task, now, "cancelled on request")
             await self._release_tree(session, task.id, "cancelled on request", now)
-            await notify_in_transaction(session)
-        wake_local()
         return True
 
     # ------------------------------------------------------------------ leases
@@ -440,7 +434,7 @@ class RunStore:
         """Record a run's outcome if we still own it; returns a buffered run to start next."""
         now = self.clock()
         follow_up: ClaimedRun | None = None
-        async with self.database.transaction(write=True) as session:
+        async with schedule_write(self.database) as session:
             run = await session.scalar(
                 select(TaskRun).where(TaskRun.id == claimed.run_id).with_for_update()
             )
@@ -468,8 +462,6 @@ class RunStore:
                 follow_up = await self._settle_after_run(session, task, run, now)
                 await session.flush()
                 await prune_runs(session, task.id, self.settings.run_history_keep)
-            await notify_in_transaction(session)
-        wake_local()
         return follow_up
 
     def _release(

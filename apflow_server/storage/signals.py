@@ -8,10 +8,13 @@ on their poll_interval for changes made by other processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from apflow_server.storage.database import Database
 
 CHANNEL = "apflow_schedule"
 
@@ -35,3 +38,12 @@ async def notify_in_transaction(session: AsyncSession) -> None:
     """Queue a cross-process wake-up that fires when the current transaction commits."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         await session.execute(text(f"NOTIFY {CHANNEL}"))
+
+
+@asynccontextmanager
+async def schedule_write(database: Database) -> AsyncIterator[AsyncSession]:
+    """A write transaction that may change what is due: schedulers wake when it commits."""
+    async with database.transaction(write=True) as session:
+        yield session
+        await notify_in_transaction(session)
+    wake_local()

@@ -1,0 +1,178 @@
+"""The InternalScheduler in real time: firing on time, waking on change, pausing, stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import support  # noqa: F401  (test executors)
+
+from apflow_server.config import Settings
+from apflow_server.core.types import RunTrigger
+from apflow_server.scheduler import InternalScheduler, SchedulerConfig, SchedulerState
+from apflow_server.storage import instances
+from apflow_server.storage.database import Database
+from apflow_server.storage.repository import TaskRepository
+
+
+@pytest.fixture
+def settings(database: Database, tmp_path) -> Settings:
+    return Settings(home=tmp_path, database_url=database.url, lease_seconds=3)
+
+
+@pytest.fixture
+def repo(database: Database, settings: Settings) -> TaskRepository:
+    return TaskRepository(database, settings=settings)
+
+
+def scheduler_for(database: Database, settings: Settings, **config) -> InternalScheduler:
+    defaults = {"poll_interval": 60, "shutdown_grace_seconds": 1, "heartbeat_interval": 0.2}
+    return InternalScheduler(
+        SchedulerConfig(**{**defaults, **config}), database=database, settings=settings
+    )
+
+
+def soon(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+async def test_fires_on_time_despite_a_long_poll_interval(
+    database: Database, settings: Settings, repo: TaskRepository
+) -> None:
+    scheduler = scheduler_for(database, settings)
+    started: list[float] = []
+    scheduler.on_task_complete(lambda *_: started.append(time.time()))
+    await scheduler.start()
+    try:
+        due = datetime.now(UTC) + timedelta(seconds=2)
+        await repo.create_task(
+            name="soon",
+            params={"executor_id": "echo_executor"},
+            schedule_type="once",
+            schedule_expression=due.isoformat(),
+            schedule_enabled=True,
+        )
+        deadline = time.monotonic() + 6
+        while not started and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert started, "the task never ran"
+        lateness = started[0] - due.timestamp()
+        assert -0.01 <= lateness < 1.0  # a generous bound; bench/ measures the real figure
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_change_wakes_a_sleeping_scheduler(
+    database: Database, settings: Settings, repo: TaskRepository
+) -> None:
+    scheduler = scheduler_for(database, settings)
+    done = asyncio.Event()
+    scheduler.on_task_complete(lambda *_: done.set())
+    await scheduler.start()
+    try:
+        await asyncio.sleep(0.3)  # now asleep for up to 60 s: nothing is scheduled
+        await repo.create_task(
+            name="now",
+            params={"executor_id": "echo_executor"},
+            schedule_type="once",
+            schedule_expression=soon(0.2),
+            schedule_enabled=True,
+        )
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await scheduler.stop()
+
+
+async def test_pause_stops_claiming_and_resume_restarts(
+    database: Database, settings: Settings, repo: TaskRepository
+) -> None:
+    scheduler = scheduler_for(database, settings)
+    runs: list[str] = []
+    scheduler.on_task_complete(lambda task_id, ok, result: runs.append(task_id))
+    await scheduler.start()
+    try:
+        await scheduler.pause()
+        assert (await scheduler.get_status()).state is SchedulerState.PAUSED
+        await repo.create_task(
+            name="paused",
+            params={"executor_id": "echo_executor"},
+            schedule_type="once",
+            schedule_expression=soon(0.1),
+            schedule_enabled=True,
+        )
+        await asyncio.sleep(1.0)
+        assert runs == []
+        await scheduler.resume()
+        deadline = time.monotonic() + 5
+        while not runs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(runs) == 1
+    finally:
+        await scheduler.stop()
+
+
+async def test_graceful_stop_cancels_and_records_long_runs(
+    database: Database, settings: Settings, repo: TaskRepository
+) -> None:
+    scheduler = scheduler_for(database, settings, shutdown_grace_seconds=0.3)
+    task = await repo.create_task(
+        name="long", params={"executor_id": "test_sleep"}, inputs={"seconds": 30}
+    )
+    await scheduler.start()
+    await scheduler.trigger(task.id)
+    await asyncio.sleep(0.3)
+    began = time.monotonic()
+    await scheduler.stop()
+    assert time.monotonic() - began < 5
+    [run] = (await repo.list_runs(task_id=task.id)).items
+    assert (run.status, run.error) == ("cancelled", "the scheduler stopped")
+    stored = await repo.require_task(task.id)
+    assert stored.status == "cancelled" and stored.current_run_id is None
+
+
+async def test_heartbeat_row_carries_identity_and_stats(
+    database: Database, settings: Settings, repo: TaskRepository
+) -> None:
+    scheduler = scheduler_for(database, settings, user_id="alice")
+    await scheduler.start()
+    try:
+        task = await repo.create_task(name="x", user_id="alice", params={"executor_id": "echo_executor"})
+        await scheduler.run_and_wait(task.id, RunTrigger.MANUAL)
+        await asyncio.sleep(0.4)
+        scheduler._wake.set()  # a beat is due: let the loop write it
+        await asyncio.sleep(0.3)
+        [row] = await instances.instances(database)
+        assert row.id == scheduler.instance_id
+        assert (row.mode, row.user_filter, row.state) == ("internal", "alice", "running")
+        assert row.stats["tasks_executed"] == 1
+        assert instances.is_live(row, datetime.now(UTC), 0.2)
+    finally:
+        await scheduler.stop()
+    [row] = await instances.instances(database)
+    assert row.state == "stopped"
+
+
+async def test_user_filter_only_claims_that_users_tasks(
+    database: Database, settings: Settings, repo: TaskRepository
+) -> None:
+    scheduler = scheduler_for(database, settings, user_id="alice")
+    ran: list[str] = []
+    scheduler.on_task_complete(lambda task_id, ok, result: ran.append(task_id))
+    for user in ("alice", "bob"):
+        await repo.create_task(
+            name=user,
+            user_id=user,
+            params={"executor_id": "echo_executor"},
+            schedule_type="once",
+            schedule_expression=soon(0.2),
+            schedule_enabled=True,
+        )
+    await scheduler.start()
+    try:
+        await asyncio.sleep(1.5)
+    finally:
+        await scheduler.stop()
+    assert len(ran) == 1
+    assert (await repo.require_task(ran[0])).user_id == "alice"

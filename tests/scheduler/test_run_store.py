@@ -1,0 +1,389 @@
+"""The claim, misfire, overlap, lease and bound rules of storage/runs.py, with a fixed clock,
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from apflow_server.config import Settings
+from apflow_server.core.errors import ConflictError
+from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import Task, TaskRun
+from apflow_server.storage.repository import TaskRepository
+from apflow_server.storage.runs import RunResult, RunStore
+
+T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def settings(database: Database, tmp_path) -> Settings:
+    return Settings(
+        home=tmp_path,
+        database_url=database.url,
+        misfire_grace_seconds=60,
+        max_catchup_runs=3,
+        lease_seconds=30,
+    )
+
+
+@pytest.fixture
+def repo(database: Database, settings: Settings, clock: Clock) -> TaskRepository:
+    return TaskRepository(database, settings=settings, clock=clock)
+
+
+@pytest.fixture
+def store(database: Database, settings: Settings, clock: Clock) -> RunStore:
+    return RunStore(database, settings, "instance-a", clock=clock)
+
+
+async def every_minute(repo: TaskRepository, **fields) -> Task:
+    """An interval schedule on a one-minute grid starting at T0 + 1 min."""
+    values = {
+        "name": "job",
+        "schedule_type": "interval",
+        "schedule_expression": "60",
+        "schedule_start_at": (T0 + MINUTE).isoformat(),
+        "schedule_enabled": True,
+        **fields,
+    }
+    return await repo.create_task(**values)
+
+
+async def history(database: Database, task_id: str) -> list[TaskRun]:
+    async with database.transaction() as session:
+        query = select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.scheduled_for)
+        return list(await session.scalars(query))
+
+
+async def reload(database: Database, task_id: str) -> Task:
+    async with database.transaction() as session:
+        task = await session.get(Task, task_id)
+        assert task is not None
+        return task
+
+
+async def test_on_time_claim_runs_once_and_advances(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo)
+    assert await store.claim_due(10) == []  # not due yet
+    clock.now = T0 + MINUTE + timedelta(seconds=1)
+    [run] = await store.claim_due(10)
+    assert (run.task_id, run.scheduled_for, run.trigger) == (task.id, T0 + MINUTE, "schedule")
+    assert await store.claim_due(10) == []  # claimed once, whoever asks again
+    stored = await reload(database, task.id)
+    assert stored.status == "in_progress"
+    assert stored.current_run_id == run.run_id
+    assert stored.next_run_at == T0 + 2 * MINUTE
+    assert stored.run_count == 1
+    await store.finish(run, RunResult(RunStatus.COMPLETED, {"ok": True}))
+    stored = await reload(database, task.id)
+    assert (stored.status, stored.result, stored.current_run_id) == ("completed", {"ok": True}, None)
+    [row] = await history(database, task.id)
+    assert (row.status, row.result, row.instance_id) == ("completed", {"ok": True}, "instance-a")
+
+
+async def test_two_stores_never_claim_the_same_occurrence(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    tasks = [await every_minute(repo, name=f"job{i}") for i in range(20)]
+    clock.now = T0 + MINUTE
+    first = RunStore(database, settings, "a", clock=clock)
+    second = RunStore(database, settings, "b", clock=clock)
+    claimed = await first.claim_due(7) + await second.claim_due(100) + await first.claim_due(100)
+    assert sorted(c.task_id for c in claimed) == sorted(t.id for t in tasks)
+
+
+async def test_misfire_run_once_fires_latest_and_records_the_rest_missed(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo)  # schedule_misfire defaults to run_once
+    clock.now = T0 + 10 * MINUTE + timedelta(seconds=30)  # occurrences 1..10 are due
+    [run] = await store.claim_due(10)
+    # Occurrences 1..9 are beyond the 60 s grace: 1..8 missed, the latest late one (9) runs;
+    # occurrence 10 (30 s ago) is within grace and stays due for the next pass.
+    assert run.scheduled_for == T0 + 9 * MINUTE
+    rows = await history(database, task.id)
+    assert [r.status for r in rows] == ["missed"] * 8 + ["running"]
+    assert [r.scheduled_for for r in rows] == [T0 + k * MINUTE for k in range(1, 10)]
+    assert (await reload(database, task.id)).next_run_at == T0 + 10 * MINUTE
+
+
+async def test_misfire_skip_records_all_missed_and_waits(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_misfire="skip")
+    clock.now = T0 + 5 * MINUTE + timedelta(seconds=90)
+    assert await store.claim_due(10) == []
+    rows = await history(database, task.id)
+    # 1..4 are late (≤ now - 60 s); 5 became due 90 s ago → also late.
+    assert [r.status for r in rows] == ["missed"] * 5
+    stored = await reload(database, task.id)
+    assert stored.next_run_at == T0 + 6 * MINUTE and stored.schedule_enabled
+
+
+async def test_misfire_run_all_catches_up_in_order_capped(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_misfire="run_all")
+    # 1..5 are late (due ≤ now - 60 s); 6 came due 10 s ago, on time. max_catchup_runs=3.
+    clock.now = T0 + 5 * MINUTE + timedelta(seconds=70)
+    fired = []
+    for _ in range(5):
+        claimed = await store.claim_due(10)
+        if not claimed:
+            break
+        [run] = claimed
+        fired.append(run.scheduled_for)
+        # Nothing else is claimable while it runs: catch-up is one run at a time.
+        assert await store.claim_due(10) == []
+        await store.finish(run, RunResult(RunStatus.COMPLETED))
+    assert fired == [T0 + 3 * MINUTE, T0 + 4 * MINUTE, T0 + 5 * MINUTE, T0 + 6 * MINUTE]
+    statuses = Counter(r.status for r in await history(database, task.id))
+    assert statuses == {"missed": 2, "completed": 4}
+
+
+async def test_overlap_skip_records_occurrences_that_came_due_while_running(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo)  # schedule_overlap defaults to skip
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    clock.now = T0 + 3 * MINUTE + timedelta(seconds=10)  # 2 and 3 came due meanwhile
+    assert await store.claim_due(10) == []  # a running task is left alone
+    follow_up = await store.finish(run, RunResult(RunStatus.COMPLETED))
+    assert follow_up is None
+    rows = await history(database, task.id)
+    assert [(r.scheduled_for, r.status) for r in rows] == [
+        (T0 + MINUTE, "completed"),
+        (T0 + 2 * MINUTE, "skipped"),
+        (T0 + 3 * MINUTE, "skipped"),
+    ]
+    assert (await reload(database, task.id)).next_run_at == T0 + 4 * MINUTE
+
+
+async def test_overlap_buffer_one_runs_the_first_waiting_when_the_run_ends(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="buffer_one")
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    clock.now = T0 + 3 * MINUTE + timedelta(seconds=10)
+    follow_up = await store.finish(run, RunResult(RunStatus.COMPLETED))
+    assert follow_up is not None and follow_up.scheduled_for == T0 + 2 * MINUTE
+    stored = await reload(database, task.id)
+    assert stored.status == "in_progress" and stored.current_run_id == follow_up.run_id
+    assert stored.next_run_at == T0 + 4 * MINUTE
+    rows = await history(database, task.id)
+    assert [(r.scheduled_for, r.status) for r in rows] == [
+        (T0 + MINUTE, "completed"),
+        (T0 + 2 * MINUTE, "running"),
+        (T0 + 3 * MINUTE, "skipped"),
+    ]
+
+
+async def test_overlap_cancel_other_replaces_the_running_run(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="cancel_other")
+    first = RunStore(database, settings, "a", clock=clock)
+    second = RunStore(database, settings, "b", clock=clock)
+    clock.now = T0 + MINUTE
+    [old] = await first.claim_due(10)
+    clock.now = T0 + 2 * MINUTE
+    [new] = await second.claim_due(10)
+    assert new.scheduled_for == T0 + 2 * MINUTE
+    # The first owner no longer owns its run: renewal says so and finishing writes nothing.
+    assert await first.renew([old.run_id]) == set()
+    assert await first.finish(old, RunResult(RunStatus.COMPLETED, {"late": True})) is None
+    stored = await reload(database, task.id)
+    assert stored.current_run_id == new.run_id and stored.result is None
+    rows = await history(database, task.id)
+    assert [(r.status, r.error) for r in rows] == [
+        ("cancelled", "cancelled by a newer occurrence"),
+        ("running", None),
+    ]
+
+
+async def test_max_runs_disables_after_the_last_run(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, max_runs=2)
+    for minute in (1, 2):
+        clock.now = T0 + minute * MINUTE
+        [run] = await store.claim_due(10)
+        await store.finish(run, RunResult(RunStatus.COMPLETED))
+    stored = await reload(database, task.id)
+    assert (stored.run_count, stored.schedule_enabled, stored.next_run_at) == (2, False, None)
+    clock.now = T0 + 10 * MINUTE
+    assert await store.claim_due(10) == []
+
+
+async def test_end_bound_disables(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_end_at=(T0 + 2 * MINUTE).isoformat())
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    assert (await reload(database, task.id)).next_run_at == T0 + 2 * MINUTE
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    clock.now = T0 + 2 * MINUTE
+    [run] = await store.claim_due(10)
+    stored = await reload(database, task.id)
+    assert (stored.schedule_enabled, stored.next_run_at) == (False, None)
+
+
+async def test_once_disables_after_its_run_whatever_the_outcome(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await repo.create_task(
+        name="once",
+        schedule_type="once",
+        schedule_expression=(T0 + MINUTE).isoformat(),
+        schedule_enabled=True,
+    )
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    assert (await reload(database, task.id)).schedule_enabled is False
+    await store.finish(run, RunResult(RunStatus.FAILED, error="boom"))
+    stored = await reload(database, task.id)
+    assert (stored.status, stored.schedule_enabled, stored.next_run_at) == ("failed", False, None)
+
+
+async def test_an_occurrence_already_recorded_never_runs_again(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    when = (T0 + MINUTE).isoformat()
+    task = await repo.create_task(
+        name="once", schedule_type="once", schedule_expression=when, schedule_enabled=True
+    )
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    await repo.update_task(task.id, schedule_enabled=True)  # the same past instant again
+    assert await store.claim_due(10) == []
+    stored = await reload(database, task.id)
+    assert stored.schedule_enabled is False
+    assert len(await history(database, task.id)) == 1
+
+
+async def test_expired_lease_is_reclaimed_and_the_schedule_continues(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    task = await every_minute(repo)
+    crashed = RunStore(database, settings, "crashed", clock=clock)
+    survivor = RunStore(database, settings, "survivor", clock=clock)
+    clock.now = T0 + MINUTE
+    [run] = await crashed.claim_due(10)
+    clock.now = T0 + MINUTE + timedelta(seconds=29)
+    assert await survivor.reclaim_expired() == []  # lease still valid
+    clock.now = T0 + MINUTE + timedelta(seconds=31)
+    assert await survivor.reclaim_expired() == [run.run_id]
+    stored = await reload(database, task.id)
+    assert stored.status == "failed" and "abandoned" in (stored.error or "")
+    assert stored.current_run_id is None
+    [row] = await history(database, task.id)
+    assert row.status == "abandoned"
+    # The crashed owner cannot write any more; the next occurrence fires normally.
+    assert await crashed.finish(run, RunResult(RunStatus.COMPLETED)) is None
+    clock.now = T0 + 2 * MINUTE
+    [next_run] = await survivor.claim_due(10)
+    assert next_run.scheduled_for == T0 + 2 * MINUTE
+
+
+async def test_renewal_extends_the_lease(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    await every_minute(repo)
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    clock.now = T0 + MINUTE + timedelta(seconds=20)
+    assert await store.renew([run.run_id]) == {run.run_id}
+    clock.now = T0 + MINUTE + timedelta(seconds=45)
+    assert await store.reclaim_expired() == []
+
+
+async def test_ad_hoc_runs_and_the_busy_conflict(
+    store: RunStore, repo: TaskRepository, database: Database
+) -> None:
+    task = await repo.create_task(name="adhoc")
+    run = await store.start_now(task.id, RunTrigger.WEBHOOK)
+    assert run.scheduled_for is None and run.trigger == "webhook"
+    with pytest.raises(ConflictError):
+        await store.start_now(task.id, RunTrigger.MANUAL)
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    again = await store.start_now(task.id, RunTrigger.MANUAL)
+    assert again.run_id != run.run_id
+    assert (await reload(database, task.id)).run_count == 2
+
+
+async def test_manual_trigger_request_is_claimed_once(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await repo.create_task(name="adhoc")
+    await store.request_trigger(task.id)
+    [run] = await store.claim_due(10)
+    assert (run.task_id, run.trigger, run.scheduled_for) == (task.id, "manual", None)
+    assert await store.claim_due(10) == []
+    assert (await reload(database, task.id)).trigger_requested_at is None
+
+
+async def test_cancel_stops_ownership(
+    store: RunStore, repo: TaskRepository, database: Database
+) -> None:
+    task = await repo.create_task(name="adhoc")
+    run = await store.start_now(task.id, RunTrigger.API)
+    assert await store.cancel(task.id) is True
+    assert await store.renew([run.run_id]) == set()
+    assert await store.cancel(task.id) is False
+    stored = await reload(database, task.id)
+    assert stored.status == "cancelled"
+
+
+async def test_next_wake_at_is_the_earliest_due_time(
+    store: RunStore, repo: TaskRepository, clock: Clock
+) -> None:
+    assert await store.next_wake_at() is None
+    await every_minute(repo)
+    assert await store.next_wake_at() == T0 + MINUTE
+
+
+async def test_every_due_occurrence_ends_as_exactly_one_row(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    """Walk an hour in uneven steps with runs that overlap occurrences; then each occurrence on
+    the grid up to the last settled one has exactly one history row."""
+    task = await every_minute(repo, schedule_overlap="buffer_one")
+    running = []
+    for seconds in range(0, 3600, 97):
+        clock.now = T0 + MINUTE + timedelta(seconds=seconds)
+        for run in running:
+            follow_up = await store.finish(run, RunResult(RunStatus.COMPLETED))
+            running = [follow_up] if follow_up else []
+        running += await store.claim_due(10)
+    rows = await history(database, task.id)
+    occurrences = [r.scheduled_for for r in rows]
+    assert len(occurrences) == len(set(occurrences))
+    assert occurrences == [T0 + k * MINUTE for k in range(1, len(occurrences) + 1)]
+    assert len(occurrences) >= 55
+    async with database.transaction(write=True) as session:
+        await session.execute(update(Task).values(schedule_enabled=False))

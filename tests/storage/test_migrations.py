@@ -1,0 +1,36 @@
+"""The migrations produce exactly the schema the models describe, on both databases."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from apflow_server.storage.database import Database, head_revision
+from apflow_server.storage.models import Base
+
+
+async def test_schema_matches_models_and_is_at_head(database: Database) -> None:
+    def diff(connection):  # type: ignore[no-untyped-def]
+        context = MigrationContext.configure(connection)
+        return compare_metadata(context, Base.metadata)
+
+    async with database.connect() as connection:
+        differences = await connection.run_sync(diff)
+    assert differences == []
+    assert await database.current_revision() == head_revision()
+
+
+async def test_fresh_postgres_refuses_until_upgraded(fresh_postgres_url: str) -> None:
+    import pytest
+
+    from apflow_server.storage.database import DatabaseError
+
+    database = Database(fresh_postgres_url)
+    try:
+        with pytest.raises(DatabaseError, match="apflow db upgrade"):
+            await database.ensure_schema()
+        await database.upgrade()
+        await database.ensure_schema()
+        assert await database.current_revision() == head_revision()
+    finally:
+        await database.dispose()
