@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import support  # noqa: E402,F401  (registers the test executors)
+import support  # noqa: F401  (registers the test executors)
 
-from apflow_server.scheduler import InternalScheduler, SchedulerConfig  # noqa: E402
+from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 
 
 async def main() -> None:

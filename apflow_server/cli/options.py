@@ -20,7 +20,6 @@ from apflow_server.storage.repository import MAX_PAGE
 from .params import CLEAR, JSON_LIST, JSON_OBJECT, Clearable
 
 F = TypeVar("F", bound=Callable[..., Any])
-Decorator = Callable[[F], F]
 
 FORMATS = ("table", "json")
 
@@ -103,7 +102,7 @@ schedule_definition_options: Callable[[F], F] = compose(
     click.option(
         "--schedule-type",
         type=Clearable(choice_of(ScheduleType)),
-        help="once, interval, cron, daily, weekly or monthly" + _CLEARS + ".",
+        help="The kind of schedule" + _CLEARS + ".",
     ),
     click.option(
         "--schedule-expression",

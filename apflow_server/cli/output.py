@@ -95,8 +95,8 @@ def describe(task: Task) -> str:
 # ---------------------------------------------------------------------- tasks
 
 
-def task_table(tasks: Iterable[Task], title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
+def task_table(tasks: Iterable[Task]) -> Table:
+    table = Table()
     table.add_column("ID", no_wrap=True)
     table.add_column("Name")
     table.add_column("Status", no_wrap=True)
@@ -282,7 +282,8 @@ def show_preview(
     if not fire_times:
         line(f"{title}: no upcoming fire times.")
         return
-    table = Table(title=title, title_justify="left")
+    line(title)
+    table = Table()
     table.add_column("#", justify="right")
     table.add_column("UTC", no_wrap=True)
     table.add_column(f"Local ({zone})", no_wrap=True)

@@ -117,10 +117,11 @@ class RunExecutor:
     async def _fresh_tree(self, root_id: str) -> list[Task]:
         """Load the tree and reset every descendant to a clean pending state."""
         now: datetime = utcnow()
-        async with self.database.transaction(write=True) as session:
+        async with self.database.transaction() as session:
             rows = await subtree_of(session, root_id)
-            below = [row.id for row in rows if row.id != root_id]
-            if below:
+        below = [row.id for row in rows if row.id != root_id]
+        if below:
+            async with self.database.transaction(write=True) as session:
                 await session.execute(
                     update(Task)
                     .where(Task.id.in_(below))

@@ -20,7 +20,6 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from apflow_server.config import Settings, normalise_database_url
 from apflow_server.core.errors import ApflowError
@@ -74,9 +73,7 @@ class Database:
             database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            # One connection per session: SQLite serialises writers anyway, and pooled
-            # connections across forked or threaded users cause more harm than good.
-            self.engine = create_async_engine(self.url, poolclass=NullPool)
+            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=0)
             _install_sqlite_hooks(self.engine)
         elif self.dialect == "postgresql":
             self.engine = create_async_engine(

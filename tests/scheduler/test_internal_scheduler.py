@@ -138,7 +138,9 @@ async def test_heartbeat_row_carries_identity_and_stats(
     scheduler = scheduler_for(database, settings, user_id="alice")
     await scheduler.start()
     try:
-        task = await repo.create_task(name="x", user_id="alice", params={"executor_id": "echo_executor"})
+        task = await repo.create_task(
+            name="x", user_id="alice", params={"executor_id": "echo_executor"}
+        )
         await scheduler.run_and_wait(task.id, RunTrigger.MANUAL)
         await asyncio.sleep(0.4)
         scheduler._wake.set()  # a beat is due: let the loop write it

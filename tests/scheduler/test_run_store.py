@@ -97,7 +97,11 @@ async def test_on_time_claim_runs_once_and_advances(
     assert stored.run_count == 1
     await store.finish(run, RunResult(RunStatus.COMPLETED, {"ok": True}))
     stored = await reload(database, task.id)
-    assert (stored.status, stored.result, stored.current_run_id) == ("completed", {"ok": True}, None)
+    assert (stored.status, stored.result, stored.current_run_id) == (
+        "completed",
+        {"ok": True},
+        None,
+    )
     [row] = await history(database, task.id)
     assert (row.status, row.result, row.instance_id) == ("completed", {"ok": True}, "instance-a")
 

@@ -198,7 +198,7 @@ async def test_tree_with_dependencies_by_name(repo: TaskRepository) -> None:
 
 
 async def test_nested_tree_and_subtree_parent_by_id(repo: TaskRepository, clock: Clock) -> None:
-    root, mid, leaf = await repo.create_tasks(
+    await repo.create_tasks(
         [
             {"id": "root", "name": "root"},
             {"id": "mid", "name": "mid", "parent_id": "root"},
@@ -246,7 +246,10 @@ async def test_nested_tree_and_subtree_parent_by_id(repo: TaskRepository, clock:
             "tasks[1].schedule_type",
         ),
         (
-            [{"name": "root", "user_id": "u1"}, {"name": "x", "parent_id": "root", "user_id": "u2"}],
+            [
+                {"name": "root", "user_id": "u1"},
+                {"name": "x", "parent_id": "root", "user_id": "u2"},
+            ],
             "tasks[1].user_id",
         ),
     ],
@@ -262,7 +265,7 @@ async def test_bad_trees_are_refused(
 
 
 async def test_cycle_through_update_is_refused(repo: TaskRepository) -> None:
-    _, a, b = await repo.create_tasks(
+    _, a, _ = await repo.create_tasks(
         [
             {"name": "root"},
             {"name": "a", "parent_id": "root"},
@@ -274,9 +277,7 @@ async def test_cycle_through_update_is_refused(repo: TaskRepository) -> None:
     assert (await repo.require_task(a.id)).dependencies == []
 
 
-async def test_delete_removes_the_whole_subtree(
-    repo: TaskRepository, database: Database
-) -> None:
+async def test_delete_removes_the_whole_subtree(repo: TaskRepository, database: Database) -> None:
     await repo.create_tasks(
         [
             {"id": "root", "name": "root"},
@@ -289,9 +290,7 @@ async def test_delete_removes_the_whole_subtree(
     assert await count_tasks(database) == 0
 
 
-async def test_delete_refused_while_any_part_runs(
-    repo: TaskRepository, database: Database
-) -> None:
+async def test_delete_refused_while_any_part_runs(repo: TaskRepository, database: Database) -> None:
     await repo.create_tasks(
         [{"id": "root", "name": "root"}, {"id": "a", "name": "a", "parent_id": "root"}]
     )
@@ -450,9 +449,7 @@ async def test_due_query_honours_every_condition(
     running = await make_due(repo, "running", user_id="alice")
     disabled = await make_due(repo, "disabled", user_id="alice")
     capped = await make_due(repo, "capped", user_id="alice", max_runs=5)
-    ended = await make_due(
-        repo, "ended", user_id="alice", schedule_end_at="2025-03-20T00:00:00Z"
-    )
+    ended = await make_due(repo, "ended", user_id="alice", schedule_end_at="2025-03-20T00:00:00Z")
     await repo.create_task(name="unscheduled", user_id="alice")
     later = await repo.create_task(
         name="later",
@@ -556,9 +553,7 @@ async def test_history_is_pruned_to_the_newest(repo: TaskRepository, clock: Cloc
         await repo.complete_scheduled(task.id, calculate_next_run=False)
     runs = await repo.list_runs(task_id=task.id)
     assert runs.total == 3  # run_history_keep=3 in this fixture
-    assert [r.started_at for r in runs.items] == [
-        NOW + timedelta(minutes=m) for m in (4, 3, 2)
-    ]
+    assert [r.started_at for r in runs.items] == [NOW + timedelta(minutes=m) for m in (4, 3, 2)]
 
 
 async def test_runs_cascade_with_task(repo: TaskRepository, database: Database) -> None:
@@ -579,9 +574,7 @@ async def test_preview_of_a_stored_task_and_of_unsaved_fields(repo: TaskReposito
         datetime(2025, 3, 12, 9, 0, tzinfo=UTC),
         datetime(2025, 3, 17, 9, 0, tzinfo=UTC),
     ]  # max_runs=3 caps the preview
-    fires = await repo.preview_schedule(
-        schedule_type="interval", schedule_expression="1h", count=2
-    )
+    fires = await repo.preview_schedule(schedule_type="interval", schedule_expression="1h", count=2)
     assert fires == [NOW + timedelta(hours=1), NOW + timedelta(hours=2)]
     fires = await repo.preview_schedule(
         schedule_type="daily",
