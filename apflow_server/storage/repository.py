@@ -538,8 +538,11 @@ class TaskRepository:
                 schedule = schedule_of(draft)
             remaining = fields.get("max_runs")
         if schedule.type is ScheduleType.ONCE:
+            # Without `after`, a once that is past but has not run is shown: it is due now.
             when = schedule.first_fire(start)
-            return [when] if when is not None and remaining != 0 else []
+            if when is None or remaining == 0 or (after is not None and when <= start):
+                return []
+            return [when]
         return schedule.preview(count, start, remaining)
 
     # ------------------------------------------------------------------ run history

@@ -588,6 +588,9 @@ async def test_preview_of_a_stored_task_and_of_unsaved_fields(repo: TaskReposito
         datetime(2025, 3, 30, 1, 30, tzinfo=UTC),
         datetime(2025, 3, 31, 0, 30, tzinfo=UTC),
     ]
+    once = {"schedule_type": "once", "schedule_expression": "2030-01-01T00:00:00Z"}
+    assert await repo.preview_schedule(**once) == [datetime(2030, 1, 1, tzinfo=UTC)]
+    assert await repo.preview_schedule(after="2031-01-01T00:00:00Z", **once) == []
     for bad, field in [
         ({"schedule_type": "daily", "schedule_expression": "9am"}, "schedule_expression"),
         ({"schedule_expression": "09:00"}, "schedule_type"),
