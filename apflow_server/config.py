@@ -6,10 +6,14 @@ embedding applications can change the environment before they build a service.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from apflow_server.core.errors import ApflowError
 
@@ -39,6 +43,40 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CONFIG_FILE = "config.cli.yaml"
+# Pinned: an HMAC family only, never "none" nor whatever a token header asks for.
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
+CONFIG_KEYS = ("jwt_secret", "jwt_algorithm", "admin_auth_token", "api_server_url")
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    networks = []
+    for item in _list(env, name):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an address or CIDR range") from None
+    return tuple(networks)
+
+
+def load_config_file(home: Path) -> dict[str, Any]:
+    """APFLOW_HOME/config.cli.yaml as a mapping (empty when the file does not exist)."""
+    path = home / CONFIG_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+    return {key: str(value) for key, value in data.items() if value is not None}
+
+
 def normalise_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean asyncpg; `sqlite://` means aiosqlite."""
     for prefix in ("postgresql://", "postgres://"):
@@ -61,6 +99,22 @@ class Settings:
     rest_allow_private_urls: bool = False
     allow_command_executor: bool = False
     command_allowlist: tuple[str, ...] = ()
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_algorithm: str = "HS256"
+    admin_auth_token: str | None = field(default=None, repr=False)
+    api_server_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_tolerance_seconds: int = 300
+    webhook_allowed_ips: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    webhook_rate_limit: int = 0
+    rate_limit_storage: str = "memory://"
+    max_body_bytes: int = 1024 * 1024
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Authentication is on when any secret is configured."""
+        return bool(self.jwt_secret or self.webhook_secret)
 
     @property
     def is_sqlite(self) -> bool:
@@ -73,11 +127,15 @@ class Settings:
         url = env.get("APFLOW_DATABASE_URL") or f"sqlite+aiosqlite:///{home / 'apflow.db'}"
         from apflow_server.schedules.timezones import get_zone
 
+        file = load_config_file(home)
         zone_name = env.get("APFLOW_DEFAULT_TIMEZONE") or "UTC"
         try:
             get_zone(zone_name, "APFLOW_DEFAULT_TIMEZONE")
         except ApflowError as exc:
             raise ConfigError(exc.message) from None
+        algorithm = env.get("APFLOW_JWT_ALGORITHM") or file.get("jwt_algorithm") or "HS256"
+        if algorithm not in JWT_ALGORITHMS:
+            raise ConfigError(f"jwt_algorithm must be one of {', '.join(JWT_ALGORITHMS)}")
         return cls(
             home=home,
             database_url=normalise_database_url(url),
@@ -89,4 +147,14 @@ class Settings:
             rest_allow_private_urls=_flag(env, "APFLOW_REST_ALLOW_PRIVATE_URLS"),
             allow_command_executor=_flag(env, "APFLOW_ALLOW_COMMAND_EXECUTOR"),
             command_allowlist=_list(env, "APFLOW_COMMAND_ALLOWLIST"),
+            jwt_secret=env.get("APFLOW_JWT_SECRET") or file.get("jwt_secret"),
+            jwt_algorithm=algorithm,
+            admin_auth_token=env.get("APFLOW_ADMIN_AUTH_TOKEN") or file.get("admin_auth_token"),
+            api_server_url=env.get("APFLOW_API_SERVER_URL") or file.get("api_server_url"),
+            webhook_secret=env.get("APFLOW_WEBHOOK_SECRET") or None,
+            webhook_tolerance_seconds=_int(env, "APFLOW_WEBHOOK_TOLERANCE_SECONDS", 300, 1),
+            webhook_allowed_ips=_networks(env, "APFLOW_WEBHOOK_ALLOWED_IPS"),
+            trusted_proxies=_networks(env, "APFLOW_TRUSTED_PROXIES"),
+            webhook_rate_limit=_int(env, "APFLOW_WEBHOOK_RATE_LIMIT", 0),
+            rate_limit_storage=env.get("APFLOW_RATE_LIMIT_STORAGE") or "memory://",
         )

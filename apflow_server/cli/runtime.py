@@ -4,7 +4,8 @@ opened for one command, its coroutine runs under `asyncio.run`, and the engine i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
@@ -26,18 +27,26 @@ def open_database(settings: Settings) -> Database:
         raise DatabaseError(f"cannot open the database: {exc}") from None
 
 
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn the driver's connection and operational errors into a one-line DatabaseError."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise DatabaseError(f"database error: {reason}") from None
+
+
 async def _with_database(
     settings: Settings, work: Callable[[Database], Awaitable[T]], *, ensure_schema: bool
 ) -> T:
     database = open_database(settings)
     try:
-        if ensure_schema:
-            await database.ensure_schema()
-        return await work(database)
-    except (OperationalError, InterfaceError) as exc:
-        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
-        raise DatabaseError(f"database error: {reason}") from None
+        with database_errors():
+            if ensure_schema:
+                await database.ensure_schema()
+            return await work(database)
     finally:
         await database.dispose()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import shutil
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -96,12 +97,26 @@ async def rest_executor(inputs: dict[str, Any], context: ExecutionContext) -> di
 # ---------------------------------------------------------------------- command
 
 
-def _check_command(argv: list[str], settings: Settings) -> None:
+def _resolve_command(program: str, settings: Settings) -> str:
+    """The absolute path to execute, checked against the allowlist.
+
+    The program is looked up on the service's own PATH, never the task's `env`, and the
+    resolved path is what runs, so a task cannot swap in another binary of the same name.
+    An allowlist entry is either a bare name (matching a bare program name) or an absolute
+    path (matching the resolved path).
+    """
     if not settings.allow_command_executor:
         raise ExecutionError("command_executor is disabled; set APFLOW_ALLOW_COMMAND_EXECUTOR=1")
+    resolved = shutil.which(program, path=os.environ.get("PATH", os.defpath))
+    if resolved is None:
+        raise ExecutionError(f"cannot find the program {program!r}")
+    resolved = os.path.realpath(resolved)
     allowed = settings.command_allowlist
-    if allowed and argv[0] not in allowed and os.path.basename(argv[0]) not in allowed:
-        raise ExecutionError(f"{argv[0]!r} is not in APFLOW_COMMAND_ALLOWLIST")
+    if allowed:
+        by_name = "/" not in program and program in allowed
+        if not by_name and resolved not in {os.path.realpath(a) for a in allowed if "/" in a}:
+            raise ExecutionError(f"{program!r} is not in APFLOW_COMMAND_ALLOWLIST")
+    return resolved
 
 
 async def command_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
@@ -109,14 +124,15 @@ async def command_executor(inputs: dict[str, Any], context: ExecutionContext) ->
     argv = inputs.get("command")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise ExecutionError("inputs.command must be a non-empty list of strings (no shell)")
-    _check_command(argv, Settings.from_env())
+    program = _resolve_command(argv[0], Settings.from_env())
     timeout = inputs.get("timeout")
     extra_env = inputs.get("env") or {}
     if not isinstance(extra_env, dict):
         raise ExecutionError("inputs.env must be an object")
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv,
+            program,
+            *argv[1:],
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=inputs.get("cwd"),
@@ -126,11 +142,13 @@ async def command_executor(inputs: dict[str, Any], context: ExecutionContext) ->
         raise ExecutionError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    except BaseException:
+    except BaseException as exc:
         # Timeout or cancellation: the child must not outlive its run.
         if process.returncode is None:
             process.kill()
             await process.wait()
+        if isinstance(exc, TimeoutError):
+            raise ExecutionError(f"{argv[0]} timed out after {timeout} s") from None
         raise
     error_text = stderr.decode(errors="replace")[-MAX_OUTPUT_CHARS:]
     result = {

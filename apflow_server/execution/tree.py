@@ -141,24 +141,47 @@ class TreeRun:
         return NodeOutcome(all(node.outcome and node.outcome.ok for node in group))
 
     async def _run_node(self, node: _Node, siblings: dict[str, _Node]) -> None:
-        spec = node.spec
-        if node.children:
-            await self._run_group(node.children)
-        failure = self._blocking_failure(node, siblings)
         is_root = node is self.root
+        failure = self._failed_dependency(node, siblings)
+        if failure is not None:
+            # Blocked: neither the task nor anything below it runs.
+            await self._finish_subtree(node, NodeOutcome(False, error=failure), is_root)
+            return
+        if node.children:
+            if not is_root:  # in progress while its children run
+                await self.sink.started(node.spec.id)
+            await self._run_group(node.children)
+        failure = self._failed_child(node)
         if failure is not None:
             node.outcome = NodeOutcome(False, error=failure)
         else:
-            node.outcome = await self._execute(node, siblings, is_root)
+            # A leaf is marked started once it holds a slot, so slots go in priority order.
+            mark_started = not is_root and not node.children
+            node.outcome = await self._execute(node, siblings, mark_started)
         if not is_root:  # the root's outcome is recorded with the run itself
-            await self.sink.finished(
-                spec.id, node.outcome.ok, node.outcome.result, node.outcome.error
-            )
+            await self._report(node)
 
-    def _blocking_failure(self, node: _Node, siblings: dict[str, _Node]) -> str | None:
+    async def _report(self, node: _Node) -> None:
+        assert node.outcome is not None
+        outcome = node.outcome
+        await self.sink.finished(node.spec.id, outcome.ok, outcome.result, outcome.error)
+
+    async def _finish_subtree(self, node: _Node, outcome: NodeOutcome, is_root: bool) -> None:
+        node.outcome = outcome
+        if not is_root:
+            await self._report(node)
+        reason = f"not run: {node.spec.name!r} ({node.spec.id}) was blocked"
+        for child in node.children:
+            await self._finish_subtree(child, NodeOutcome(False, error=reason), False)
+
+    @staticmethod
+    def _failed_child(node: _Node) -> str | None:
         for child in node.children:
             if child.outcome is not None and not child.outcome.ok:
                 return f"child {child.spec.name!r} ({child.spec.id}) failed: {child.outcome.error}"
+        return None
+
+    def _failed_dependency(self, node: _Node, siblings: dict[str, _Node]) -> str | None:
         for dependency in node.spec.dependencies:
             other = siblings.get(dependency["id"])
             if other is None or other.outcome is None or other.outcome.ok:
@@ -170,7 +193,9 @@ class TreeRun:
                 )
         return None
 
-    async def _execute(self, node: _Node, siblings: dict[str, _Node], is_root: bool) -> NodeOutcome:
+    async def _execute(
+        self, node: _Node, siblings: dict[str, _Node], mark_started: bool
+    ) -> NodeOutcome:
         spec = node.spec
         name = executor_name(spec, bool(node.children))
         if name is None:
@@ -194,7 +219,7 @@ class TreeRun:
             dependency_results=dependency_results,
         )
         async with self.slots:
-            if not is_root:
+            if mark_started:
                 await self.sink.started(spec.id)
             try:
                 result = await self.registry.call(

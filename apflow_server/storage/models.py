@@ -150,11 +150,14 @@ class TaskRun(Base):
     instance_id: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    # A client's Idempotency-Key: a repeated trigger with the same key returns this run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         # Exactly once: an occurrence of a task can be recorded a single time, whoever claims it.
         # Ad-hoc runs have scheduled_for NULL, and NULLs never collide.
         UniqueConstraint("task_id", "scheduled_for", name="uq_task_runs_occurrence"),
+        UniqueConstraint("task_id", "idempotency_key", name="uq_task_runs_idempotency"),
         Index("ix_task_runs_task_created", "task_id", "created_at"),
         Index(
             "ix_task_runs_running_lease",
@@ -179,6 +182,16 @@ class SchedulerInstance(Base):
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime] = mapped_column(index=True)
     stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class WebhookReplay(Base):
+    """Signatures already accepted, so each is accepted once (shared by every instance)."""
+
+    __tablename__ = "webhook_replays"
+
+    signature_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 TASK_FIELDS = (

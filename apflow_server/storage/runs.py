@@ -68,6 +68,8 @@ class ClaimedRun:
     scheduled_for: datetime | None
     started_at: datetime
     attempt: int = 1
+    # True when an Idempotency-Key matched an earlier run: nothing new was started.
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,11 @@ class RunStore:
         trigger: RunTrigger,
         occurrence: datetime | None,
         now: datetime,
+        idempotency_key: str | None = None,
     ) -> ClaimedRun:
-        run_id = await self._insert_run(session, task, trigger, occurrence, RunStatus.RUNNING, now)
+        run_id = await self._insert_run(
+            session, task, trigger, occurrence, RunStatus.RUNNING, now, idempotency_key
+        )
         assert run_id is not None  # ad-hoc runs have no occurrence, hence no conflict
         claimed = self._take(task, run_id, trigger, occurrence, now)
         if task.max_runs is not None and task.run_count >= task.max_runs:
@@ -220,6 +225,7 @@ class RunStore:
         task.current_run_id = run_id
         task.started_at = now
         task.completed_at = None
+        task.result = None
         task.error = None
         task.progress = 0.0
         task.run_count += 1
@@ -235,6 +241,7 @@ class RunStore:
         occurrence: datetime | None,
         status: RunStatus,
         now: datetime,
+        idempotency_key: str | None = None,
     ) -> str | None:
         """Insert one history row; None when its occurrence is already recorded."""
         run_id = str(uuid.uuid4())
@@ -252,6 +259,7 @@ class RunStore:
             "instance_id": self.instance_id if running else None,
             "lease_expires_at": now + self.lease if running else None,
             "created_at": now,
+            "idempotency_key": idempotency_key,
         }
         statement = (
             self._insert()
@@ -334,17 +342,60 @@ class RunStore:
         """
         now = self.clock()
         async with schedule_write(self.database) as session:
-            task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
-            if task is None:
-                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            task = await self._locked_task(session, task_id)
+            if idempotency_key is not None:
+                # Under the task's row lock, so two requests with one key cannot both start.
+                earlier = await session.scalar(
+                    select(TaskRun).where(
+                        TaskRun.task_id == task.id, TaskRun.idempotency_key == idempotency_key
+                    )
+                )
+                if earlier is not None:
+                    return _replayed(earlier)
             if task.status == IN_PROGRESS:
                 if task.schedule_overlap != OverlapPolicy.CANCEL_OTHER.value:
                     raise ConflictError(
                         f"task {task_id!r} is already running", data={"task_id": task_id}
                     )
                 await self._cancel_current(session, task, now, "cancelled by a newer trigger")
-            claimed = await self._start(session, task, trigger, None, now)
-        return claimed
+            busy = await _busy_relative(session, task)
+            if busy is not None:
+                raise ConflictError(
+                    f"task {task_id!r} is part of a tree that is running ({busy.name!r}, "
+                    f"{busy.id}); a task runs either alone or with its tree, not both",
+                    data={"task_id": busy.id},
+                )
+            return await self._start(session, task, trigger, None, now, idempotency_key)
+
+    async def claim_occurrence(self, task_id: str, scheduled_for: datetime) -> ClaimedRun | None:
+        """Fire one named occurrence of a task's schedule, if it is the one due now.
+
+        This is how a scheduler in API mode fires through a server: the server claims, with
+        the same rules and the same unique key as its own scheduler, so exactly once holds.
+        None when the occurrence is not (or no longer) due: already fired, missed or skipped.
+        """
+        now = self.clock()
+        async with schedule_write(self.database) as session:
+            task = await self._locked_task(session, task_id)
+            due = (
+                task.schedule_enabled
+                and task.next_run_at == scheduled_for
+                and task.due_at is not None
+                and task.due_at <= now
+                and (
+                    task.status != IN_PROGRESS
+                    or task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value
+                )
+            )
+            if not due:
+                return None
+            return await self._settle_due(session, task, now)
+
+    async def _locked_task(self, session: AsyncSession, task_id: str) -> Task:
+        task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
+        if task is None:
+            raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+        return task
 
     async def request_trigger(self, task_id: str) -> None:
         """Ask whichever scheduler is running to start the task now (`scheduler trigger`)."""
@@ -478,12 +529,16 @@ class RunStore:
     async def _release_tree(
         self, session: AsyncSession, root_id: str, reason: str, now: datetime
     ) -> None:
-        """Descendants left in_progress by a run that ended without them fail with its reason."""
+        """Descendants a run left unfinished (pending or in_progress) fail with its reason, so no
+        task stays pending after the run that should have run it."""
         tree = select(Task.id).where(Task.parent_id == root_id).cte("below", recursive=True)
         tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
         await session.execute(
             update(Task)
-            .where(Task.id.in_(select(tree.c.id)), Task.status == IN_PROGRESS)
+            .where(
+                Task.id.in_(select(tree.c.id)),
+                Task.status.in_([IN_PROGRESS, TaskStatus.PENDING.value]),
+            )
             .values(status=TaskStatus.FAILED.value, error=reason, completed_at=now, updated_at=now)
         )
 
@@ -541,3 +596,32 @@ class RunStore:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _replayed(run: TaskRun) -> ClaimedRun:
+    return ClaimedRun(
+        run.id,
+        run.task_id,
+        run.user_id,
+        run.trigger,
+        run.scheduled_for,
+        run.started_at or run.created_at,
+        run.attempt,
+        replayed=True,
+    )
+
+
+async def _busy_relative(session: AsyncSession, task: Task) -> Task | None:
+    """An ancestor or descendant of `task` that is running, if any."""
+    parent_id = task.parent_id
+    while parent_id is not None:
+        parent = await session.get(Task, parent_id)
+        if parent is None:
+            break
+        if parent.status == IN_PROGRESS:
+            return parent
+        parent_id = parent.parent_id
+    below = select(Task.id).where(Task.parent_id == task.id).cte("busy_below", recursive=True)
+    below = below.union_all(select(Task.id).where(Task.parent_id == below.c.id))
+    query = select(Task).where(Task.id.in_(select(below.c.id)), Task.status == IN_PROGRESS)
+    return await session.scalar(query.limit(1))

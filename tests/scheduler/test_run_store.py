@@ -391,3 +391,45 @@ async def test_every_due_occurrence_ends_as_exactly_one_row(
     assert len(occurrences) >= 55
     async with database.transaction(write=True) as session:
         await session.execute(update(Task).values(schedule_enabled=False))
+
+
+async def test_a_task_inside_a_running_tree_cannot_start_alone(
+    store: RunStore, repo: TaskRepository
+) -> None:
+    root, child = await repo.create_tasks([{"name": "root"}, {"name": "a", "parent_id": "root"}])
+    run = await store.start_now(root.id, RunTrigger.MANUAL)
+    with pytest.raises(ConflictError, match="tree that is running"):
+        await store.start_now(child.id, RunTrigger.MANUAL)
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    child_run = await store.start_now(child.id, RunTrigger.MANUAL)
+    with pytest.raises(ConflictError, match="tree that is running"):
+        await store.start_now(root.id, RunTrigger.MANUAL)
+    await store.finish(child_run, RunResult(RunStatus.COMPLETED))
+
+
+async def test_idempotency_key_returns_the_first_run(
+    store: RunStore, repo: TaskRepository, database: Database
+) -> None:
+    task = await repo.create_task(name="hook")
+    first = await store.start_now(task.id, RunTrigger.WEBHOOK, idempotency_key="k-1")
+    again = await store.start_now(task.id, RunTrigger.WEBHOOK, idempotency_key="k-1")
+    assert (again.run_id, again.replayed, first.replayed) == (first.run_id, True, False)
+    await store.finish(first, RunResult(RunStatus.COMPLETED))
+    later = await store.start_now(task.id, RunTrigger.WEBHOOK, idempotency_key="k-1")
+    assert later.run_id == first.run_id and later.replayed
+    other = await store.start_now(task.id, RunTrigger.WEBHOOK, idempotency_key="k-2")
+    assert other.run_id != first.run_id and not other.replayed
+    assert len(await history(database, task.id)) == 2
+
+
+async def test_claim_occurrence_fires_only_the_due_occurrence_once(
+    store: RunStore, repo: TaskRepository, clock: Clock
+) -> None:
+    task = await every_minute(repo)
+    assert await store.claim_occurrence(task.id, T0 + MINUTE) is None  # not due yet
+    clock.now = T0 + MINUTE
+    run = await store.claim_occurrence(task.id, T0 + MINUTE)
+    assert run is not None and run.scheduled_for == T0 + MINUTE
+    assert await store.claim_occurrence(task.id, T0 + MINUTE) is None  # already fired
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    assert await store.claim_occurrence(task.id, T0 + MINUTE) is None

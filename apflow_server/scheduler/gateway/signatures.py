@@ -1,0 +1,51 @@
+"""HMAC signatures of webhook triggers (SPEC §7). Pure: no I/O, no clock of its own.
+
+signature = lowercase hex HMAC-SHA256(secret, "{timestamp}.{task_id}.{raw body}")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+SIGNATURE_HEADER = "X-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Webhook-Timestamp"
+ALGORITHM = "HMAC-SHA256"
+SIGNED_CONTENT = "{timestamp}.{task_id}.{body}"
+
+
+class SignatureError(Exception):
+    """Why a signature was refused; `reason` is a short label for metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def sign(secret: str, timestamp: str | int, task_id: str, body: bytes = b"") -> str:
+    message = f"{timestamp}.{task_id}.".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def verify(
+    secret: str,
+    *,
+    timestamp: str | None,
+    signature: str | None,
+    task_id: str,
+    body: bytes,
+    now: float,
+    tolerance_seconds: int,
+) -> None:
+    """Accept a signature made for this task and body, at a time within the tolerance."""
+    if not timestamp or not signature:
+        raise SignatureError("missing", f"{SIGNATURE_HEADER} and {TIMESTAMP_HEADER} are required")
+    try:
+        moment = int(timestamp)
+    except ValueError:
+        raise SignatureError("bad_timestamp", f"{TIMESTAMP_HEADER} must be unix seconds") from None
+    if abs(now - moment) > tolerance_seconds:
+        raise SignatureError("stale", "the webhook timestamp is outside the allowed window")
+    expected = sign(secret, timestamp, task_id, body)
+    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
+        raise SignatureError("bad_signature", "the webhook signature does not match")
