@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from apflow_server.storage.runs import ClaimedRun, RunResult
 
 
 class SchedulerState(StrEnum):
@@ -73,3 +76,11 @@ class SchedulerStats:
                 data[key] = value.isoformat()
         data["state"] = self.state.value
         return data
+
+
+class RunObserver(Protocol):
+    """Told about every run this scheduler starts and finishes (metrics, for instance)."""
+
+    def run_started(self, run: ClaimedRun) -> None: ...
+
+    def run_finished(self, outcome: RunResult) -> None: ...

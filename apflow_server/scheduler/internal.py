@@ -25,7 +25,12 @@ from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.registry import registry as default_registry
 from apflow_server.execution.runner import RunExecutor
-from apflow_server.scheduler.base import SchedulerConfig, SchedulerState, SchedulerStats
+from apflow_server.scheduler.base import (
+    RunObserver,
+    SchedulerConfig,
+    SchedulerState,
+    SchedulerStats,
+)
 from apflow_server.scheduler.listener import ScheduleListener
 from apflow_server.storage import instances, signals
 from apflow_server.storage.database import Database, DatabaseError
@@ -39,6 +44,7 @@ TRANSIENT_ERRORS = (OperationalError, DBAPIError, OSError, ConnectionError, Data
 # With nothing claimable although something is due (rows locked by another scheduler), wait
 # this long rather than spinning.
 MIN_SLEEP = 0.05
+MAX_KEPT_OUTCOMES = 1000
 
 
 def new_instance_id() -> str:
@@ -65,6 +71,7 @@ class InternalScheduler:
         settings: Settings | None = None,
         registry: ExecutorRegistry | None = None,
         claim: bool = True,
+        observer: RunObserver | None = None,
     ) -> None:
         self.config = config or SchedulerConfig()
         self.settings = settings or Settings.from_env()
@@ -73,10 +80,12 @@ class InternalScheduler:
         self.registry = registry or default_registry
         # claim=False: run only what is triggered here (an API server without a scheduler).
         self.claiming = claim
+        self.observer = observer
         self.instance_id = new_instance_id()
         self.stats = SchedulerStats(instance_id=self.instance_id)
         self._callbacks: list[CompletionCallback] = []
         self._active: dict[str, _Active] = {}
+        self._outcomes: dict[str, asyncio.Future[RunResult]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -195,18 +204,44 @@ class InternalScheduler:
 
     async def trigger(self, task_id: str, trigger: RunTrigger = RunTrigger.MANUAL) -> str:
         """Run a task now, in this process; returns the run id."""
-        store = self._require_store()
-        claimed = await store.start_now(task_id, trigger)
-        self._launch(claimed)
+        claimed = await self.start_run(task_id, trigger)
+        assert claimed is not None
         return claimed.run_id
+
+    async def start_run(
+        self,
+        task_id: str,
+        trigger: RunTrigger,
+        *,
+        idempotency_key: str | None = None,
+        scheduled_for: datetime | None = None,
+    ) -> ClaimedRun | None:
+        """Start a run here: ad hoc, or (with `scheduled_for`) the named due occurrence.
+
+        Returns None when that occurrence is not due (already fired, skipped or missed); a
+        run found by its idempotency key comes back `replayed` and is not started again.
+        """
+        store = self._require_store()
+        if scheduled_for is not None:
+            claimed = await store.claim_occurrence(task_id, scheduled_for)
+        else:
+            claimed = await store.start_now(task_id, trigger, idempotency_key=idempotency_key)
+        if claimed is not None and not claimed.replayed:
+            self._launch(claimed)
+        return claimed
+
+    async def wait_for(self, run_id: str) -> RunResult | None:
+        """The outcome of a run started in this process (None if it is not one of ours)."""
+        future = self._outcomes.get(run_id)
+        return None if future is None else await asyncio.shield(future)
 
     async def run_and_wait(self, task_id: str, trigger: RunTrigger) -> tuple[str, RunResult]:
         """Run a task now and wait for its outcome (synchronous webhooks, `tasks execute`)."""
-        store = self._require_store()
-        claimed = await store.start_now(task_id, trigger)
-        done: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
-        self._launch(claimed, done)
-        return claimed.run_id, await done
+        claimed = await self.start_run(task_id, trigger)
+        assert claimed is not None
+        outcome = await self.wait_for(claimed.run_id)
+        assert outcome is not None
+        return claimed.run_id, outcome
 
     async def get_status(self) -> SchedulerStats:
         self.stats.active_tasks = len(self._active)
@@ -278,12 +313,33 @@ class InternalScheduler:
 
     # ------------------------------------------------------------------ runs
 
-    def _launch(self, claimed: ClaimedRun, done: asyncio.Future[RunResult] | None = None) -> None:
-        task = asyncio.create_task(self._execute(claimed, done), name=f"run-{claimed.run_id}")
+    def _launch(self, claimed: ClaimedRun) -> None:
+        if self.observer is not None:
+            self.observer.run_started(claimed)
+        self._outcome_future(claimed.run_id)
+        task = asyncio.create_task(self._execute(claimed), name=f"run-{claimed.run_id}")
         self._active[claimed.run_id] = _Active(claimed, task)
         self.stats.active_tasks = len(self._active)
 
-    async def _execute(self, claimed: ClaimedRun, done: asyncio.Future[RunResult] | None) -> None:
+    def _outcome_future(self, run_id: str) -> asyncio.Future[RunResult]:
+        """A future for the run's outcome, kept for a while for waiters (sync webhooks)."""
+        future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        self._outcomes[run_id] = future
+        if len(self._outcomes) > MAX_KEPT_OUTCOMES:
+            for old in [k for k, f in self._outcomes.items() if f.done()][: MAX_KEPT_OUTCOMES // 2]:
+                del self._outcomes[old]
+        return future
+
+    def _settle_outcome(self, run_id: str, outcome: RunResult | None) -> None:
+        future = self._outcomes.get(run_id)
+        if future is not None and not future.done():
+            if outcome is None:
+                future.set_exception(RuntimeError("the run ended without an outcome"))
+            else:
+                future.set_result(outcome)
+
+    async def _execute(self, claimed: ClaimedRun) -> None:
         assert self.executor is not None and self.store is not None
         current: ClaimedRun | None = claimed
         try:
@@ -297,22 +353,22 @@ class InternalScheduler:
                         return
                     outcome = RunResult(RunStatus.CANCELLED, None, "the scheduler stopped")
                     await asyncio.shield(self._finish(current, outcome))
+                    self._settle_outcome(current.run_id, outcome)
                     raise
                 follow_up = await self._finish(current, outcome)
-                if done is not None and not done.done():
-                    done.set_result(outcome)
+                self._settle_outcome(current.run_id, outcome)
                 await self._completed(current, outcome)
                 if follow_up is not None:
+                    self._outcome_future(follow_up.run_id)
                     self._active[follow_up.run_id] = _Active(follow_up, active.task)
                     self._active.pop(current.run_id, None)
                 current = follow_up
         finally:
             if current is not None:
                 self._active.pop(current.run_id, None)
+                self._settle_outcome(current.run_id, None)
             self._active.pop(claimed.run_id, None)
             self.stats.active_tasks = len(self._active)
-            if done is not None and not done.done():
-                done.set_exception(RuntimeError("the run ended without an outcome"))
             self._wake.set()  # a slot is free
 
     async def _finish(self, claimed: ClaimedRun, outcome: RunResult) -> ClaimedRun | None:
@@ -332,6 +388,8 @@ class InternalScheduler:
 
     async def _completed(self, claimed: ClaimedRun, outcome: RunResult) -> None:
         success = outcome.status is RunStatus.COMPLETED
+        if self.observer is not None:
+            self.observer.run_finished(outcome)
         self.stats.tasks_executed += 1
         if success:
             self.stats.tasks_succeeded += 1

@@ -1,0 +1,130 @@
+"""The Starlette application: routes, the JWT middleware, and a lifespan that opens the
+database and runs the internal scheduler (or, with run_scheduler=False, an executor for the
+runs this server starts, without claiming scheduled work)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Scope
+
+from apflow_server.api.auth import JWTMiddleware
+from apflow_server.api.metrics import Metrics
+from apflow_server.api.rpc import rpc_endpoint, rpc_error
+from apflow_server.api.services import Services
+from apflow_server.api.webhook import WebhookRateLimit, webhook_trigger
+from apflow_server.config import Settings
+from apflow_server.core.errors import UnauthenticatedError
+from apflow_server.scheduler.base import SchedulerConfig, SchedulerState
+from apflow_server.scheduler.internal import InternalScheduler
+from apflow_server.storage.database import Database
+from apflow_server.storage.repository import TaskRepository, due_filter, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    checks: dict[str, Any] = {}
+    try:
+        async with services.database.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means not ready; say which
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    state = services.scheduler.state
+    checks["scheduler"] = state.value
+    ready = checks["database"] == "ok" and state in {SchedulerState.RUNNING, SchedulerState.PAUSED}
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+async def metrics(request: Request) -> Response:
+    services: Services = request.app.state.services
+    from sqlalchemy import func, select
+
+    from apflow_server.storage.models import Task
+
+    try:
+        async with services.database.transaction() as session:
+            query = due_filter(select(func.count()).select_from(Task), utcnow(), None)
+            services.metrics.backlog.set(await session.scalar(query) or 0)
+    except Exception:
+        logger.warning("cannot count the due backlog", exc_info=True)
+    services.metrics.active.set((await services.scheduler.get_status()).active_tasks)
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    run_scheduler: bool = True,
+    scheduler_config: SchedulerConfig | None = None,
+) -> Starlette:
+    settings = settings or Settings.from_env()
+    metrics_registry = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        database = Database.from_settings(settings)
+        await database.ensure_schema()
+        scheduler = InternalScheduler(
+            scheduler_config,
+            database=database,
+            settings=settings,
+            claim=run_scheduler,
+            observer=metrics_registry,
+        )
+        await scheduler.start()
+        app.state.services = Services(
+            settings=settings,
+            database=database,
+            repository=TaskRepository(database, settings=settings),
+            scheduler=scheduler,
+            metrics=metrics_registry,
+        )
+        app.state.webhook_rate_limit = WebhookRateLimit(settings)
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            await database.dispose()
+
+    def refused(scope: Scope, error: UnauthenticatedError) -> Response:
+        if scope.get("path", "").startswith("/webhook/"):
+            metrics_registry.webhook_refusals.labels(reason="bad_token").inc()
+            return JSONResponse({"success": False, "error": error.message}, status_code=401)
+        return rpc_error(error.code, error.message, status=401)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    return Starlette(
+        routes=[
+            Route("/tasks", rpc_endpoint, methods=["POST"]),
+            Route("/tasks/", rpc_endpoint, methods=["POST"]),
+            Route("/webhook/trigger/{task_id}", webhook_trigger, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        middleware=[Middleware(JWTMiddleware, settings=settings, on_refused=refused)],
+        exception_handlers={Exception: internal_error},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,165 @@
+"""Who is calling: JWT verification, the JWT middleware, and client addresses.
+
+Tokens are HS256 (or HS384/HS512) with the algorithm pinned by configuration, never taken from
+the token; `exp` is enforced when present; `sub` is the user and `roles` containing `admin`
+makes an admin. A token that is present but invalid is refused outright: no other layer gets a
+chance to accept the request (no fall-through).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from apflow_server.config import Network, Settings
+from apflow_server.core.errors import ForbiddenError, UnauthenticatedError
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. `subject` None means a system caller (a verify hook or HMAC
+    signature that named no user)."""
+
+    subject: str | None
+    is_admin: bool
+    source: str  # jwt, hook, hmac
+
+    def may_act_for(self, user_id: str | None) -> bool:
+        return self.is_admin or self.subject is None or self.subject == user_id
+
+
+def issue_token(
+    secret: str,
+    subject: str,
+    *,
+    roles: Sequence[str] = (),
+    expires_in: int | None = 3600,
+    algorithm: str = "HS256",
+) -> str:
+    claims: dict[str, Any] = {"sub": subject, "roles": list(roles), "iat": int(time.time())}
+    if expires_in is not None:
+        claims["exp"] = int(time.time()) + expires_in
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def decode_token(token: str, settings: Settings) -> Principal:
+    if not settings.jwt_secret:
+        raise UnauthenticatedError("bearer tokens are not accepted: no JWT secret is configured")
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[settings.jwt_algorithm],
+            options={"require": ["sub"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise UnauthenticatedError("the token has expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise UnauthenticatedError(f"invalid token: {exc}") from None
+    subject = claims.get("sub")
+    roles = claims.get("roles") or []
+    if not isinstance(subject, str) or not subject:
+        raise UnauthenticatedError("invalid token: sub must be a non-empty string")
+    if isinstance(roles, str):
+        roles = [roles]
+    if not isinstance(roles, list):
+        raise UnauthenticatedError("invalid token: roles must be a list")
+    return Principal(subject=subject, is_admin="admin" in roles, source="jwt")
+
+
+def bearer_token(connection: HTTPConnection) -> str | None:
+    header = connection.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+class JWTMiddleware:
+    """Verifies a bearer token on every request that carries one.
+
+    The verified Principal (or None) is put in `scope["state"]["principal"]`; an invalid token
+    is answered with 401 at once. Endpoints decide whether a principal is required.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, on_refused: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.on_refused = on_refused  # (scope, UnauthenticatedError) -> ASGI response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        connection = HTTPConnection(scope)
+        principal: Principal | None = None
+        try:
+            token = bearer_token(connection)
+            if token is not None:
+                principal = decode_token(token, self.settings)
+        except UnauthenticatedError as error:
+            response = self.on_refused(scope, error)
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def principal_of(connection: HTTPConnection) -> Principal | None:
+    principal: Principal | None = connection.scope.get("state", {}).get("principal")
+    return principal
+
+
+def require_user(principal: Principal | None, settings: Settings) -> Principal | None:
+    """With auth on, a request must carry a valid token; with auth off, anyone may call."""
+    if principal is None and settings.auth_enabled:
+        raise UnauthenticatedError("authentication required: send Authorization: Bearer <jwt>")
+    return principal
+
+
+def check_owner(principal: Principal | None, user_id: str | None, what: str = "task") -> None:
+    if principal is not None and not principal.may_act_for(user_id):
+        raise ForbiddenError(f"this {what} belongs to another user")
+
+
+def client_address(connection: HTTPConnection, trusted: Sequence[Network]) -> str:
+    """The client's address: the peer, or from X-Forwarded-For when the peer is a trusted
+    proxy (read right to left, skipping trusted proxies, so a client cannot forge it)."""
+    peer = connection.client.host if connection.client else "unknown"
+    if not trusted or not _in(peer, trusted):
+        return peer
+    forwarded = connection.headers.get("x-forwarded-for", "")
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop if _is_address(hop) else peer
+    return hops[0] if hops and _is_address(hops[0]) else peer
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _in(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def address_allowed(address: str, allowed: Sequence[Network]) -> bool:
+    return not allowed or _in(address, allowed)

@@ -1,0 +1,448 @@
+"""The JSON-RPC methods (SPEC §6), each declared once: its parameters (validated here and
+published by `rpc.discover`), its result schema and its handler."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from apflow_server.api.auth import Principal
+from apflow_server.api.services import Services
+from apflow_server.core.errors import ForbiddenError, ValidationError
+from apflow_server.core.task_fields import SCHEDULE_FIELDS, parse_instant
+from apflow_server.core.types import RunTrigger
+from apflow_server.storage.models import run_to_dict, task_to_dict
+from apflow_server.storage.repository import Page
+
+# ---------------------------------------------------------------------- declarations
+
+STRING = {"type": "string"}
+ID = {"type": "string", "minLength": 1, "maxLength": 64}
+BOOLEAN = {"type": "boolean"}
+OBJECT = {"type": "object"}
+DATETIME = {"type": "string", "format": "date-time"}
+LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
+OFFSET = {"type": "integer", "minimum": 0}
+TASK = {"type": "object", "description": "a task (SPEC §2 fields)"}
+PAGE = {
+    "type": "object",
+    "properties": {"items": {"type": "array"}, "total": {"type": "integer"}},
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    schema: Mapping[str, Any]
+    required: bool = False
+    description: str = ""
+
+
+@dataclass
+class CallContext:
+    services: Services
+    principal: Principal | None  # None: authentication is off
+
+    def user_scope(self, requested: Any) -> str | None:
+        """The user filter a listing may use: anyone's for admins (and with auth off),
+        one's own otherwise."""
+        if requested is not None and not isinstance(requested, str):
+            raise ValidationError("user_id", "must be a string")
+        principal = self.principal
+        if principal is None or principal.is_admin or principal.subject is None:
+            return requested
+        if requested not in (None, principal.subject):
+            raise ForbiddenError("you may only list your own tasks")
+        return principal.subject
+
+
+Handler = Callable[[CallContext, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class RpcMethod:
+    name: str
+    summary: str
+    handler: Handler
+    params: tuple[Param, ...] = ()
+    result: Mapping[str, Any] = field(default_factory=lambda: OBJECT)
+    # Task fields are also accepted (validated by the repository, which names bad ones).
+    task_fields: bool = False
+    # The params may be a JSON array (tasks.create: a tree).
+    array_param: str | None = None
+
+    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Named parameters checked against the declaration; -32602 names the bad one."""
+        if args:
+            if self.array_param is None or kwargs:
+                raise ValidationError("params", "must be an object of named parameters")
+            return {self.array_param: list(args)}
+        declared = {param.name: param for param in self.params}
+        values: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            param = declared.get(name)
+            if param is None:
+                if not self.task_fields:
+                    raise ValidationError(name, "unknown parameter")
+                values[name] = value
+                continue
+            values[name] = _check(name, param.schema, value)
+        for param in self.params:
+            if param.required and param.name not in values:
+                raise ValidationError(param.name, "is required")
+        return values
+
+
+def _check(name: str, schema: Mapping[str, Any], value: Any) -> Any:
+    if value is None:
+        if schema.get("nullable", True) is False:
+            raise ValidationError(name, "must not be null")
+        return None
+    kind = schema.get("type")
+    if kind == "string":
+        if not isinstance(value, str):
+            raise ValidationError(name, "must be a string")
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 10_000):
+            raise ValidationError(name, "has an invalid length")
+        if schema.get("format") == "date-time":
+            parsed = parse_instant(name, value)
+            if parsed is None or parsed.tzinfo is None:
+                raise ValidationError(name, "must carry a UTC offset, e.g. 2025-01-15T09:00:00Z")
+            return parsed
+    elif kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(name, "must be a whole number")
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            raise ValidationError(
+                name, f"must be in {schema.get('minimum', '')}..{schema.get('maximum', '')}"
+            )
+    elif kind == "boolean":
+        if not isinstance(value, bool):
+            raise ValidationError(name, "must be true or false")
+    elif kind == "object" and not isinstance(value, dict):
+        raise ValidationError(name, "must be a JSON object")
+    elif kind == "array" and not isinstance(value, list):
+        raise ValidationError(name, "must be a JSON array")
+    return value
+
+
+def _page(
+    page: Page, to_dict: Callable[[Any], dict[str, Any]], limit: int, offset: int
+) -> dict[str, Any]:
+    return {
+        "items": [to_dict(item) for item in page.items],
+        "total": page.total,
+        "limit": limit,
+        "offset": offset,
+    }
+
+
+# ---------------------------------------------------------------------- tasks
+
+
+async def create(ctx: CallContext, params: dict[str, Any]) -> Any:
+    batch = params.pop("tasks", None)
+    if batch is not None and params:
+        raise ValidationError(sorted(params)[0], "give either a task or a list of tasks")
+    specs = batch if batch is not None else [params]
+    if not isinstance(specs, list) or not specs or not all(isinstance(s, dict) for s in specs):
+        raise ValidationError("tasks", "must be a non-empty list of task objects")
+    principal = ctx.principal
+    if principal is not None and not principal.is_admin:
+        for index, spec in enumerate(specs):
+            owner = spec.get("user_id")
+            if owner is not None and owner != principal.subject:
+                where = f"tasks[{index}].user_id" if batch is not None else "user_id"
+                raise ForbiddenError(f"{where}: only an admin may create tasks for another user")
+        specs = [dict(spec) for spec in specs]
+        for spec in specs:
+            if spec.get("parent_id") is None:
+                spec["user_id"] = principal.subject
+    if batch is None:
+        parent_id = specs[0].get("parent_id")
+        if isinstance(parent_id, str):
+            await ctx.services.task_for(parent_id, principal)
+    tasks = await ctx.services.repository.create_tasks(specs)
+    if batch is None:
+        return task_to_dict(tasks[0])
+    return {"tasks": [task_to_dict(task) for task in tasks]}
+
+
+async def get(ctx: CallContext, params: dict[str, Any]) -> Any:
+    return task_to_dict(await ctx.services.task_for(params["task_id"], ctx.principal))
+
+
+async def update(ctx: CallContext, params: dict[str, Any]) -> Any:
+    task_id = params.pop("task_id")
+    await ctx.services.task_for(task_id, ctx.principal)
+    if "user_id" in params:
+        principal = ctx.principal
+        if principal is not None and not principal.is_admin:
+            raise ForbiddenError("user_id: only an admin may change a task's owner")
+    if not params:
+        raise ValidationError("params", "name at least one field to change")
+    return task_to_dict(await ctx.services.repository.update_task(task_id, **params))
+
+
+async def delete(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.services.task_for(params["task_id"], ctx.principal)
+    return {"deleted": await ctx.services.repository.delete_task(params["task_id"])}
+
+
+async def list_tasks(ctx: CallContext, params: dict[str, Any]) -> Any:
+    limit, offset = params.get("limit", 50), params.get("offset", 0)
+    page = await ctx.services.repository.list_tasks(
+        user_id=ctx.user_scope(params.get("user_id")),
+        status=params.get("status"),
+        parent_id=params.get("parent_id"),
+        roots_only=params.get("roots_only") or False,
+        limit=limit,
+        offset=offset,
+    )
+    return _page(page, task_to_dict, limit, offset)
+
+
+async def tree(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.services.task_for(params["task_id"], ctx.principal)
+    return (await ctx.services.repository.get_tree(params["task_id"])).to_dict()
+
+
+async def execute(ctx: CallContext, params: dict[str, Any]) -> Any:
+    return await ctx.services.trigger(
+        params["task_id"], ctx.principal, wait=params.get("wait") or False, trigger=RunTrigger.API
+    )
+
+
+async def cancel(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.services.task_for(params["task_id"], ctx.principal)
+    store = ctx.services.scheduler.store
+    assert store is not None
+    return {"task_id": params["task_id"], "cancelled": await store.cancel(params["task_id"])}
+
+
+async def list_runs(ctx: CallContext, params: dict[str, Any]) -> Any:
+    if params.get("task_id") is not None:
+        await ctx.services.task_for(params["task_id"], ctx.principal)
+    limit, offset = params.get("limit", 50), params.get("offset", 0)
+    page = await ctx.services.repository.list_runs(
+        task_id=params.get("task_id"),
+        user_id=ctx.user_scope(params.get("user_id")),
+        status=params.get("status"),
+        limit=limit,
+        offset=offset,
+    )
+    return _page(page, run_to_dict, limit, offset)
+
+
+# ---------------------------------------------------------------------- schedules
+
+
+async def scheduled_list(ctx: CallContext, params: dict[str, Any]) -> Any:
+    limit, offset = params.get("limit", 100), params.get("offset", 0)
+    enabled_only = params.get("enabled_only")
+    page = await ctx.services.repository.list_scheduled(
+        enabled_only=True if enabled_only is None else enabled_only,
+        user_id=ctx.user_scope(params.get("user_id")),
+        schedule_type=params.get("schedule_type"),
+        status=params.get("status"),
+        limit=limit,
+        offset=offset,
+    )
+    return _page(page, task_to_dict, limit, offset)
+
+
+async def scheduled_due(ctx: CallContext, params: dict[str, Any]) -> Any:
+    tasks = await ctx.services.repository.due_tasks(
+        before=params.get("before"),
+        user_id=ctx.user_scope(params.get("user_id")),
+        limit=params.get("limit", 100),
+    )
+    return {"items": [task_to_dict(task) for task in tasks], "total": len(tasks)}
+
+
+async def scheduled_init(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.services.task_for(params["task_id"], ctx.principal)
+    task = await ctx.services.repository.init_schedule(
+        params["task_id"], from_time=params.get("from_time")
+    )
+    return task_to_dict(task)
+
+
+async def scheduled_complete(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.services.task_for(params["task_id"], ctx.principal)
+    calculate = params.get("calculate_next_run")
+    success = params.get("success")
+    task = await ctx.services.repository.complete_scheduled(
+        params["task_id"],
+        success=True if success is None else success,
+        error=params.get("error"),
+        result=params.get("result"),
+        calculate_next_run=True if calculate is None else calculate,
+    )
+    return task_to_dict(task)
+
+
+async def scheduled_preview(ctx: CallContext, params: dict[str, Any]) -> Any:
+    task_id = params.pop("task_id", None)
+    if task_id is not None:
+        await ctx.services.task_for(task_id, ctx.principal)
+    count = params.pop("count", 10)
+    after = params.pop("after", None)
+    fields = {key: value for key, value in params.items() if value is not None}
+    fires = await ctx.services.repository.preview_schedule(
+        task_id=task_id, count=count, after=after, **fields
+    )
+    return {"fire_times": [fire.isoformat() for fire in fires]}
+
+
+async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
+    asynchronous = params.get("async_execution")
+    scheduled_for: datetime | None = params.get("scheduled_for")
+    return await ctx.services.trigger(
+        params["task_id"],
+        ctx.principal,
+        wait=asynchronous is False,
+        trigger=RunTrigger.SCHEDULE if scheduled_for else RunTrigger.WEBHOOK,
+        idempotency_key=params.get("idempotency_key"),
+        scheduled_for=scheduled_for,
+    )
+
+
+# ---------------------------------------------------------------------- the table
+
+TASK_ID = Param("task_id", ID, required=True)
+PAGING = (Param("limit", LIMIT), Param("offset", OFFSET))
+SCHEDULE_PARAMS = tuple(
+    Param(name, schema)
+    for name, schema in (
+        ("schedule_type", STRING),
+        ("schedule_expression", STRING),
+        ("schedule_timezone", STRING),
+        ("schedule_start_at", STRING),
+        ("schedule_end_at", STRING),
+        ("max_runs", {"type": "integer", "minimum": 1}),
+    )
+)
+assert {p.name for p in SCHEDULE_PARAMS} <= SCHEDULE_FIELDS
+
+METHODS: tuple[RpcMethod, ...] = (
+    RpcMethod(
+        "tasks.create",
+        "Create a task (params: its fields) or a tree (params: an array of tasks, or "
+        "{tasks: [...]}); dependencies and parent_id may name tasks of the tree by name.",
+        create,
+        (Param("tasks", {"type": "array", "items": TASK}),),
+        TASK,
+        task_fields=True,
+        array_param="tasks",
+    ),
+    RpcMethod("tasks.get", "One task.", get, (TASK_ID,), TASK),
+    RpcMethod(
+        "tasks.update",
+        "Change a task's fields; enabling a schedule computes next_run_at.",
+        update,
+        (TASK_ID,),
+        TASK,
+        task_fields=True,
+    ),
+    RpcMethod(
+        "tasks.delete",
+        "Delete a task and its descendants (refused while any of them runs).",
+        delete,
+        (TASK_ID,),
+    ),
+    RpcMethod(
+        "tasks.list",
+        "Tasks, newest last, paged.",
+        list_tasks,
+        (
+            Param("user_id", STRING),
+            Param("status", STRING),
+            Param("parent_id", STRING),
+            Param("roots_only", BOOLEAN),
+            *PAGING,
+        ),
+        PAGE,
+    ),
+    RpcMethod("tasks.tree", "The whole tree a task belongs to.", tree, (TASK_ID,), TASK),
+    RpcMethod(
+        "tasks.execute",
+        "Run a task tree now on this server (wait=true returns its outcome).",
+        execute,
+        (TASK_ID, Param("wait", BOOLEAN)),
+    ),
+    RpcMethod("tasks.cancel", "Cancel a task's running run.", cancel, (TASK_ID,)),
+    RpcMethod(
+        "tasks.runs.list",
+        "The run history, newest first.",
+        list_runs,
+        (Param("task_id", ID), Param("user_id", STRING), Param("status", STRING), *PAGING),
+        PAGE,
+    ),
+    RpcMethod(
+        "tasks.scheduled.list",
+        "Scheduled tasks (enabled only unless enabled_only=false).",
+        scheduled_list,
+        (
+            Param("enabled_only", BOOLEAN),
+            Param("user_id", STRING),
+            Param("schedule_type", STRING),
+            Param("status", STRING),
+            *PAGING,
+        ),
+        PAGE,
+    ),
+    RpcMethod(
+        "tasks.scheduled.due",
+        "Enabled schedules due by `before` (default now) and not running.",
+        scheduled_due,
+        (Param("before", DATETIME), Param("user_id", STRING), Param("limit", LIMIT)),
+        PAGE,
+    ),
+    RpcMethod(
+        "tasks.scheduled.init",
+        "Recompute next_run_at from `from_time` (default now).",
+        scheduled_init,
+        (TASK_ID, Param("from_time", DATETIME)),
+        TASK,
+    ),
+    RpcMethod(
+        "tasks.scheduled.complete",
+        "Record the outcome of a run an external scheduler performed; move the schedule on.",
+        scheduled_complete,
+        (
+            TASK_ID,
+            Param("success", BOOLEAN),
+            Param("error", STRING),
+            Param("result", {}),
+            Param("calculate_next_run", BOOLEAN),
+        ),
+        TASK,
+    ),
+    RpcMethod(
+        "tasks.scheduled.preview",
+        "The next `count` fire times of a task's schedule, or of a schedule given here.",
+        scheduled_preview,
+        (
+            Param("task_id", ID),
+            Param("count", LIMIT),
+            Param("after", DATETIME),
+            *SCHEDULE_PARAMS,
+        ),
+        {"type": "object", "properties": {"fire_times": {"type": "array", "items": DATETIME}}},
+    ),
+    RpcMethod(
+        "tasks.webhook.trigger",
+        "Trigger a task as the REST webhook does (async_execution=false waits for the "
+        "outcome); with scheduled_for, fire that due occurrence of its schedule (API mode).",
+        webhook_trigger,
+        (
+            TASK_ID,
+            Param("async_execution", BOOLEAN),
+            Param("idempotency_key", {"type": "string", "minLength": 1, "maxLength": 255}),
+            Param("scheduled_for", DATETIME),
+        ),
+    ),
+)

@@ -1,0 +1,149 @@
+"""POST /webhook/trigger/{task_id}: the REST gateway for external schedulers (SPEC §6, §7).
+
+Every request is counted by the per-address rate limit first (refused ones too, so guessing
+credentials is throttled), then the IP allowlist applies, then authentication in this order,
+each layer final once it answers: (1) a bearer JWT, (2) the registered verify hook, (3) the
+HMAC signature when APFLOW_WEBHOOK_SECRET is set. With authentication on and no layer
+accepting, the request is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slowapi import Limiter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from apflow_server.api.auth import Principal, address_allowed, client_address, principal_of
+from apflow_server.api.rpc import read_body
+from apflow_server.api.services import Services
+from apflow_server.config import Settings
+from apflow_server.core.errors import ApflowError, UnauthenticatedError, ValidationError
+from apflow_server.core.types import RunTrigger, WebhookVerifyContext
+from apflow_server.scheduler.gateway import hooks, signatures
+from apflow_server.storage import replays
+
+STATUS_OF_CODE = {-32602: 400, -32001: 401, -32003: 403, -32004: 404, -32009: 409}
+REASON_OF_STATUS = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found"}
+
+
+class WebhookRateLimit:
+    """Requests per minute per client address, on slowapi's limiter and storage
+    (memory by default, APFLOW_RATE_LIMIT_STORAGE such as a Redis URL to share it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from limits import RateLimitItemPerMinute
+
+        self.item = RateLimitItemPerMinute(max(settings.webhook_rate_limit, 1))
+        self.enabled = settings.webhook_rate_limit > 0
+        self.limiter = Limiter(
+            key_func=lambda request: "", storage_uri=settings.rate_limit_storage
+        ).limiter
+
+    def hit(self, address: str) -> int | None:
+        """Count a request; None when allowed, else the seconds until the window frees."""
+        if not self.enabled or self.limiter.hit(self.item, "webhook", address):
+            return None
+        reset_at, _remaining = self.limiter.get_window_stats(self.item, "webhook", address)
+        return max(1, int(reset_at - time.time()) + 1)
+
+
+def _refusal(services: Services, status: int, reason: str, message: str) -> JSONResponse:
+    services.metrics.webhook_refusals.labels(reason=reason).inc()
+    return JSONResponse({"success": False, "error": message}, status_code=status)
+
+
+async def authenticate(
+    request: Request, services: Services, task_id: str, body: bytes, client_ip: str
+) -> Principal | None:
+    settings = services.settings
+    principal = principal_of(request)  # an invalid token never gets here (middleware: 401)
+    if principal is not None:
+        return principal
+    headers = request.headers
+    hook = hooks.current_hook()
+    if hook is not None:
+        verdict = await hooks.run_hook(
+            hook,
+            WebhookVerifyContext(
+                task_id=task_id,
+                signature=headers.get(signatures.SIGNATURE_HEADER),
+                timestamp=headers.get(signatures.TIMESTAMP_HEADER),
+                client_ip=client_ip,
+                headers=dict(headers),
+                body=body,
+            ),
+        )
+        if not verdict.valid:
+            raise UnauthenticatedError(verdict.error or "refused by the webhook verify hook")
+        return Principal(subject=verdict.user_id, is_admin=False, source="hook")
+    if settings.webhook_secret:
+        now = time.time()
+        signature = headers.get(signatures.SIGNATURE_HEADER)
+        try:
+            signatures.verify(
+                settings.webhook_secret,
+                timestamp=headers.get(signatures.TIMESTAMP_HEADER),
+                signature=signature,
+                task_id=task_id,
+                body=body,
+                now=now,
+                tolerance_seconds=settings.webhook_tolerance_seconds,
+            )
+        except signatures.SignatureError as error:
+            raise UnauthenticatedError(str(error), data={"reason": error.reason}) from None
+        assert signature is not None
+        moment = datetime.fromtimestamp(now, UTC)
+        keep_until = moment + timedelta(seconds=2 * settings.webhook_tolerance_seconds)
+        if not await replays.first_use(services.database, signature, task_id, keep_until, moment):
+            raise UnauthenticatedError("this signature was already used", data={"reason": "replay"})
+        return Principal(subject=None, is_admin=False, source="hmac")
+    if settings.auth_enabled:
+        raise UnauthenticatedError("authentication required")
+    return None
+
+
+def _wait_requested(request: Request) -> bool:
+    value = request.query_params.get("async", "true").strip().lower()
+    if value not in {"true", "false", "1", "0"}:
+        raise ValidationError("async", "must be true or false")
+    return value in {"false", "0"}
+
+
+async def webhook_trigger(request: Request) -> Response:
+    services: Services = request.app.state.services
+    settings = services.settings
+    task_id = request.path_params["task_id"]
+    client_ip = client_address(request, settings.trusted_proxies)
+    retry_after = request.app.state.webhook_rate_limit.hit(client_ip)
+    if retry_after is not None:
+        response = _refusal(services, 429, "rate_limited", "rate limit exceeded")
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+    if not address_allowed(client_ip, settings.webhook_allowed_ips):
+        return _refusal(services, 403, "ip_not_allowed", f"address {client_ip} is not allowed")
+    body = await read_body(request, settings.max_body_bytes)
+    if body is None:
+        return _refusal(services, 413, "too_large", "request body too large")
+    try:
+        wait = _wait_requested(request)
+        principal = await authenticate(request, services, task_id, body, client_ip)
+        outcome: dict[str, Any] = await services.trigger(
+            task_id,
+            principal,
+            wait=wait,
+            trigger=RunTrigger.WEBHOOK,
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
+    except ApflowError as error:
+        status = STATUS_OF_CODE.get(error.code, 500)
+        if status == 500:
+            raise
+        reason = (error.data or {}).get("reason") if isinstance(error.data, dict) else None
+        if error.code == -32009:
+            return JSONResponse({"success": False, "error": error.message}, status_code=409)
+        return _refusal(services, status, reason or REASON_OF_STATUS[status], error.message)
+    return JSONResponse(outcome, status_code=200 if wait else 202)

@@ -1,0 +1,74 @@
+"""`apflow serve`: the HTTP service (JSON-RPC, webhooks, health, metrics) under uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+import click
+import uvicorn
+
+from apflow_server.api.app import create_app
+from apflow_server.config import ConfigError, Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bind before starting, so a taken port is one clear error rather than a log line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    return sock
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--no-scheduler", is_flag=True, help="Serve the API only; another process schedules.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback address with authentication off (no JWT or webhook secret).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(host: str, port: int, no_scheduler: bool, insecure: bool, log_level: str) -> None:
+    """Run the service: JSON-RPC at /tasks/, POST /webhook/trigger/{task_id}, /healthz,
+    /readyz and /metrics. The internal scheduler runs in the same process unless
+    --no-scheduler."""
+    settings = Settings.from_env()
+    if not settings.auth_enabled and not is_loopback(host) and not insecure:
+        raise ConfigError(
+            f"refusing to serve on {host} with authentication off: set APFLOW_JWT_SECRET "
+            "(or run `apflow config init`), or pass --insecure"
+        )
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    sock = listening_socket(host, port)
+    app = create_app(settings, run_scheduler=not no_scheduler)
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise ConfigError("the server did not start; see the log above")

@@ -1,0 +1,200 @@
+"""The scheduler's API mode (SPEC §5): no database here; a server claims and runs.
+
+It asks the server which schedules are due (`tasks.scheduled.due`) and fires each due
+occurrence with `tasks.webhook.trigger(task_id, scheduled_for=...)`. The server claims that
+occurrence under the same unique key as its own scheduler, so any number of API-mode schedulers
+(and the server's own) fire each occurrence at most once.
+
+Its token: `admin_auth_token` from config.cli.yaml when set, else an admin JWT it signs with
+the config's `jwt_secret` (created when missing) and keeps for the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from apflow_server.api.auth import issue_token
+from apflow_server.config import Settings
+from apflow_server.scheduler.base import SchedulerConfig, SchedulerState, SchedulerStats
+from apflow_server.scheduler.internal import new_instance_id
+from apflow_server.storage.repository import utcnow
+
+logger = logging.getLogger("apflow_server.scheduler")
+
+TOKEN_LIFETIME = 7 * 86400
+
+
+class ApiError(Exception):
+    """The server refused a call or could not be reached."""
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    value: str
+    subject: str
+    source: str  # config (admin_auth_token) or generated (signed with jwt_secret)
+
+
+def resolve_token(settings: Settings, jwt_secret: str | None) -> ApiToken:
+    if settings.admin_auth_token:
+        return ApiToken(settings.admin_auth_token, _subject_of(settings.admin_auth_token), "config")
+    if not jwt_secret:
+        raise ApiError("API mode needs admin_auth_token or jwt_secret in config.cli.yaml")
+    subject = f"scheduler@{socket.gethostname()}"
+    token = issue_token(
+        jwt_secret,
+        subject,
+        roles=["admin"],
+        expires_in=TOKEN_LIFETIME,
+        algorithm=settings.jwt_algorithm,
+    )
+    return ApiToken(token, subject, "generated")
+
+
+def _subject_of(token: str) -> str:
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return "(opaque token)"
+    return str(claims.get("sub", "(no subject)"))
+
+
+class ApiScheduler:
+    """Fires due occurrences through a server's JSON-RPC API."""
+
+    mode = "api"
+
+    def __init__(self, config: SchedulerConfig, settings: Settings, token: ApiToken) -> None:
+        if not settings.api_server_url:
+            raise ApiError("no api_server_url configured")
+        self.config = config
+        self.settings = settings
+        self.token = token
+        self.url = settings.api_server_url.rstrip("/") + "/tasks/"
+        self.instance_id = new_instance_id()
+        self.stats = SchedulerStats(instance_id=self.instance_id)
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._ids = 0
+
+    @property
+    def state(self) -> SchedulerState:
+        return self.stats.state
+
+    async def start(self) -> None:
+        self.stats.state = SchedulerState.STARTING
+        self._client = httpx.AsyncClient(
+            timeout=30, headers={"Authorization": f"Bearer {self.token.value}"}
+        )
+        try:
+            await self.call("tasks.scheduled.due", {"limit": 1})
+        except Exception:
+            self.stats.state = SchedulerState.ERROR
+            await self._client.aclose()
+            raise
+        self.stats.started_at = utcnow()
+        self.stats.state = SchedulerState.RUNNING
+        logger.info(
+            "scheduler %s started: host=%s pid=%s mode=api server=%s user=%s "
+            "token subject=%s source=%s",
+            self.instance_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.settings.api_server_url,
+            self.config.user_id or "*",
+            self.token.subject,
+            self.token.source,
+        )
+        self._task = asyncio.create_task(self._loop(), name="apflow-api-scheduler")
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self.state in {SchedulerState.STOPPED, SchedulerState.STOPPING}:
+            return
+        self.stats.state = SchedulerState.STOPPING
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+        self.stats.state = SchedulerState.STOPPED
+        logger.info("scheduler %s stopped", self.instance_id)
+
+    async def get_status(self) -> SchedulerStats:
+        return self.stats
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        assert self._client is not None
+        self._ids += 1
+        request = {"jsonrpc": "2.0", "method": method, "params": params, "id": self._ids}
+        try:
+            response = await self._client.post(self.url, json=request)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach {self.url}: {type(exc).__name__}: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            raise ApiError(f"{self.url} answered HTTP {response.status_code}") from None
+        if not isinstance(body, dict):
+            raise ApiError(f"{self.url} answered an unexpected body")
+        if "error" in body:
+            error = body["error"] or {}
+            raise ApiError(f"{method}: {error.get('message')} ({error.get('code')})")
+        return body.get("result")
+
+    async def _loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                delay = await self._poll_once()
+                failures = 0
+            except ApiError as exc:
+                failures += 1
+                delay = min(0.5 * 2**failures, 30.0)
+                logger.warning("%s; retrying in %.1f s", exc, delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _poll_once(self) -> float:
+        self.stats.last_poll_at = utcnow()
+        params: dict[str, Any] = {"limit": self.config.max_concurrent_tasks}
+        if self.config.user_id:
+            params["user_id"] = self.config.user_id
+        due = await self.call("tasks.scheduled.due", params)
+        for task in due.get("items", []):
+            outcome = await self.call(
+                "tasks.webhook.trigger",
+                {"task_id": task["id"], "scheduled_for": task["next_run_at"]},
+            )
+            if outcome.get("status") == "triggered":
+                self.stats.tasks_executed += 1
+        if due.get("items"):
+            return 0.0
+        return await self._sleep_until_next()
+
+    async def _sleep_until_next(self) -> float:
+        params: dict[str, Any] = {"limit": 1}
+        if self.config.user_id:
+            params["user_id"] = self.config.user_id
+        upcoming = await self.call("tasks.scheduled.list", params)
+        items = upcoming.get("items", [])
+        if not items or not items[0].get("next_run_at"):
+            return self.config.poll_interval
+        next_at = datetime.fromisoformat(items[0]["next_run_at"])
+        self.stats.next_wake_at = next_at
+        seconds = (next_at - utcnow()).total_seconds()
+        if seconds <= 0:  # running past its occurrence: the server settles it when done
+            return 1.0
+        return min(seconds, self.config.poll_interval)
