@@ -7,6 +7,8 @@ Interval schedules run on elapsed time from a fixed anchor, so the grid never dr
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,8 +38,8 @@ from apflow_server.schedules.timezones import (
     to_local_naive,
 )
 
-# Real DST shifts are at most two hours: the offset this long before an instant is the offset
-# before any gap that instant could be inside.
+# Real DST shifts are at most two hours: the offsets this long before and after an instant
+# include those on both sides of any transition the instant could be inside.
 _LOOKBACK = timedelta(hours=3)
 # A valid expression that has not fired for this long never will (Feb 29 recurs within 8 years).
 _HORIZON = timedelta(days=366 * 30)
@@ -183,40 +185,94 @@ class Schedule:
     def _wall_clock_from(
         self, recurrence: WallClockRecurrence, instant: datetime, inclusive: bool
     ) -> datetime | None:
-        """Scan local candidates from a little before `instant`.
+        """The first fire time at (if inclusive) or after `instant`.
 
-        The fold=0 mapping of local to UTC is monotonic except for times inside a gap (they map
-        past the first times after it). So the answer is the earliest qualifying instant seen up
-        to and including the first *regular* candidate that qualifies: every later candidate
-        maps later still.
+        Away from a transition, local time maps to UTC with one offset and a plain scan works.
+        Within a few hours of one, each of the two offsets is a "reading" of local time, and
+        within a reading instants grow with local time; so the answer is the smaller of the
+        first candidate valid under the earlier offset (times before the transition and, for
+        wall-clock schedules, RFC 5545's reading of gap times) and the first valid under the
+        later one (from where that offset starts to apply to this kind of schedule).
         """
-        local_start = to_local_naive(instant, self.zone)
-        if not recurrence.elapsed:
-            # A gap time maps to (local - offset before the gap): scan from there as well.
-            earlier_offset = (instant - _LOOKBACK).astimezone(self.zone).utcoffset()
-            assert earlier_offset is not None
-            local_start = min(local_start, (instant + earlier_offset).replace(tzinfo=None))
-        local_start = local_start.replace(microsecond=0)
+        before = (instant - _LOOKBACK).astimezone(self.zone).utcoffset()
+        after = (instant + _LOOKBACK).astimezone(self.zone).utcoffset()
+        assert before is not None and after is not None
+        try:
+            if before == after:
+                return self._scan(recurrence, instant, inclusive)
+            transition = _transition_between(instant - _LOOKBACK, instant + _LOOKBACK, self.zone)
+            # Wall-clock schedules fire at the first pass of a repeated stretch only, so the
+            # later offset applies to them from its end; elapsed-time ones fire in both passes.
+            later_from = transition + (after if recurrence.elapsed else max(before, after))
+            fires = [
+                fire
+                for fire in (
+                    self._first_in_reading(recurrence, instant, inclusive, before, None),
+                    self._first_in_reading(
+                        recurrence, instant, inclusive, after, later_from.replace(tzinfo=None)
+                    ),
+                )
+                if fire is not None
+            ]
+            if fires:
+                return min(fires)
+            # Nothing near the transition: continue from beyond it.
+            return self._scan(recurrence, transition + _LOOKBACK, inclusive=False)
+        except (CroniterBadDateError, OverflowError):
+            return None
+
+    def _first_in_reading(
+        self,
+        recurrence: WallClockRecurrence,
+        instant: datetime,
+        inclusive: bool,
+        offset: timedelta,
+        not_before: datetime | None,
+    ) -> datetime | None:
+        """The first candidate that fires at (local - offset) after `instant`, if it is a real
+        fire time of this schedule; None when the first such candidate is not."""
+        start = (instant + offset).replace(tzinfo=None, microsecond=0)
+        if not_before is not None:
+            start = max(start, not_before)
+        for candidate in itertools.islice(recurrence.iter_local(start), 3):
+            fire = candidate.replace(tzinfo=UTC) - offset
+            if fire < instant or (fire == instant and not inclusive):
+                continue  # the start was rounded down to whole seconds
+            return fire if fire in self._fires_of(candidate, recurrence.elapsed) else None
+        return None
+
+    def _fires_of(self, local: datetime, elapsed: bool) -> list[datetime]:
+        """The instants a local candidate fires at: RFC 5545's one for wall-clock schedules;
+        every real one (none in a gap, both passes of a repeated time) for elapsed-time ones."""
+        resolved = resolve_local(local, self.zone)
+        if resolved.kind is LocalKind.GAP and elapsed:
+            return []
+        if resolved.second is not None and elapsed:
+            return [resolved.first, resolved.second]
+        return [resolved.first]
+
+    def _scan(
+        self, recurrence: WallClockRecurrence, instant: datetime, inclusive: bool
+    ) -> datetime | None:
+        """Scan local candidates from the local reading of `instant` (no transition nearby).
+
+        Later candidates can still cross a transition; the fold=0 mapping stays monotonic
+        except for gap times (they map past the first times after the gap), so the answer is
+        the earliest qualifying instant up to and including the first regular one.
+        """
+        local_start = to_local_naive(instant, self.zone).replace(microsecond=0)
         horizon = local_start + _HORIZON
         best: datetime | None = None
-        try:
-            for candidate in recurrence.iter_local(local_start):
-                if candidate > horizon:
-                    return best
-                resolved = resolve_local(candidate, self.zone)
-                if resolved.kind is LocalKind.GAP and recurrence.elapsed:
-                    continue  # elapsed-time schedules: a skipped hour is not a real hour
-                instants = [resolved.first]
-                if resolved.second is not None and recurrence.elapsed:
-                    instants.append(resolved.second)
-                for fire in instants:
-                    if fire > instant or (inclusive and fire == instant):
-                        if best is None or fire < best:
-                            best = fire
-                if resolved.kind is LocalKind.REGULAR and best is not None:
-                    return best
-        except (CroniterBadDateError, OverflowError):
-            return best
+        for candidate in recurrence.iter_local(local_start):
+            if candidate > horizon:
+                return best
+            for fire in self._fires_of(candidate, recurrence.elapsed):
+                if (fire > instant or (inclusive and fire == instant)) and (
+                    best is None or fire < best
+                ):
+                    best = fire
+            if best is not None and resolve_local(candidate, self.zone).kind is LocalKind.REGULAR:
+                return best
         return best
 
     def _check_fires(self) -> None:
@@ -225,6 +281,19 @@ class Schedule:
         reference = self.start_at or datetime(2000, 1, 1, tzinfo=UTC)
         if self._wall_clock_from(self.recurrence, reference, inclusive=True) is None:
             raise ValidationError(FIELD, f"{self.expression!r} never fires")
+
+
+def _transition_between(low: datetime, high: datetime, zone: ZoneInfo) -> datetime:
+    """The first instant in (low, high] with the offset in force at `high` (to the second)."""
+    low_offset = low.astimezone(zone).utcoffset()
+    lo, hi = math.floor(low.timestamp()), math.ceil(high.timestamp())
+    while hi - lo > 1:
+        middle = (lo + hi) // 2
+        if datetime.fromtimestamp(middle, UTC).astimezone(zone).utcoffset() == low_offset:
+            lo = middle
+        else:
+            hi = middle
+    return datetime.fromtimestamp(hi, UTC)
 
 
 def jitter_delay(task_id: str, scheduled_for: datetime, max_seconds: int) -> timedelta:
