@@ -190,10 +190,13 @@ class CronRecurrence:
 
     expression: str
     elapsed: bool
+    # Vixie cron: day-of-month and day-of-week both restricted means either matches; a field
+    # that starts with "*" (like */2) counts as unrestricted, and then both must match.
+    day_or: bool = True
 
     def iter_local(self, start: datetime) -> Iterator[datetime]:
         # croniter yields matches strictly after its start; step back one second to include it.
-        it = croniter(self.expression, start - timedelta(seconds=1), day_or=True)
+        it = croniter(self.expression, start - timedelta(seconds=1), day_or=self.day_or)
         while True:
             yield it.get_next(datetime)
 
@@ -221,4 +224,5 @@ def parse_cron(expression: str) -> CronRecurrence:
         raise ValidationError(FIELD, f"cron {expression!r} is not a valid cron expression")
     hours = expanded[1]
     every_hour = hours == ["*"] or set(hours) == set(range(24))
-    return CronRecurrence(expression=text, elapsed=every_hour)
+    day_or = not (fields[2].startswith("*") or fields[4].startswith("*"))
+    return CronRecurrence(expression=text, elapsed=every_hour, day_or=day_or)

@@ -155,9 +155,10 @@ class Schedule:
         """
         if self.type is ScheduleType.ONCE:
             when = self.once_instant()
-            if self.end_at and when > self.end_at:
-                return None
-            return when
+            outside = (self.end_at and when > self.end_at) or (
+                self.start_at and when < self.start_at
+            )
+            return None if outside else when
         return self.next_after(now)
 
     # ------------------------------------------------------------------ internals
