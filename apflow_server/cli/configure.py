@@ -10,7 +10,6 @@ from typing import Any
 import click
 import yaml
 
-from apflow_server.api.auth import issue_token
 from apflow_server.config import CONFIG_FILE, ConfigError, Settings, load_config_file
 
 from . import output
@@ -115,6 +114,8 @@ def gen_token(subject: str, roles: tuple[str, ...], expires_in: int) -> None:
         raise ConfigError("no JWT secret: run `apflow config init` or set APFLOW_JWT_SECRET")
     if not subject.strip():
         raise click.BadParameter("must not be empty", param_hint="--subject")
+    from apflow_server.api.auth import issue_token
+
     token = issue_token(
         settings.jwt_secret,
         subject,

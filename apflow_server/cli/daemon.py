@@ -151,19 +151,25 @@ def remove_pid_file(path: Path, pid: int | None) -> bool:
 def spawn(arguments: Sequence[str], files: DaemonFiles) -> tuple[subprocess.Popen[bytes], int]:
     """Start `python -m apflow_server.cli.main <arguments>` detached; returns the child and
     the size of the log before it, where the child's own output starts."""
-    files.log_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with files.log_file.open("ab") as log:
-        offset = log.tell()
-        child = subprocess.Popen(  # noqa: S603 (our own interpreter and module, no shell)
-            [sys.executable, "-m", "apflow_server.cli.main", *arguments],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
+    try:
+        files.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with files.log_file.open("ab") as log:
+            offset = log.tell()
+            child = subprocess.Popen(  # noqa: S603 (our own interpreter and module, no shell)
+                [sys.executable, "-m", "apflow_server.cli.main", *arguments],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        raise DaemonError(
+            f"cannot start the background scheduler: {exc.strerror or exc} "
+            f"({exc.filename or files.log_file})"
+        ) from None
     return child, offset
 
 
@@ -236,9 +242,7 @@ def _signal(pid: int, signum: signal.Signals) -> None:
         raise DaemonError(f"not allowed to signal the scheduler (pid {pid})") from None
 
 
-def terminate(
-    pid: int, timeout: float, tick: Callable[[float], None] | None = None
-) -> bool:
+def terminate(pid: int, timeout: float, tick: Callable[[float], None] | None = None) -> bool:
     """SIGTERM, wait up to `timeout` for a graceful exit, then SIGKILL.
 
     True when it exited after SIGTERM; False when it had to be killed."""

@@ -22,7 +22,10 @@ import click
 
 from apflow_server.core.errors import ApflowError
 
+from .configure import config_group
 from .db import db_group
+from .scheduler import scheduler_group
+from .serve import serve
 from .tasks import tasks_group
 
 try:
@@ -133,8 +136,15 @@ def apflow() -> None:
 
 apflow.add_command(db_group)
 apflow.add_command(tasks_group)
+apflow.add_command(scheduler_group)
+apflow.add_command(serve)
+apflow.add_command(config_group)
 
 
 def main() -> None:
     """The `apflow` console script."""
     apflow.main(prog_name="apflow")
+
+
+if __name__ == "__main__":  # `python -m apflow_server.cli.main`: how the daemon is started
+    main()

@@ -6,7 +6,9 @@ JSON shapes, one per kind of result:
   `offset`; `total` counts every match, not only this page);
 - a tree: the root task object with a `children` list, recursively;
 - a preview: `{"task_id", "schedule_type", "schedule_expression", "schedule_timezone",
-  "fire_times": [{"utc": ..., "local": ...}]}`.
+  "fire_times": [{"utc": ..., "local": ...}]}`;
+- a finished run (`tasks execute`, `scheduler trigger --wait`): the run object plus `tasks`;
+- scheduler status: `{"daemon": {...}, "instances": [...]}`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from apflow_server.storage.models import Task, TaskRun, run_to_dict, task_to_dict
+from apflow_server.storage.models import (
+    SchedulerInstance,
+    Task,
+    TaskRun,
+    run_to_dict,
+    task_to_dict,
+)
 from apflow_server.storage.repository import Page, TaskNode
 
 # Piped output is not cut at 80 columns: ids must stay whole and copyable.
@@ -289,4 +297,158 @@ def show_preview(
     table.add_column(f"Local ({zone})", no_wrap=True)
     for number, when in enumerate(fire_times, start=1):
         table.add_row(str(number), instant(when), local_instant(when, zone))
+    console().print(table)
+
+
+# ---------------------------------------------------------------------- run outcomes
+
+
+def _flatten(node: TaskNode) -> list[TaskNode]:
+    return [node, *(below for child in node.children for below in _flatten(child))]
+
+
+def _duration(run: TaskRun) -> str:
+    if run.started_at is None or run.finished_at is None:
+        return "-"
+    return f"{(run.finished_at - run.started_at).total_seconds():.2f} s"
+
+
+def _outcome_label(task: Task) -> Text:
+    label = Text()
+    label.append(task.name, style="bold")
+    label.append(f"  {task.id}  [{task.status}]")
+    if task.error:
+        label.append(f"  {' '.join(task.error.split())}")
+    return label
+
+
+def show_run_outcome(run: TaskRun, node: TaskNode, output_format: str) -> None:
+    """A finished run: its record, then the status of every task of the tree it ran.
+
+    JSON: the run object plus `tasks`, the tree's tasks depth first, each with id, name,
+    parent_id, status, result and error."""
+    if output_format == "json":
+        tasks = [
+            {
+                "id": below.task.id,
+                "name": below.task.name,
+                "parent_id": below.task.parent_id,
+                "status": below.task.status,
+                "result": below.task.result,
+                "error": below.task.error,
+            }
+            for below in _flatten(node)
+        ]
+        print_json({**run_to_dict(run), "tasks": tasks})
+        return
+    line(f"Run {run.id} of task {describe(node.task)}: {run.status}")
+    table = Table(show_header=False)
+    table.add_column("Field", style="bold", no_wrap=True)
+    table.add_column("Value")
+    table.add_row("trigger", cell(run.trigger))
+    table.add_row("status", cell(run.status))
+    table.add_row("attempt", cell(run.attempt))
+    table.add_row("started", cell(instant(run.started_at)))
+    table.add_row("finished", cell(instant(run.finished_at)))
+    table.add_row("duration", cell(_duration(run)))
+    table.add_row("result", cell(run.result))
+    table.add_row("error", cell(run.error))
+    out = console()
+    out.print(table)
+
+    def add(branch: Tree, child: TaskNode) -> None:
+        sub = branch.add(_outcome_label(child.task))
+        for grandchild in child.children:
+            add(sub, grandchild)
+
+    tree = Tree(_outcome_label(node.task))
+    for child in node.children:
+        add(tree, child)
+    out.print(tree)
+
+
+# ---------------------------------------------------------------------- schedulers
+
+
+def instance_to_dict(instance: SchedulerInstance) -> dict[str, Any]:
+    return {
+        "id": instance.id,
+        "host": instance.host,
+        "pid": instance.pid,
+        "mode": instance.mode,
+        "user_filter": instance.user_filter,
+        "state": instance.state,
+        "started_at": instance.started_at.isoformat(),
+        "heartbeat_at": instance.heartbeat_at.isoformat(),
+        "stats": instance.stats,
+    }
+
+
+def _ago(value: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - value).total_seconds()))
+    return f"{instant(value)} ({seconds}s ago)"
+
+
+def _stat(instance: SchedulerInstance, name: str) -> Any:
+    return (instance.stats or {}).get(name)
+
+
+def show_scheduler_status(
+    daemon: dict[str, Any],
+    instances: Sequence[SchedulerInstance],
+    output_format: str,
+    now: datetime,
+) -> None:
+    """The local background scheduler and every live scheduler instance in the database.
+
+    JSON: `{"daemon": {"state", "pid", "pid_file", "log_file", "instance_id"}, "instances":
+    [...]}` where each instance carries its identity, state, heartbeat and stats."""
+    if output_format == "json":
+        print_json({"daemon": daemon, "instances": [instance_to_dict(i) for i in instances]})
+        return
+    state, pid = daemon["state"], daemon["pid"]
+    if state == "running":
+        identity = f", instance {daemon['instance_id']}" if daemon.get("instance_id") else ""
+        line(f"Background scheduler: running (pid {pid}{identity})")
+        line(f"  PID file: {daemon['pid_file']}")
+        line(f"  log file: {daemon['log_file']}")
+    elif state == "stale":
+        named = f"names pid {pid}, which is not running" if pid else "holds no pid"
+        line(f"Background scheduler: stale (the PID file {daemon['pid_file']} {named})")
+        line("  `apflow scheduler stop` or `apflow scheduler start --background` removes it.")
+    else:
+        line("Background scheduler: not running")
+    if not instances:
+        line("No live scheduler instance in the database.")
+        return
+    count = len(instances)
+    line(f"Live scheduler instances in the database: {count}")
+    table = Table()
+    table.add_column("Instance", no_wrap=True)
+    table.add_column("Host")
+    table.add_column("PID", justify="right")
+    table.add_column("Mode")
+    table.add_column("User")
+    table.add_column("State")
+    table.add_column("Started (UTC)", no_wrap=True)
+    table.add_column("Last heartbeat", no_wrap=True)
+    table.add_column("Executed", justify="right")
+    table.add_column("Succeeded", justify="right")
+    table.add_column("Failed", justify="right")
+    table.add_column("Active", justify="right")
+    for instance in instances:
+        table.add_row(
+            cell(instance.id),
+            cell(instance.host),
+            cell(instance.pid),
+            cell(instance.mode),
+            cell(instance.user_filter or "*"),
+            cell(instance.state),
+            cell(instant(instance.started_at)),
+            cell(_ago(instance.heartbeat_at, now)),
+            cell(_stat(instance, "tasks_executed")),
+            cell(_stat(instance, "tasks_succeeded")),
+            cell(_stat(instance, "tasks_failed")),
+            cell(_stat(instance, "active_tasks")),
+        )
     console().print(table)

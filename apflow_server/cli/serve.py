@@ -7,9 +7,7 @@ import logging
 import socket
 
 import click
-import uvicorn
 
-from apflow_server.api.app import create_app
 from apflow_server.config import ConfigError, Settings
 
 
@@ -61,6 +59,11 @@ def serve(host: str, port: int, no_scheduler: bool, insecure: bool, log_level: s
             f"refusing to serve on {host} with authentication off: set APFLOW_JWT_SECRET "
             "(or run `apflow config init`), or pass --insecure"
         )
+    # Imported here so every other command starts without loading the web stack.
+    import uvicorn
+
+    from apflow_server.api.app import create_app
+
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
-from apflow_server.storage.models import Task
+from apflow_server.core.types import RunTrigger
+from apflow_server.scheduler import InternalScheduler, SchedulerConfig
+from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import TaskNode, TaskRepository
+from apflow_server.storage.runs import RunStore
 
 from . import output
 from .options import (
@@ -28,6 +34,7 @@ from .options import (
     user_id_filter,
 )
 from .params import TaskFile
+from .runs import CLI_INSTANCE, load_run, report_run, task_subtree
 from .runtime import run_with_repository
 from .scheduled import scheduled_group
 
@@ -302,3 +309,88 @@ def delete(task_id: str, output_format: str) -> None:
     output.line(f"Deleted task {task_id} ({names.get(task_id, '?')}){suffix}")
     for other in ordered[1:]:
         output.line(f"  {other} ({names.get(other, '?')})")
+
+
+# ---------------------------------------------------------------------- run now, cancel
+
+
+@contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Keep a library's warnings off a one-shot command's stderr (its outcome says it all)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@tasks_group.command("execute")
+@click.argument("task_id")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600,
+    show_default=True,
+    help="Longest the run may take, in seconds; then it is cancelled and recorded as timeout.",
+)
+@format_option
+def execute(task_id: str, timeout: float, output_format: str) -> None:
+    """Run a task and its subtree now, in this process (no scheduler needed), and show the
+    outcome of every task. Exits 1 unless the run completes; refused while the task runs."""
+
+    async def work(repository: TaskRepository) -> tuple[TaskRun, TaskNode]:
+        await repository.require_task(task_id)
+        database = await repository.db()
+        # claim=False: this instance runs only what is started here, never due schedules.
+        scheduler = InternalScheduler(
+            SchedulerConfig(task_timeout=timeout, shutdown_grace_seconds=0),
+            database=database,
+            settings=repository.settings,
+            claim=False,
+        )
+        with quiet_logger("apflow_server.scheduler"):
+            await scheduler.start()
+            try:
+                # trigger + wait_idle rather than run_and_wait: the run's outcome is read back
+                # from its history row, so a run cancelled from elsewhere (`tasks cancel`) is
+                # reported as such instead of ending without an outcome.
+                run_id = await scheduler.trigger(task_id, RunTrigger.MANUAL)
+                await scheduler.wait_idle()
+            finally:
+                await scheduler.stop()
+        return await load_run(database, run_id), await task_subtree(repository, task_id)
+
+    run, node = run_with_repository(work)
+    report_run(run, node, output_format)
+
+
+@tasks_group.command("cancel")
+@click.argument("task_id")
+@format_option
+def cancel(task_id: str, output_format: str) -> None:
+    """Cancel the task's running run, wherever it runs: it is recorded as cancelled at once,
+    and the process running it stops it at its next lease renewal."""
+
+    async def work(repository: TaskRepository) -> tuple[Task, bool, float]:
+        task = await repository.require_task(task_id)
+        store = RunStore(await repository.db(), repository.settings, CLI_INSTANCE)
+        cancelled = await store.cancel(task_id)
+        return task, cancelled, repository.settings.lease_seconds / 3
+
+    task, cancelled, renewal = run_with_repository(work)
+    run_id = task.current_run_id if cancelled else None
+    if output_format == "json":
+        output.print_json({"task_id": task.id, "cancelled": cancelled, "run_id": run_id})
+        return
+    if cancelled:
+        output.line(
+            f"Cancelled run {run_id} of task {output.describe(task)}; the process running it "
+            f"stops it at its next lease renewal (within about {renewal:.0f} s)."
+        )
+    else:
+        output.line(
+            f"Task {output.describe(task)} is not running (status {task.status}); "
+            "nothing to cancel."
+        )

@@ -23,6 +23,7 @@ import httpx
 
 from apflow_server.api.auth import issue_token
 from apflow_server.config import Settings
+from apflow_server.core.errors import ApflowError
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState, SchedulerStats
 from apflow_server.scheduler.internal import new_instance_id
 from apflow_server.storage.repository import utcnow
@@ -32,7 +33,7 @@ logger = logging.getLogger("apflow_server.scheduler")
 TOKEN_LIFETIME = 7 * 86400
 
 
-class ApiError(Exception):
+class ApiError(ApflowError):
     """The server refused a call or could not be reached."""
 
 

@@ -61,8 +61,6 @@ class _Active:
 class InternalScheduler:
     """The built-in scheduler (SPEC §5). Safe to run in any number of processes at once."""
 
-    mode = "internal"
-
     def __init__(
         self,
         config: SchedulerConfig | None = None,
@@ -100,6 +98,12 @@ class InternalScheduler:
     @property
     def state(self) -> SchedulerState:
         return self.stats.state
+
+    @property
+    def mode(self) -> str:
+        """ "internal" claims due work; "executor" only runs what is started in this process
+        (an API server with --no-scheduler, `apflow tasks execute`)."""
+        return "internal" if self.claiming else "executor"
 
     @property
     def database(self) -> Database:
@@ -349,7 +353,11 @@ class InternalScheduler:
                     outcome = await self.executor.execute(current)
                 except asyncio.CancelledError:
                     if active.lost:
-                        logger.warning("run %s was taken from this instance", current.run_id)
+                        logger.info("run %s was ended elsewhere; stopped here", current.run_id)
+                        self._settle_outcome(
+                            current.run_id,
+                            RunResult(RunStatus.CANCELLED, None, "the run was ended elsewhere"),
+                        )
                         return
                     outcome = RunResult(RunStatus.CANCELLED, None, "the scheduler stopped")
                     await asyncio.shield(self._finish(current, outcome))

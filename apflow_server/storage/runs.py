@@ -313,18 +313,17 @@ class RunStore:
         self, session: AsyncSession, task: Task, now: datetime, reason: str
     ) -> None:
         """End the task's current run as cancelled; its process learns it at its next renewal."""
-        if task.current_run_id is None:
-            return
-        await session.execute(
-            update(TaskRun)
-            .where(TaskRun.id == task.current_run_id, TaskRun.status == RUNNING)
-            .values(
-                status=RunStatus.CANCELLED.value,
-                finished_at=now,
-                error=reason,
-                lease_expires_at=None,
+        if task.current_run_id is not None:
+            await session.execute(
+                update(TaskRun)
+                .where(TaskRun.id == task.current_run_id, TaskRun.status == RUNNING)
+                .values(
+                    status=RunStatus.CANCELLED.value,
+                    finished_at=now,
+                    error=reason,
+                    lease_expires_at=None,
+                )
             )
-        )
         task.status = TaskStatus.CANCELLED.value
         task.current_run_id = None
         task.error = reason
