@@ -1,0 +1,192 @@
+"""Burst and lateness: N tasks due at the same instant (or spread over --spread seconds), echo executor; runs per second until all are recorded,
+and how late each started.
+
+    .venv/bin/python bench/burst.py --db sqlite --tasks 1000
+    .venv/bin/python bench/burst.py --db postgresql --tasks 10000 --processes 2
+
+Each scheduler is a real OS process (`apflow scheduler start`, poll_interval 60). The database
+is created for the run (a temporary SQLite file, or a fresh PostgreSQL database that is dropped
+afterwards). Prints one JSON line of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy import func, insert, select
+
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import Task, TaskRun
+
+ADMIN_URL = os.environ.get(
+    "APFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def create_pg() -> tuple[str, str]:
+    name = f"apflow_bench_{uuid.uuid4().hex[:10]}"
+    connection = await asyncpg.connect(ADMIN_URL)
+    await connection.execute(f'CREATE DATABASE "{name}"')
+    await connection.close()
+    return name, ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_pg(name: str) -> None:
+    connection = await asyncpg.connect(ADMIN_URL)
+    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await connection.close()
+
+
+async def seed(database: Database, count: int, due: datetime, spread: float = 0.0) -> None:
+    """Bulk-insert `count` enabled once-schedules due at `due` (over `spread` seconds when
+    given); the repository's validation is not what this measures."""
+    now = datetime.now(UTC)
+
+    def when(index: int) -> datetime:
+        return due + timedelta(seconds=spread * index / count)
+
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "name": f"burst-{index}",
+            "status": "pending",
+            "priority": 2,
+            "inputs": {"n": index},
+            "params": {"executor_id": "echo_executor"},
+            "schemas": {},
+            "dependencies": [],
+            "progress": 0.0,
+            "created_at": now,
+            "updated_at": now,
+            "schedule_type": "once",
+            "schedule_expression": when(index).isoformat(),
+            "schedule_timezone": "UTC",
+            "schedule_enabled": True,
+            "run_count": 0,
+            "next_run_at": when(index),
+            "due_at": when(index),
+            "schedule_misfire": "run_once",
+            "schedule_overlap": "skip",
+            "schedule_jitter_seconds": 0,
+        }
+        for index in range(count)
+    ]
+    async with database.transaction(write=True) as session:
+        for start in range(0, len(rows), 2000):
+            await session.execute(insert(Task), rows[start : start + 2000])
+
+
+async def wait_for_runs(database: Database, count: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with database.transaction() as session:
+            done = await session.scalar(
+                select(func.count()).select_from(TaskRun).where(TaskRun.status == "completed")
+            )
+        if (done or 0) >= count:
+            return time.monotonic()
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"only {done} of {count} runs completed")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--max-concurrent", type=int, default=100)
+    parser.add_argument("--lead", type=float, default=4.0, help="seconds until the burst")
+    parser.add_argument(
+        "--spread", type=float, default=0.0, help="spread the due times over this many seconds"
+    )
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="apflow-bench-"))
+    pg_name = None
+    if args.db == "sqlite":
+        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    else:
+        pg_name, url = await create_pg()
+    database = Database(url)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        await database.upgrade()
+        due = (datetime.now(UTC) + timedelta(seconds=args.lead + 2)).replace(microsecond=0)
+        await seed(database, args.tasks, due, args.spread)
+        env = {**os.environ, "APFLOW_DATABASE_URL": url, "APFLOW_HOME": str(workdir)}
+        command = [
+            sys.executable,
+            "-m",
+            "apflow_server.cli.main",
+            "scheduler",
+            "start",
+            "--poll-interval",
+            "60",
+            "--max-concurrent",
+            str(args.max_concurrent),
+        ]
+        for index in range(args.processes):
+            log = open(workdir / f"scheduler-{index}.log", "wb")  # noqa: SIM115
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
+        finished = await wait_for_runs(database, args.tasks, timeout=600)
+        elapsed = finished - (time.monotonic() - (datetime.now(UTC) - due).total_seconds())
+        async with database.transaction() as session:
+            runs = list(await session.scalars(select(TaskRun)))
+        lateness = [(r.started_at - r.scheduled_for).total_seconds() for r in runs]
+        last_finish = max(r.finished_at for r in runs)
+        duplicates = len(runs) - len({(r.task_id, r.scheduled_for) for r in runs})
+        span = (last_finish - due).total_seconds()
+        print(
+            json.dumps(
+                {
+                    "database": args.db,
+                    "tasks": args.tasks,
+                    "spread_seconds": args.spread,
+                    "processes": args.processes,
+                    "max_concurrent": args.max_concurrent,
+                    "runs_recorded": len(runs),
+                    "duplicates": duplicates,
+                    "seconds_until_all_recorded": round(span, 3),
+                    "runs_per_second": round(len(runs) / span, 1),
+                    "lateness_p50_ms": round(percentile(lateness, 0.5) * 1000, 1),
+                    "lateness_p99_ms": round(percentile(lateness, 0.99) * 1000, 1),
+                    "lateness_max_ms": round(max(lateness) * 1000, 1),
+                    "wall_clock_check_s": round(elapsed, 1),
+                }
+            )
+        )
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await database.dispose()
+        if pg_name:
+            await drop_pg(pg_name)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
