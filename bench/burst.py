@@ -1,5 +1,5 @@
-"""Burst and lateness: N tasks due at the same instant (or spread over --spread seconds), echo executor; runs per second until all are recorded,
-and how late each started.
+"""Burst and lateness: N tasks due at the same instant (or spread over --spread seconds),
+echo executor: runs per second until all are recorded, and how late each started.
 
     .venv/bin/python bench/burst.py --db sqlite --tasks 1000
     .venv/bin/python bench/burst.py --db postgresql --tasks 10000 --processes 2
@@ -146,7 +146,7 @@ async def main() -> None:
             str(args.max_concurrent),
         ]
         for index in range(args.processes):
-            log = open(workdir / f"scheduler-{index}.log", "wb")  # noqa: SIM115
+            log = open(workdir / f"scheduler-{index}.log", "wb")
             processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
         finished = await wait_for_runs(database, args.tasks, timeout=600)
         elapsed = finished - (time.monotonic() - (datetime.now(UTC) - due).total_seconds())
