@@ -194,6 +194,19 @@ class WebhookReplay(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
+class FeedKey(Base):
+    """A key that opens one user's calendar feed. Only its SHA-256 is stored."""
+
+    __tablename__ = "feed_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 TASK_FIELDS = (
     "id",
     "parent_id",
