@@ -26,11 +26,13 @@ class ExecutionError(Exception):
     """A task failed for a reason worth one clear line in its error field."""
 
 
-def echo_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
+async def echo_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
     return dict(inputs)
 
 
-def aggregate_results_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
+async def aggregate_results_executor(
+    inputs: dict[str, Any], context: ExecutionContext
+) -> dict[str, Any]:
     return {**context.dependency_results, **context.child_results}
 
 

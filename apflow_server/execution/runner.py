@@ -98,7 +98,8 @@ class RunExecutor:
             )
 
     async def _attempt(self, claimed: ClaimedRun, attempt: int) -> tuple[bool, Any, str | None]:
-        tasks = await self._fresh_tree(claimed.task_id)
+        # A task without children needs no reset and was read when it was claimed.
+        tasks = [claimed.leaf] if claimed.leaf else await self._fresh_tree(claimed.task_id)
         if not tasks:
             return False, None, "the task was deleted"
         tree = TreeRun(

@@ -45,6 +45,8 @@ TRANSIENT_ERRORS = (OperationalError, DBAPIError, OSError, ConnectionError, Data
 # this long rather than spinning.
 MIN_SLEEP = 0.05
 MAX_KEPT_OUTCOMES = 1000
+# Most outcomes recorded in one transaction.
+FINISH_BATCH = 200
 
 
 def new_instance_id() -> str:
@@ -84,6 +86,10 @@ class InternalScheduler:
         self._callbacks: list[CompletionCallback] = []
         self._active: dict[str, _Active] = {}
         self._outcomes: dict[str, asyncio.Future[RunResult]] = {}
+        self._finishing: asyncio.Queue[
+            tuple[ClaimedRun, RunResult, asyncio.Future[ClaimedRun | None]]
+        ] = asyncio.Queue()
+        self._finisher_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -157,6 +163,8 @@ class InternalScheduler:
             self.config.max_concurrent_tasks,
         )
         await self._beat(force=True)
+        self._finishing = asyncio.Queue()
+        self._finisher_task = asyncio.create_task(self._finisher(), name="apflow-finisher")
         self._loop_task = asyncio.create_task(self._loop(), name="apflow-scheduler")
         self._lease_task = asyncio.create_task(self._renew_leases(), name="apflow-leases")
 
@@ -181,9 +189,10 @@ class InternalScheduler:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            await asyncio.gather(self._lease_task, return_exceptions=True)
+        for helper in (self._lease_task, self._finisher_task):
+            if helper is not None:
+                helper.cancel()
+                await asyncio.gather(helper, return_exceptions=True)
         self.stats.state = SchedulerState.STOPPED
         try:
             await self._beat(force=True)
@@ -380,17 +389,40 @@ class InternalScheduler:
             self._wake.set()  # a slot is free
 
     async def _finish(self, claimed: ClaimedRun, outcome: RunResult) -> ClaimedRun | None:
-        """Record the outcome, retrying through a short database outage (within the lease)."""
+        """Hand the outcome to the finisher; returns a buffered run to start next."""
+        future: asyncio.Future[ClaimedRun | None] = asyncio.get_running_loop().create_future()
+        self._finishing.put_nowait((claimed, outcome, future))
+        return await future
+
+    async def _finisher(self) -> None:
+        """Record outcomes in batches: whatever has finished since the last commit goes in one
+        transaction, so under load one commit serves many runs and idle adds no delay."""
+        while True:
+            batch = [await self._finishing.get()]
+            while len(batch) < FINISH_BATCH and not self._finishing.empty():
+                batch.append(self._finishing.get_nowait())
+            results = await self._record_batch(
+                [(claimed, outcome) for claimed, outcome, _ in batch]
+            )
+            for (_, _, future), follow_up in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(follow_up)
+
+    async def _record_batch(
+        self, items: list[tuple[ClaimedRun, RunResult]]
+    ) -> list[ClaimedRun | None]:
+        """finish_many, retried through a short database outage (within the lease)."""
         assert self.store is not None
         delay = 0.2
         deadline = asyncio.get_running_loop().time() + self.settings.lease_seconds
         while True:
             try:
-                return await self.store.finish(claimed, outcome)
+                return await self.store.finish_many(items)
             except TRANSIENT_ERRORS as exc:
                 if asyncio.get_running_loop().time() + delay > deadline:
-                    logger.error("could not record run %s: %s", claimed.run_id, exc)
-                    return None
+                    runs = ", ".join(claimed.run_id for claimed, _ in items)
+                    logger.error("could not record run(s) %s: %s", runs, exc)
+                    return [None] * len(items)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

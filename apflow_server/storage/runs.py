@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,9 +52,41 @@ logger = logging.getLogger(__name__)
 
 # Occurrences handled per task in one transaction; a longer backlog continues in the next pass.
 OCCURRENCE_CHUNK = 1000
+# History is pruned to APFLOW_RUN_HISTORY_KEEP when a task's run count reaches a multiple of
+# this, so the cost is paid once per so many runs rather than on every one.
+PRUNE_EVERY = 50
 
 IN_PROGRESS = TaskStatus.IN_PROGRESS.value
 RUNNING = RunStatus.RUNNING.value
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """A task's definition as read in the claiming transaction."""
+
+    id: str
+    parent_id: str | None
+    name: str
+    priority: int
+    inputs: dict[str, Any]
+    params: dict[str, Any]
+    schemas: dict[str, Any]
+    dependencies: list[Any]
+    user_id: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskSnapshot:
+        return cls(
+            task.id,
+            task.parent_id,
+            task.name,
+            task.priority,
+            dict(task.inputs),
+            dict(task.params),
+            dict(task.schemas),
+            list(task.dependencies),
+            task.user_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +102,8 @@ class ClaimedRun:
     attempt: int = 1
     # True when an Idempotency-Key matched an earlier run: nothing new was started.
     replayed: bool = False
+    # The task itself when it has no children: the runner needs no further read.
+    leaf: TaskSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +171,7 @@ class RunStore:
                 for task in rows:
                     task.trigger_requested_at = None
                     claimed.append(await self._start(session, task, RunTrigger.MANUAL, None, now))
+            claimed = await _with_leaves(session, claimed)
         return claimed
 
     async def _settle_due(
@@ -231,7 +266,10 @@ class RunStore:
         task.run_count += 1
         task.last_run_at = now
         task.updated_at = now
-        return ClaimedRun(run_id, task.id, task.user_id, trigger.value, occurrence, now)
+        snapshot = TaskSnapshot.of(task)  # kept only if the task turns out to be a leaf
+        return ClaimedRun(
+            run_id, task.id, task.user_id, trigger.value, occurrence, now, leaf=snapshot
+        )
 
     async def _insert_run(
         self,
@@ -364,7 +402,8 @@ class RunStore:
                     f"{busy.id}); a task runs either alone or with its tree, not both",
                     data={"task_id": busy.id},
                 )
-            return await self._start(session, task, trigger, None, now, idempotency_key)
+            started = await self._start(session, task, trigger, None, now, idempotency_key)
+            return (await _with_leaves(session, [started]))[0]
 
     async def claim_occurrence(self, task_id: str, scheduled_for: datetime) -> ClaimedRun | None:
         """Fire one named occurrence of a task's schedule, if it is the one due now.
@@ -388,7 +427,8 @@ class RunStore:
             )
             if not due:
                 return None
-            return await self._settle_due(session, task, now)
+            settled = await self._settle_due(session, task, now)
+            return None if settled is None else (await _with_leaves(session, [settled]))[0]
 
     async def _locked_task(self, session: AsyncSession, task_id: str) -> Task:
         task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
@@ -462,7 +502,7 @@ class RunStore:
                 if task is not None and task.current_run_id == run.id:
                     self._release(task, TaskStatus.FAILED, None, reason, now)
                     await self._release_tree(session, task.id, reason, now)
-                    await self._settle_after_run(session, task, run, now)
+                    await self._settle_after_run(session, task, run.started_at or now, now)
                 abandoned.append(run.id)
             if abandoned:
                 await notify_in_transaction(session)
@@ -482,25 +522,64 @@ class RunStore:
 
     async def finish(self, claimed: ClaimedRun, outcome: RunResult) -> ClaimedRun | None:
         """Record a run's outcome if we still own it; returns a buffered run to start next."""
+        return (await self.finish_many([(claimed, outcome)]))[0]
+
+    async def finish_many(
+        self, items: Sequence[tuple[ClaimedRun, RunResult]]
+    ) -> list[ClaimedRun | None]:
+        """Record the outcomes of runs in one transaction (a group commit under load).
+
+        Each run is recorded only if it is still `running` and ours, under row locks; its
+        task only if the run still owns it. Returns, per item, a buffered run to start next.
+        """
         now = self.clock()
-        follow_up: ClaimedRun | None = None
-        async with schedule_write(self.database) as session:
-            run = await session.scalar(
-                select(TaskRun).where(TaskRun.id == claimed.run_id).with_for_update()
+        follow_ups: list[ClaimedRun | None] = [None] * len(items)
+        async with self.database.transaction(write=True) as session:
+            owned = set(
+                await session.scalars(
+                    select(TaskRun.id)
+                    .where(
+                        TaskRun.id.in_([claimed.run_id for claimed, _ in items]),
+                        TaskRun.status == RUNNING,
+                        TaskRun.instance_id == self.instance_id,
+                    )
+                    .with_for_update()
+                )
             )
-            if run is None or run.status != RUNNING or run.instance_id != self.instance_id:
-                logger.info("run %s ended elsewhere (%s)", claimed.run_id, run and run.status)
-                return None
-            run.status = outcome.status.value
-            run.finished_at = now
-            run.result = outcome.result
-            run.error = outcome.error
-            run.attempt = outcome.attempt
-            run.lease_expires_at = None
-            task = await session.scalar(
-                select(Task).where(Task.id == claimed.task_id).with_for_update()
+            mine = [(i, c, o) for i, (c, o) in enumerate(items) if c.run_id in owned]
+            for claimed, _ in items:
+                if claimed.run_id not in owned:
+                    logger.info("run %s ended elsewhere; not recording it", claimed.run_id)
+            if not mine:
+                return follow_ups
+            await session.execute(
+                update(TaskRun),
+                [
+                    {
+                        "id": claimed.run_id,
+                        "status": outcome.status.value,
+                        "finished_at": now,
+                        "result": outcome.result,
+                        "error": outcome.error,
+                        "attempt": outcome.attempt,
+                        "lease_expires_at": None,
+                    }
+                    for _, claimed, outcome in mine
+                ],
             )
-            if task is not None and task.current_run_id == run.id:
+            tasks = {
+                task.id: task
+                for task in await session.scalars(
+                    select(Task)
+                    .where(Task.id.in_({claimed.task_id for _, claimed, _ in mine}))
+                    .with_for_update()
+                )
+            }
+            wake = False
+            for index, claimed, outcome in mine:
+                task = tasks.get(claimed.task_id)
+                if task is None or task.current_run_id != claimed.run_id:
+                    continue
                 status = {
                     RunStatus.COMPLETED: TaskStatus.COMPLETED,
                     RunStatus.CANCELLED: TaskStatus.CANCELLED,
@@ -509,10 +588,18 @@ class RunStore:
                 if status is not TaskStatus.COMPLETED:
                     reason = outcome.error or f"run ended {outcome.status.value}"
                     await self._release_tree(session, task.id, reason, now)
-                follow_up = await self._settle_after_run(session, task, run, now)
-                await session.flush()
-                await prune_runs(session, task.id, self.settings.run_history_keep)
-        return follow_up
+                follow_ups[index] = await self._settle_after_run(
+                    session, task, claimed.started_at, now
+                )
+                wake = wake or task.schedule_enabled
+                if task.run_count % PRUNE_EVERY == 0:
+                    await session.flush()
+                    await prune_runs(session, task.id, self.settings.run_history_keep)
+            if wake:  # the task is claimable again: peers may be asleep past its next time
+                await notify_in_transaction(session)
+        if wake:
+            wake_local()
+        return follow_ups
 
     def _release(
         self, task: Task, status: TaskStatus, result: Any, error: str | None, now: datetime
@@ -542,7 +629,7 @@ class RunStore:
         )
 
     async def _settle_after_run(
-        self, session: AsyncSession, task: Task, run: TaskRun, now: datetime
+        self, session: AsyncSession, task: Task, started: datetime, now: datetime
     ) -> ClaimedRun | None:
         """Occurrences that came due while the run was running meet the overlap policy now.
 
@@ -550,7 +637,6 @@ class RunStore:
         """
         if not task.schedule_enabled or task.next_run_at is None or task.due_at is None:
             return None
-        started = run.started_at or now
         if task.due_at > now or task.next_run_at < started:
             return None
         schedule = schedule_of(task)
@@ -624,3 +710,14 @@ async def _busy_relative(session: AsyncSession, task: Task) -> Task | None:
     below = below.union_all(select(Task.id).where(Task.parent_id == below.c.id))
     query = select(Task).where(Task.id.in_(select(below.c.id)), Task.status == IN_PROGRESS)
     return await session.scalar(query.limit(1))
+
+
+async def _with_leaves(session: AsyncSession, runs: list[ClaimedRun]) -> list[ClaimedRun]:
+    """Keep the task snapshot only on runs of tasks without children (one query per batch)."""
+    if not runs:
+        return runs
+    ids = [run.task_id for run in runs]
+    parents = set(
+        await session.scalars(select(Task.parent_id).where(Task.parent_id.in_(ids)).distinct())
+    )
+    return [run if run.task_id not in parents else replace(run, leaf=None) for run in runs]

@@ -74,14 +74,14 @@ def wait_for_file(path: Path, seconds: float = 5) -> str:
 # ---------------------------------------------------------------------- echo and aggregate
 
 
-def test_echo_returns_a_copy_of_its_inputs() -> None:
+async def test_echo_returns_a_copy_of_its_inputs() -> None:
     inputs = {"a": 1, "nested": {"b": [1, 2]}}
-    result = echo_executor(inputs, CONTEXT)
+    result = await echo_executor(inputs, CONTEXT)
     assert result == {"a": 1, "nested": {"b": [1, 2]}}
     assert result is not inputs
 
 
-def test_aggregate_keys_dependencies_and_children_by_id() -> None:
+async def test_aggregate_keys_dependencies_and_children_by_id() -> None:
     context = ExecutionContext(
         task_id="p",
         task_name="p",
@@ -92,7 +92,7 @@ def test_aggregate_keys_dependencies_and_children_by_id() -> None:
         child_results={"c1": {"x": 1}, "c2": [2]},
         dependency_results={"d1": None},
     )
-    assert aggregate_results_executor({"ignored": True}, context) == {
+    assert await aggregate_results_executor({"ignored": True}, context) == {
         "d1": None,
         "c1": {"x": 1},
         "c2": [2],
