@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -106,6 +106,15 @@ class ClaimedRun:
     leaf: TaskSnapshot | None = None
 
 
+@dataclass
+class _Decision:
+    task: Task
+    schedule: Schedule
+    fire: datetime | None
+    missed: list[datetime] = field(default_factory=list)
+    following: datetime | None = None  # where the schedule moves when nothing fires
+
+
 @dataclass(frozen=True)
 class RunResult:
     status: RunStatus
@@ -154,10 +163,7 @@ class RunStore:
         async with self.database.transaction(write=True) as session:
             due = _claimable(now, user_id).order_by(Task.due_at).limit(limit)
             rows: list[Task] = list(await session.scalars(due.with_for_update(skip_locked=True)))
-            for task in rows:
-                run = await self._settle_due(session, task, now)
-                if run is not None:
-                    claimed.append(run)
+            claimed = await self._settle(session, rows, now)
             room = limit - len(claimed)
             if room > 0:
                 requested = select(Task).where(
@@ -174,25 +180,20 @@ class RunStore:
             claimed = await _with_leaves(session, claimed)
         return claimed
 
-    async def _settle_due(
-        self, session: AsyncSession, task: Task, now: datetime
-    ) -> ClaimedRun | None:
-        """Apply the misfire and overlap rules to a due task; start a run when they say so."""
+    def _decide(self, task: Task, now: datetime) -> _Decision:
+        """What the misfire rules say about a due task: which occurrence (if any) to fire and
+        which to record as missed. No writes."""
         assert task.next_run_at is not None and task.due_at is not None
         schedule = schedule_of(task)
         late_cutoff = now - timedelta(seconds=self.settings.misfire_grace_seconds)
-
-        if task.status == IN_PROGRESS:  # cancel_other: the newer occurrence wins
-            await self._cancel_current(session, task, now, "cancelled by a newer occurrence")
-
         if task.due_at > late_cutoff:  # on time
-            return await self._fire(session, task, schedule, task.next_run_at, now)
-
+            return _Decision(task, schedule, fire=task.next_run_at)
         late, following = occurrences_due(
             schedule, task, task.next_run_at, late_cutoff, OCCURRENCE_CHUNK
         )
         policy = MisfirePolicy(task.schedule_misfire)
         backlog_continues = len(late) == OCCURRENCE_CHUNK and following is not None
+        fire: datetime | None
         if backlog_continues or policy is MisfirePolicy.SKIP:
             fire = None
         elif policy is MisfirePolicy.RUN_ONCE:
@@ -200,11 +201,43 @@ class RunStore:
         else:  # RUN_ALL: the most recent ones, in order, one run at a time
             fire = late[-self.settings.max_catchup_runs :][0]
         missed = [o for o in late if fire is None or o < fire]
-        await self._record(session, task, missed, RunStatus.MISSED, now)
-        if fire is not None:
-            return await self._fire(session, task, schedule, fire, now)
-        set_next_run(task, following)
-        return None
+        return _Decision(task, schedule, fire=fire, missed=missed, following=following)
+
+    async def _settle(
+        self, session: AsyncSession, tasks: Sequence[Task], now: datetime
+    ) -> list[ClaimedRun]:
+        """Apply the misfire and overlap rules to due tasks and start the runs they call for,
+        with one insert for all the fired occurrences (and one for the missed ones)."""
+        decisions = [self._decide(task, now) for task in tasks]
+        for decision in decisions:
+            if decision.task.status == IN_PROGRESS:  # cancel_other: the newer occurrence wins
+                await self._cancel_current(
+                    session, decision.task, now, "cancelled by a newer occurrence"
+                )
+        await self._record_many(
+            session,
+            [(d.task, o) for d in decisions for o in d.missed],
+            RunStatus.MISSED,
+            now,
+        )
+        fired = [d for d in decisions if d.fire is not None]
+        inserted = await self._insert_runs(
+            session, [(d.task, d.fire) for d in fired if d.fire is not None], now
+        )
+        claimed: list[ClaimedRun] = []
+        for decision in decisions:
+            task, occurrence = decision.task, decision.fire
+            if occurrence is None:
+                set_next_run(task, decision.following)
+                continue
+            run_id = inserted.get(task.id)
+            if run_id is None:
+                logger.info("occurrence %s of task %s was already recorded", occurrence, task.id)
+            else:
+                claimed.append(self._take(task, run_id, RunTrigger.SCHEDULE, occurrence, now))
+            # After _take: run_count includes this run, so max_runs ends the schedule in time.
+            set_next_run(task, fire_after(decision.schedule, task, occurrence))
+        return claimed
 
     async def _fire(
         self,
@@ -217,17 +250,33 @@ class RunStore:
         then: datetime | None = None,
     ) -> ClaimedRun | None:
         """Start the run of one occurrence and move the schedule past it (to `then` if given)."""
-        run_id = await self._insert_run(
-            session, task, RunTrigger.SCHEDULE, occurrence, RunStatus.RUNNING, now
-        )
+        run_id = (await self._insert_runs(session, [(task, occurrence)], now)).get(task.id)
         claimed = None
         if run_id is None:
             logger.info("occurrence %s of task %s was already recorded", occurrence, task.id)
         else:
             claimed = self._take(task, run_id, RunTrigger.SCHEDULE, occurrence, now)
-        # After _take: run_count includes this run, so max_runs ends the schedule in time.
         set_next_run(task, then if then is not None else fire_after(schedule, task, occurrence))
         return claimed
+
+    async def _insert_runs(
+        self, session: AsyncSession, fires: Sequence[tuple[Task, datetime]], now: datetime
+    ) -> dict[str, str]:
+        """Insert the running rows of fired occurrences in one statement; task id -> run id for
+        those inserted (an occurrence already recorded is skipped by the unique key)."""
+        if not fires:
+            return {}
+        rows = [
+            self._run_row(task, RunTrigger.SCHEDULE, occurrence, RunStatus.RUNNING, now)
+            for task, occurrence in fires
+        ]
+        statement = (
+            self._insert()
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["task_id", "scheduled_for"])
+            .returning(TaskRun.task_id, TaskRun.id)
+        )
+        return {task_id: run_id for task_id, run_id in await session.execute(statement)}
 
     async def _start(
         self,
@@ -271,6 +320,34 @@ class RunStore:
             run_id, task.id, task.user_id, trigger.value, occurrence, now, leaf=snapshot
         )
 
+    def _run_row(
+        self,
+        task: Task,
+        trigger: RunTrigger,
+        occurrence: datetime | None,
+        status: RunStatus,
+        now: datetime,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        running = status is RunStatus.RUNNING
+        return {
+            "id": str(uuid.uuid4()),
+            "task_id": task.id,
+            "user_id": task.user_id,
+            "trigger": trigger.value,
+            "scheduled_for": occurrence,
+            "started_at": now if running else None,
+            "finished_at": None if running else now,
+            "status": status.value,
+            "attempt": 1 if running else 0,
+            "instance_id": self.instance_id if running else None,
+            "lease_expires_at": now + self.lease if running else None,
+            "created_at": now,
+            "error": None,
+            "result": None,
+            "idempotency_key": idempotency_key,
+        }
+
     async def _insert_run(
         self,
         session: AsyncSession,
@@ -282,31 +359,15 @@ class RunStore:
         idempotency_key: str | None = None,
     ) -> str | None:
         """Insert one history row; None when its occurrence is already recorded."""
-        run_id = str(uuid.uuid4())
-        running = status is RunStatus.RUNNING
-        values = {
-            "id": run_id,
-            "task_id": task.id,
-            "user_id": task.user_id,
-            "trigger": trigger.value,
-            "scheduled_for": occurrence,
-            "started_at": now if running else None,
-            "finished_at": None if running else now,
-            "status": status.value,
-            "attempt": 1,
-            "instance_id": self.instance_id if running else None,
-            "lease_expires_at": now + self.lease if running else None,
-            "created_at": now,
-            "idempotency_key": idempotency_key,
-        }
+        row = self._run_row(task, trigger, occurrence, status, now, idempotency_key)
         statement = (
             self._insert()
-            .values(**values)
+            .values(row)
             .on_conflict_do_nothing(index_elements=["task_id", "scheduled_for"])
             .returning(TaskRun.id)
         )
-        inserted = await session.scalar(statement)
-        return run_id if inserted else None
+        run_id: str | None = await session.scalar(statement)
+        return run_id
 
     async def _record(
         self,
@@ -316,27 +377,21 @@ class RunStore:
         status: RunStatus,
         now: datetime,
     ) -> None:
-        """History rows for occurrences that will not run (missed or skipped)."""
+        """History rows for occurrences of one task that will not run (missed or skipped)."""
+        await self._record_many(session, [(task, o) for o in occurrences], status, now)
+
+    async def _record_many(
+        self,
+        session: AsyncSession,
+        occurrences: Sequence[tuple[Task, datetime]],
+        status: RunStatus,
+        now: datetime,
+    ) -> None:
         if not occurrences:
             return
         rows = [
-            {
-                "id": str(uuid.uuid4()),
-                "task_id": task.id,
-                "user_id": task.user_id,
-                "trigger": RunTrigger.SCHEDULE.value,
-                "scheduled_for": occurrence,
-                "started_at": None,
-                "finished_at": now,
-                "status": status.value,
-                "attempt": 0,
-                "instance_id": None,
-                "lease_expires_at": None,
-                "created_at": now,
-                "error": None,
-                "result": None,
-            }
-            for occurrence in occurrences
+            self._run_row(task, RunTrigger.SCHEDULE, occurrence, status, now)
+            for task, occurrence in occurrences
         ]
         statement = self._insert().on_conflict_do_nothing(
             index_elements=["task_id", "scheduled_for"]
@@ -427,8 +482,9 @@ class RunStore:
             )
             if not due:
                 return None
-            settled = await self._settle_due(session, task, now)
-            return None if settled is None else (await _with_leaves(session, [settled]))[0]
+            return next(
+                iter(await _with_leaves(session, await self._settle(session, [task], now))), None
+            )
 
     async def _locked_task(self, session: AsyncSession, task_id: str) -> Task:
         task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
