@@ -1,0 +1,244 @@
+"""`apflow scheduler webhook-url|cron-line|k8s-cronjob` in-process, on a temporary APFLOW_HOME
+(the embedded SQLite database): output ready to install, and refusals as one error line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from apflow_server.cli.main import apflow
+
+CLEARED = (
+    "APFLOW_DATABASE_URL",
+    "APFLOW_DEBUG",
+    "APFLOW_DEFAULT_TIMEZONE",
+    "APFLOW_WEBHOOK_SECRET",
+    "APFLOW_JWT_SECRET",
+    "COLUMNS",
+)
+SECRET = "cli-webhook-secret-value"
+
+
+class Cli:
+    def __init__(self, home: Path) -> None:
+        self.env: dict[str, str | None] = {name: None for name in CLEARED}
+        self.env["APFLOW_HOME"] = str(home)
+
+    def __call__(self, *args: str, **env: str | None) -> Result:
+        result = CliRunner().invoke(apflow, list(args), env={**self.env, **env})
+        assert "Traceback" not in result.stdout + result.stderr
+        return result
+
+    def ok(self, *args: str, **env: str | None) -> str:
+        result = self(*args, **env)
+        assert result.exit_code == 0, (args, result.stderr)
+        return result.stdout
+
+    def json(self, *args: str, **env: str | None) -> Any:
+        return json.loads(self.ok(*args, "-f", "json", **env))
+
+    def task(self, *args: str) -> str:
+        task_id: str = self.json("tasks", "create", "--name", "Nightly Export", *args)["id"]
+        return task_id
+
+    def fails(self, code: int, *args: str, names: tuple[str, ...] = ()) -> str:
+        result = self(*args)
+        assert result.exit_code == code, (args, result.stdout, result.stderr)
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+        for name in names:
+            assert name in lines[0], lines[0]
+        return lines[0]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+def daily(cli: Cli, *extra: str) -> str:
+    return cli.task(
+        "--schedule-type",
+        "daily",
+        "--schedule-expression",
+        "09:00,09:30",
+        "--schedule-timezone",
+        "Europe/Paris",
+        *extra,
+    )
+
+
+def test_the_commands_are_on_the_scheduler_group(cli: Cli) -> None:
+    shown = cli.ok("scheduler", "--help")
+    for name in ("webhook-url", "cron-line", "k8s-cronjob"):
+        assert name in shown
+
+
+def test_webhook_url(cli: Cli) -> None:
+    task_id = cli.task()
+    assert cli.ok("scheduler", "webhook-url", task_id) == (
+        f"POST http://127.0.0.1:8000/webhook/trigger/{task_id}\n"
+    )
+    data = cli.json("scheduler", "webhook-url", task_id, "--base-url", "https://api.example.com/")
+    assert data == {
+        "task_id": task_id,
+        "url": f"https://api.example.com/webhook/trigger/{task_id}",
+        "method": "POST",
+    }
+    signed = cli.json("scheduler", "webhook-url", task_id, "--signed")
+    assert signed["signed_content"] == "{timestamp}.{task_id}.{body}"
+    assert signed["algorithm"] == "HMAC-SHA256"
+    assert "$APFLOW_WEBHOOK_SECRET" in signed["shell"]
+    text = cli.ok("scheduler", "webhook-url", task_id, "--signed", "--secret-env", "HOOK")
+    assert "X-Webhook-Signature" in text and '-hmac "$HOOK"' in text
+
+
+def test_webhook_url_of_an_unknown_task(cli: Cli) -> None:
+    cli.ok("tasks", "list")  # the database exists
+    cli.fails(1, "scheduler", "webhook-url", "no-such-task", names=("no-such-task", "not found"))
+    cli.fails(1, "scheduler", "webhook-url", "x", "--base-url", "nope", names=("base_url",))
+
+
+def test_cron_line(cli: Cli) -> None:
+    task_id = daily(cli)
+    url = f"http://127.0.0.1:8000/webhook/trigger/{task_id}"
+    out = cli.ok("scheduler", "cron-line", task_id)
+    assert out == (
+        "CRON_TZ=Europe/Paris\n"
+        f"0,30 9 * * * curl -fsS -o /dev/null --max-time 30 -X POST -d '' {url}\n"
+    )
+    data = cli.json("scheduler", "cron-line", task_id, "--no-cron-tz", "--timeout", "5")
+    assert data["cron_expression"] == "0,30 9 * * *"
+    assert data["schedule_timezone"] == "Europe/Paris"
+    assert data["signed"] is False
+    assert data["crontab"].startswith("0,30 9 * * * curl") and "--max-time 5" in data["crontab"]
+    assert data["notes"] == []
+
+
+def test_cron_line_signs_when_a_webhook_secret_is_configured(cli: Cli) -> None:
+    task_id = daily(cli)
+    out = cli.ok("scheduler", "cron-line", task_id, APFLOW_WEBHOOK_SECRET=SECRET)
+    assert '-hmac "$APFLOW_WEBHOOK_SECRET"' in out and SECRET not in out
+    unsigned = cli.ok("scheduler", "cron-line", task_id, "--unsigned", APFLOW_WEBHOOK_SECRET=SECRET)
+    assert "openssl" not in unsigned
+    named = cli.json("scheduler", "cron-line", task_id, "--secret-env", "MY_KEY")
+    assert named["signed"] is True and '-hmac "$MY_KEY"' in named["crontab"]
+    cli.fails(2, "scheduler", "cron-line", task_id, "--unsigned", "--secret-env", "K")
+    cli.fails(
+        1, "scheduler", "cron-line", task_id, "--secret-env", "BAD-NAME", names=("secret_env",)
+    )
+
+
+def test_cron_line_notes_what_it_cannot_carry(cli: Cli) -> None:
+    task_id = daily(cli, "--max-runs", "5", "--schedule-enabled")
+    out = cli.ok("scheduler", "cron-line", task_id)
+    comments = [line for line in out.splitlines() if line.startswith("#")]
+    assert any("--schedule-disabled" in line for line in comments)
+    assert any("max_runs" in line for line in comments)
+    assert out.splitlines()[-2] == "CRON_TZ=Europe/Paris"
+    notes = cli.json("scheduler", "cron-line", task_id)["notes"]
+    assert len(notes) == 2
+
+
+def test_interval_tasks_need_an_aligned_grid(cli: Cli) -> None:
+    aligned = cli.task(
+        "--schedule-type",
+        "interval",
+        "--schedule-expression",
+        "15m",
+        "--schedule-start-at",
+        "2025-01-01T00:00:00Z",
+    )
+    assert cli.json("scheduler", "cron-line", aligned)["cron_expression"] == "*/15 * * * *"
+    shifted = cli.task(
+        "--schedule-type",
+        "interval",
+        "--schedule-expression",
+        "15m",
+        "--schedule-start-at",
+        "2025-01-01T10:07:30Z",
+    )
+    cli.fails(1, "scheduler", "cron-line", shifted, names=("whole minute",))
+    floating = cli.task("--schedule-type", "interval", "--schedule-expression", "15m")
+    cli.fails(1, "scheduler", "cron-line", floating, names=("not fixed yet",))
+
+
+@pytest.mark.parametrize(
+    ("kind", "expression", "why"),
+    [
+        ("monthly", "1,L 09:00", "L (the last day of the month)"),
+        ("once", "2031-01-01T09:00:00Z", "single time"),
+        ("cron", "0 9 * * 5#2", "# (nth weekday)"),
+        ("cron", "0 9 * * * 30", "seconds field"),
+        ("daily", "09:00,17:30", "09:30, 17:00"),
+    ],
+)
+def test_schedules_without_a_cron_equivalent_are_refused(
+    cli: Cli, kind: str, expression: str, why: str
+) -> None:
+    task_id = cli.task("--schedule-type", kind, "--schedule-expression", expression)
+    for command in ("cron-line", "k8s-cronjob"):
+        cli.fails(1, "scheduler", command, task_id, names=(why,))
+
+
+def test_unknown_tasks_and_tasks_without_a_schedule(cli: Cli) -> None:
+    task_id = cli.task()
+    for command in ("cron-line", "k8s-cronjob"):
+        cli.fails(1, "scheduler", command, task_id, names=("no schedule",))
+        cli.fails(1, "scheduler", command, "missing-id", names=("not found",))
+    cli.fails(2, "scheduler", "k8s-cronjob")  # no ID
+
+
+def test_k8s_cronjob(cli: Cli) -> None:
+    task_id = daily(cli)
+    out = cli.ok("scheduler", "k8s-cronjob", task_id, "--namespace", "batch")
+    assert "&id" not in out  # no YAML anchors
+    manifest = yaml.safe_load(out)
+    kubernetes_validate.validate(manifest, "1.30.0", strict=True)
+    assert manifest["metadata"]["name"] == f"nightly-export-{task_id[:8]}"
+    assert manifest["metadata"]["namespace"] == "batch"
+    assert manifest["spec"]["schedule"] == "0,30 9 * * *"
+    assert manifest["spec"]["timeZone"] == "Europe/Paris"
+    pod = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+
+    signed = cli.json(
+        "scheduler",
+        "k8s-cronjob",
+        task_id,
+        "--secret-name",
+        "apflow-hmac",
+        "--secret-key",
+        "key",
+        "--image",
+        "example.org/curl:1",
+        "--base-url",
+        "https://apflow.internal",
+    )
+    kubernetes_validate.validate(signed, kubernetes_validate.utils.latest_version(), strict=True)
+    pod = signed["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    ref = pod["initContainers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "apflow-hmac", "key": "key"}
+    assert pod["containers"][0]["image"] == "example.org/curl:1"
+    assert pod["containers"][0]["args"][-1].startswith("https://apflow.internal/webhook/trigger/")
+    cli.fails(
+        1, "scheduler", "k8s-cronjob", task_id, "--namespace", "Not_Valid", names=("namespace",)
+    )
+
+
+def test_k8s_cronjob_notes_are_yaml_comments(cli: Cli) -> None:
+    task_id = daily(cli, "--schedule-enabled")
+    out = cli.ok("scheduler", "k8s-cronjob", task_id)
+    assert out.startswith("# Note: the internal scheduler also fires this task")
+    assert yaml.safe_load(out)["kind"] == "CronJob"
+    result = cli("scheduler", "k8s-cronjob", task_id, "-f", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["kind"] == "CronJob"
+    assert result.stderr.startswith("Note: the internal scheduler")
