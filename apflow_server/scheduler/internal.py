@@ -372,6 +372,12 @@ class InternalScheduler:
                     await asyncio.shield(self._finish(current, outcome))
                     self._settle_outcome(current.run_id, outcome)
                     raise
+                except TRANSIENT_ERRORS as exc:  # the database went away while loading the tree
+                    logger.warning("run %s could not run: %s", current.run_id, exc)
+                    outcome = RunResult(RunStatus.FAILED, None, f"database unavailable: {exc}")
+                except Exception as exc:  # a bug: never lose the run over it
+                    logger.exception("run %s failed in the scheduler", current.run_id)
+                    outcome = RunResult(RunStatus.FAILED, None, f"internal error: {exc}")
                 follow_up = await self._finish(current, outcome)
                 self._settle_outcome(current.run_id, outcome)
                 await self._completed(current, outcome)
