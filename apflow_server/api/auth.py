@@ -65,7 +65,7 @@ def decode_token(token: str, settings: Settings) -> Principal:
         raise UnauthenticatedError(f"invalid token: {exc}") from None
     subject = claims.get("sub")
     roles = claims.get("roles") or []
-    if not isinstance(subject, str) or not subject:
+    if not isinstance(subject, str) or not subject or "\x00" in subject:
         raise UnauthenticatedError("invalid token: sub must be a non-empty string")
     if isinstance(roles, str):
         roles = [roles]
@@ -120,8 +120,9 @@ def principal_of(connection: HTTPConnection) -> Principal | None:
 
 
 def require_user(principal: Principal | None, settings: Settings) -> Principal | None:
-    """With auth on, a request must carry a valid token; with auth off, anyone may call."""
-    if principal is None and settings.auth_enabled:
+    """With a JWT secret configured, a request must carry a valid token (SPEC §7: JWT is on
+    when a secret is configured); without one, anyone may call."""
+    if principal is None and settings.jwt_secret:
         raise UnauthenticatedError("authentication required: send Authorization: Bearer <jwt>")
     return principal
 

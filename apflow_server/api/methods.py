@@ -24,7 +24,7 @@ BOOLEAN = {"type": "boolean"}
 OBJECT = {"type": "object"}
 DATETIME = {"type": "string", "format": "date-time"}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
-OFFSET = {"type": "integer", "minimum": 0}
+OFFSET = {"type": "integer", "minimum": 0, "maximum": 1_000_000_000}
 TASK = {"type": "object", "description": "a task (SPEC §2 fields)"}
 PAGE = {
     "type": "object",
@@ -104,6 +104,8 @@ def _check(name: str, schema: Mapping[str, Any], value: Any) -> Any:
     if kind == "string":
         if not isinstance(value, str):
             raise ValidationError(name, "must be a string")
+        if "\x00" in value:
+            raise ValidationError(name, "must not contain NUL characters")
         if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 10_000):
             raise ValidationError(name, "has an invalid length")
         if schema.get("format") == "date-time":
@@ -322,7 +324,7 @@ SCHEDULE_PARAMS = tuple(
         ("schedule_timezone", STRING),
         ("schedule_start_at", STRING),
         ("schedule_end_at", STRING),
-        ("max_runs", {"type": "integer", "minimum": 1}),
+        ("max_runs", {"type": "integer", "minimum": 1, "maximum": 2_147_483_647}),
     )
 )
 assert {p.name for p in SCHEDULE_PARAMS} <= SCHEDULE_FIELDS

@@ -8,6 +8,7 @@ client), and an unexpected one is logged with its traceback and reported as a ba
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -135,10 +136,39 @@ async def rpc_endpoint(request: Request) -> Response:
     except UnicodeDecodeError:
         return rpc_error(-32700, "Parse error", "the body is not UTF-8")
     context = CallContext(services, principal)
-    answer = await async_dispatch(text, methods=DISPATCH_TABLE, context=context)
+    answer = await dispatch(text, context)
     if not answer:  # only notifications
         return Response(status_code=204)
     return Response(answer, media_type="application/json", status_code=_status_of(answer))
+
+
+async def dispatch(text: str, context: CallContext) -> str:
+    """Dispatch a request or a batch. A batch is dispatched member by member, so one invalid
+    member gets its own -32600 answer instead of refusing the whole batch (JSON-RPC 2.0 §6;
+    jsonrpcserver would validate the batch as one)."""
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        parsed = None
+    if not isinstance(parsed, list) or not parsed:
+        return str(await async_dispatch(text, methods=DISPATCH_TABLE, context=context))
+
+    async def one(member: Any) -> str:
+        if not isinstance(member, dict):  # a batch holds request objects, not batches
+            return json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "error": {"code": -32600, "message": "Invalid request"},
+                    "id": None,
+                }
+            )
+        return str(
+            await async_dispatch(json.dumps(member), methods=DISPATCH_TABLE, context=context)
+        )
+
+    answers = await asyncio.gather(*(one(member) for member in parsed))
+    replies = [answer for answer in answers if answer]
+    return "[" + ",".join(replies) + "]" if replies else ""
 
 
 def _status_of(answer: str) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from apflow_server.api.auth import Principal, check_owner
 from apflow_server.api.metrics import Metrics
 from apflow_server.config import Settings
-from apflow_server.core.errors import ValidationError
+from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.storage.database import Database
@@ -33,6 +33,8 @@ class Services:
         """The task, if it exists and the caller may touch it."""
         if not isinstance(task_id, str) or not task_id:
             raise ValidationError("task_id", "must be a task id")
+        if "\x00" in task_id:  # no id holds one; PostgreSQL would refuse the query
+            raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
         task = await self.repository.require_task(task_id)
         check_owner(principal, task.user_id)
         return task

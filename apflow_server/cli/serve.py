@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from apflow_server.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 
 def is_loopback(host: str) -> bool:
@@ -34,6 +44,24 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def graceful_server(config: uvicorn.Config) -> uvicorn.Server:
+    """uvicorn's Server, except that SIGTERM/SIGINT end the process with status 0 after a
+    clean shutdown (uvicorn re-raises the signal, which looks like a crash to supervisors)."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer(config)
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -54,10 +82,10 @@ def serve(host: str, port: int, no_scheduler: bool, insecure: bool, log_level: s
     /readyz and /metrics. The internal scheduler runs in the same process unless
     --no-scheduler."""
     settings = Settings.from_env()
-    if not settings.auth_enabled and not is_loopback(host) and not insecure:
+    if not settings.jwt_secret and not is_loopback(host) and not insecure:
         raise ConfigError(
-            f"refusing to serve on {host} with authentication off: set APFLOW_JWT_SECRET "
-            "(or run `apflow config init`), or pass --insecure"
+            f"refusing to serve on {host} with the JSON-RPC API unauthenticated: set "
+            "APFLOW_JWT_SECRET (or run `apflow config init`), or pass --insecure"
         )
     # Imported here so every other command starts without loading the web stack.
     import uvicorn
@@ -70,8 +98,16 @@ def serve(host: str, port: int, no_scheduler: bool, insecure: bool, log_level: s
     )
     sock = listening_socket(host, port)
     app = create_app(settings, run_scheduler=not no_scheduler)
-    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=30)
-    server = uvicorn.Server(config)
+    # proxy_headers off: X-Forwarded-For is believed only from APFLOW_TRUSTED_PROXIES, by the
+    # app itself; uvicorn would otherwise trust it from any loopback peer.
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+        proxy_headers=False,
+    )
+    server = graceful_server(config)
     server.run(sockets=[sock])
     if not server.started:
         raise ConfigError("the server did not start; see the log above")

@@ -54,6 +54,7 @@ READ_ONLY_FIELDS = frozenset(
 )
 
 MAX_JITTER_SECONDS = 86_400
+MAX_INT32 = 2_147_483_647  # the columns are INTEGER
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
@@ -90,6 +91,13 @@ def parse_instant(field: str, value: Any) -> datetime | None:
         ) from None
 
 
+def _no_nul(field: str, value: str) -> str:
+    """Text columns cannot hold NUL (PostgreSQL refuses it); say so instead of failing."""
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL characters")
+    return value
+
+
 def _identifier(field: str, value: Any) -> str | None:
     if value is None and field != "id":
         return None
@@ -105,13 +113,13 @@ def _user_id(field: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > 255:
         raise ValidationError(field, "must be a non-empty string of at most 255 characters")
-    return value.strip()
+    return _no_nul(field, value.strip())
 
 
 def _name(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, "must be a non-empty string")
-    name: str = value.strip()
+    name: str = _no_nul(field, value.strip())
     if len(name) > 200:
         raise ValidationError(field, "must be at most 200 characters")
     return name
@@ -141,6 +149,9 @@ def _json_object(field: str, value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ValidationError(field, "must be a JSON object")
+    for key in ("executor_id", "method"):  # how an executor is named (params / schemas)
+        if key in value and not isinstance(value[key], str):
+            raise ValidationError(f"{field}.{key}", "must be the name of an executor")
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
@@ -167,6 +178,7 @@ def _dependencies(field: str, value: Any) -> list[dict[str, Any]]:
         ref = item.get("id")
         if not isinstance(ref, str) or not ref.strip():
             raise ValidationError(f"{where}.id", "must name a sibling task by id or name")
+        _no_nul(f"{where}.id", ref)
         required = item.get("required", True)
         if not isinstance(required, bool):
             raise ValidationError(f"{where}.required", "must be true or false")
@@ -186,7 +198,7 @@ def _expression(field: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > 255:
         raise ValidationError(field, "must be a string of at most 255 characters")
-    return value.strip() or None
+    return _no_nul(field, value).strip() or None
 
 
 def _timezone(field: str, value: Any) -> str:
@@ -226,7 +238,7 @@ _CHECKS: dict[str, Any] = {
     "schedule_enabled": _bool,
     "schedule_start_at": parse_instant,
     "schedule_end_at": parse_instant,
-    "max_runs": _optional(_int_in(1, None)),
+    "max_runs": _optional(_int_in(1, MAX_INT32)),
     "schedule_misfire": _choice(MisfirePolicy),
     "schedule_overlap": _choice(OverlapPolicy),
     "schedule_jitter_seconds": _int_in(0, MAX_JITTER_SECONDS),

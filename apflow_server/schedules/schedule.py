@@ -119,10 +119,13 @@ class Schedule:
     def next_after(self, instant: datetime) -> datetime | None:
         """The first fire time strictly after `instant`, within the bounds; None when exhausted."""
         instant = ensure_utc(instant, "after")
-        if self.start_at and instant < self.start_at:
-            found = self._first_from(self.start_at, inclusive=True)
-        else:
-            found = self._first_from(instant, inclusive=False)
+        try:
+            if self.start_at and instant < self.start_at:
+                found = self._first_from(self.start_at, inclusive=True)
+            else:
+                found = self._first_from(instant, inclusive=False)
+        except OverflowError:  # past year 9999: nothing more can fire
+            return None
         if found is None or (self.end_at and found > self.end_at):
             return None
         return found

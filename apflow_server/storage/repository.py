@@ -40,6 +40,7 @@ from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.signals import schedule_write
 
 MAX_PAGE = 1000
+MAX_OFFSET = 1_000_000_000
 Clock = Callable[[], datetime]
 
 
@@ -67,8 +68,8 @@ class TaskNode:
 def check_page(limit: Any, offset: Any) -> tuple[int, int]:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise ValidationError("limit", f"must be a whole number in 1..{MAX_PAGE}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValidationError("offset", "must be a whole number, at least 0")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise ValidationError("offset", f"must be a whole number in 0..{MAX_OFFSET}")
     return limit, offset
 
 

@@ -1,0 +1,118 @@
+"""Inputs that reached the database or the clock unchecked and came back as -32603 (a bug,
+SPEC §6) or as HTTP 500 ("nothing a client sends produces an HTTP 500"). Found by the fuzz
+(test_api_fuzz.py with APFLOW_FUZZ_STRICT=1) and by hand; each case is pinned here so that it
+stays fixed once fixed.
+
+All of them were fixed; they stay here so that they stay fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from api_harness import ServiceFactory
+from api_support import JWT_SECRET, WEBHOOK_SECRET, admin_token, signature, token
+
+BIG = 2**63  # one past the largest BIGINT
+NUL = "a\u0000b"
+
+# (method, params, what used to go wrong)
+RPC_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("tasks.list", {"offset": BIG}, "offset beyond BIGINT reaches the database"),
+    ("tasks.runs.list", {"offset": BIG}, "offset beyond BIGINT reaches the database"),
+    ("tasks.scheduled.list", {"offset": BIG}, "offset beyond BIGINT reaches the database"),
+    ("tasks.create", {"name": "x", "max_runs": 2**40}, "max_runs beyond INTEGER"),
+    ("tasks.create", {"name": NUL}, "a NUL character in a text column"),
+    ("tasks.create", {"name": "x", "user_id": NUL}, "a NUL character in a text column"),
+    ("tasks.get", {"task_id": NUL}, "a NUL character in a query parameter"),
+    ("tasks.list", {"user_id": NUL}, "a NUL character in a query parameter"),
+    ("tasks.list", {"parent_id": NUL}, "a NUL character in a query parameter"),
+    (
+        "tasks.scheduled.preview",
+        {
+            "schedule_type": "interval",
+            "schedule_expression": "60",
+            "after": "9999-12-31T23:59:00+00:00",
+        },
+        "OverflowError past year 9999",
+    ),
+    (
+        "tasks.scheduled.preview",
+        {
+            "schedule_type": "daily",
+            "schedule_expression": "09:00",
+            "after": "9999-12-31T23:59:00+00:00",
+        },
+        "OverflowError past year 9999",
+    ),
+    ("tasks.create", {"name": "ok", "max_runs": 5}, "control: a valid request"),
+]
+
+
+def database_of(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "why"),
+    RPC_CASES,
+    ids=[f"{case[0]}-{sorted(case[1])[0]}-{index}" for index, case in enumerate(RPC_CASES)],
+)
+def test_no_internal_error_for_a_client_input(
+    make_service: ServiceFactory, method: str, params: dict[str, Any], why: str
+) -> None:
+    service = make_service(run_scheduler=False)
+    reply = service.api.rpc(method, params)
+    assert reply.status == 200
+    if "error" in reply.body:
+        assert reply.error["code"] in {-32602, -32004}, reply.body
+
+
+def test_a_nul_in_the_webhook_task_id_is_not_a_500(make_service: ServiceFactory) -> None:
+    service = make_service(run_scheduler=False)
+    response = service.http.post("/webhook/trigger/a%00b")
+    assert response.status_code == 404, response.text
+
+
+def test_a_nul_in_the_webhook_task_id_with_a_jwt_is_not_a_500(
+    make_service: ServiceFactory,
+) -> None:
+    service = make_service(run_scheduler=False, jwt_secret=JWT_SECRET)
+    response = service.http.post(
+        "/webhook/trigger/a%00b", headers={"Authorization": f"Bearer {admin_token()}"}
+    )
+    assert response.status_code == 404, response.text
+
+
+def test_a_huge_webhook_timestamp_is_401_not_500(make_protocol_service: ServiceFactory) -> None:
+    service = make_protocol_service(run_scheduler=False, webhook_secret=WEBHOOK_SECRET)
+    stamp = "1" * 400
+    response = service.http.post(
+        "/webhook/trigger/some-task",
+        headers={
+            "X-Webhook-Timestamp": stamp,
+            "X-Webhook-Signature": signature(WEBHOOK_SECRET, stamp, "some-task"),
+        },
+    )
+    assert response.status_code == 401, response.text
+
+
+def test_a_slightly_wrong_timestamp_is_401(make_protocol_service: ServiceFactory) -> None:
+    """Control for the case above: ordinary bad timestamps are refused cleanly."""
+    service = make_protocol_service(run_scheduler=False, webhook_secret=WEBHOOK_SECRET)
+    for stamp in ("nan", "-1", "1e9", str(int(time.time()) * 1000), ""):
+        response = service.http.post(
+            "/webhook/trigger/some-task",
+            headers={"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": "00"},
+        )
+        assert response.status_code == 401, (stamp, response.text)
+
+
+def test_a_jwt_subject_with_a_nul_is_not_an_internal_error(make_service: ServiceFactory) -> None:
+    service = make_service(run_scheduler=False, jwt_secret=JWT_SECRET)
+    reply = service.api.rpc("tasks.list", {}, auth=token(NUL))
+    assert reply.status in {200, 401}
+    if reply.status == 200:
+        assert "error" not in reply.body or reply.error["code"] != -32603, reply.body
