@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from apflow_server.config import ConfigError, Settings
+from apflow_server.storage.database import Database
 
 if TYPE_CHECKING:
     import uvicorn
@@ -72,12 +73,19 @@ def graceful_server(config: uvicorn.Config) -> uvicorn.Server:
     help="Allow a non-loopback address with authentication off (no JWT or webhook secret).",
 )
 @click.option(
+    "--migrate",
+    is_flag=True,
+    help="Apply database migrations before serving (containers; safe with several replicas).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
 )
-def serve(host: str, port: int, no_scheduler: bool, insecure: bool, log_level: str) -> None:
+def serve(
+    host: str, port: int, no_scheduler: bool, insecure: bool, migrate: bool, log_level: str
+) -> None:
     """Run the service: JSON-RPC at /tasks/, POST /webhook/trigger/{task_id}, /healthz,
     /readyz and /metrics. The internal scheduler runs in the same process unless
     --no-scheduler."""
@@ -96,6 +104,13 @@ def serve(host: str, port: int, no_scheduler: bool, insecure: bool, log_level: s
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if migrate:
+        from .runtime import run_with_database
+
+        async def upgrade(database: Database) -> None:
+            await database.upgrade()
+
+        run_with_database(upgrade)
     sock = listening_socket(host, port)
     app = create_app(settings, run_scheduler=not no_scheduler)
     # proxy_headers off: X-Forwarded-For is believed only from APFLOW_TRUSTED_PROXIES, by the

@@ -26,6 +26,7 @@ from apflow_server.core.errors import ApflowError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATION_LOCK = 0x61706C6F77  # "aplow": the advisory lock that serialises migrations
 
 
 class DatabaseError(ApflowError):
@@ -125,9 +126,18 @@ class Database:
             raise DatabaseError(f"cannot reach the database: {_reason(exc)}") from None
 
     async def upgrade(self, revision: str = "head") -> None:
-        """Apply migrations up to `revision` in one transaction."""
+        """Apply migrations up to `revision` in one transaction.
+
+        Several replicas may start at once and each migrate: on PostgreSQL a transaction-level
+        advisory lock makes them take turns (the later ones find the schema current); SQLite's
+        BEGIN IMMEDIATE does the same there.
+        """
         async with self.connect(write=True) as connection:
             async with connection.begin():
+                if self.dialect == "postgresql":
+                    await connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                    )
                 await connection.run_sync(_run_upgrade, revision)
 
     async def ensure_schema(self) -> None:
