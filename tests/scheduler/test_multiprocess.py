@@ -103,7 +103,7 @@ async def test_a_killed_process_is_reclaimed_and_the_schedule_continues(
     task = await repo.create_task(
         name="long",
         params={"executor_id": "test_journal"},
-        inputs={"seconds": 30},
+        inputs={"seconds": 8},  # outlasts the kill and the reclaim; short, as exit waits for it
         schedule_type="interval",
         schedule_expression="5s",
         schedule_start_at=start.isoformat(),
