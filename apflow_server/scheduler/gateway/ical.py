@@ -51,6 +51,7 @@ written (RFC 5545 has none): a grid anchored on a fraction of a second shows tru
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -105,6 +106,7 @@ class CalendarTask(ScheduledTask, Protocol):
     """What the exporter reads from a task: the ORM row, or any object with these fields."""
 
     name: str
+    schedule_enabled: bool
     next_run_at: datetime | None
     inputs: dict[str, Any]
     params: dict[str, Any]
@@ -176,7 +178,13 @@ class ICalExporter:
     ) -> str:
         """The calendar of the scheduled tasks (of `user_id`, when given) as RFC 5545 text."""
         tasks = await self.fetch_tasks(user_id=user_id, enabled_only=enabled_only, limit=limit)
-        text: bytes = self.build_calendar(tasks).to_ical()
+        # Schedules written as dates ask the engine for up to a year of occurrences: CPU work
+        # that must not stall the event loop of a server.
+        return await asyncio.to_thread(self.render, tasks)
+
+    def render(self, tasks: Iterable[CalendarTask], now: datetime | None = None) -> str:
+        """The calendar of `tasks` as RFC 5545 text."""
+        text: bytes = self.build_calendar(tasks, now).to_ical()
         return text.decode("utf-8")
 
     async def fetch_tasks(
@@ -340,7 +348,7 @@ def plan_occurrences(
 ) -> Occurrences | None:
     """How the task's occurrences from its next_run_at on are written, or None when it has
     none (no next run, runs used up, next run past the end bound)."""
-    if task.schedule_type is None or task.next_run_at is None:
+    if task.schedule_type is None or task.next_run_at is None or not task.schedule_enabled:
         return None
     first = task.next_run_at.astimezone(UTC).replace(microsecond=0)
     remaining = None if task.max_runs is None else task.max_runs - task.run_count
