@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from apflow_server.api.auth import JWTMiddleware
+from apflow_server.api.calendar import ical_feed
 from apflow_server.api.metrics import Metrics
 from apflow_server.api.rpc import rpc_endpoint, rpc_error
 from apflow_server.api.services import Services
@@ -106,10 +107,13 @@ def create_app(
             await database.dispose()
 
     def refused(scope: Scope, error: UnauthenticatedError) -> Response:
-        if scope.get("path", "").startswith("/webhook/"):
+        path = scope.get("path", "")
+        if path.startswith("/tasks"):
+            return rpc_error(error.code, error.message, status=401)
+        if path.startswith("/webhook/"):
             metrics_registry.webhook_refusals.labels(reason="bad_token").inc()
             return JSONResponse({"success": False, "error": error.message}, status_code=401)
-        return rpc_error(error.code, error.message, status=401)
+        return JSONResponse({"error": error.message}, status_code=401)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -120,6 +124,7 @@ def create_app(
             Route("/tasks", rpc_endpoint, methods=["POST"]),
             Route("/tasks/", rpc_endpoint, methods=["POST"]),
             Route("/webhook/trigger/{task_id}", webhook_trigger, methods=["POST"]),
+            Route("/scheduler/ical", ical_feed, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

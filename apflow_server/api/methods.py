@@ -3,6 +3,7 @@ published by `rpc.discover`), its result schema and its handler."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -312,6 +313,23 @@ async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
     )
 
 
+async def export_ical(ctx: CallContext, params: dict[str, Any]) -> Any:
+    from apflow_server.scheduler.gateway.ical import DEFAULT_CALENDAR_NAME, ICalExporter
+
+    exporter = ICalExporter(
+        params.get("calendar_name") or DEFAULT_CALENDAR_NAME,
+        repository=ctx.services.repository,
+    )
+    enabled_only = params.get("enabled_only")
+    tasks = await exporter.fetch_tasks(
+        user_id=ctx.user_scope(params.get("user_id")),
+        enabled_only=True if enabled_only is None else enabled_only,
+        limit=params.get("limit", 1000),
+    )
+    content = await asyncio.to_thread(exporter.render, tasks)
+    return {"ical_content": content, "task_count": len(tasks)}
+
+
 # ---------------------------------------------------------------------- the table
 
 TASK_ID = Param("task_id", ID, required=True)
@@ -434,6 +452,24 @@ METHODS: tuple[RpcMethod, ...] = (
             *SCHEDULE_PARAMS,
         ),
         {"type": "object", "properties": {"fire_times": {"type": "array", "items": DATETIME}}},
+    ),
+    RpcMethod(
+        "tasks.scheduled.export-ical",
+        "The scheduled tasks as an RFC 5545 calendar: {ical_content, task_count}.",
+        export_ical,
+        (
+            Param("calendar_name", {"type": "string", "minLength": 1, "maxLength": 200}),
+            Param("enabled_only", BOOLEAN),
+            Param("user_id", STRING),
+            Param("limit", LIMIT),
+        ),
+        {
+            "type": "object",
+            "properties": {
+                "ical_content": {"type": "string"},
+                "task_count": {"type": "integer"},
+            },
+        },
     ),
     RpcMethod(
         "tasks.webhook.trigger",

@@ -22,7 +22,7 @@ import click
 
 from apflow_server.core.errors import ApflowError
 
-from . import gateway  # noqa: F401  (adds webhook-url, cron-line, k8s-cronjob to `scheduler`)
+from . import calendar, gateway  # noqa: F401  (more `scheduler` commands)
 from .configure import config_group
 from .db import db_group
 from .scheduler import scheduler_group

@@ -136,6 +136,8 @@ def test_every_method_over_a_real_server(api: Api) -> None:
         },
     )
     assert preview["fire_times"] == ["2030-01-06T23:30:00+00:00", "2030-01-07T23:30:00+00:00"]
+    exported = call("tasks.scheduled.export-ical", {"calendar_name": "Live"})
+    assert exported["task_count"] >= 1 and "BEGIN:VCALENDAR" in exported["ical_content"]
     fired = call("tasks.webhook.trigger", {"task_id": one["id"]})
     assert fired["status"] == "triggered"
     api.wait_run(one["id"], count=2)

@@ -1,0 +1,133 @@
+"""`apflow scheduler export-ical|feed-key`: the schedule as a calendar file, and the keys
+that open a user's live calendar feed (GET /scheduler/ical)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from apflow_server.core.errors import NotFoundError
+from apflow_server.scheduler.gateway.ical import (
+    DEFAULT_CALENDAR_NAME,
+    ICalExporter,
+    generate_ical_feed_url,
+)
+from apflow_server.storage import feed_keys
+from apflow_server.storage.models import FeedKey
+from apflow_server.storage.repository import TaskRepository, utcnow
+
+from . import output
+from .gateway import base_url_option
+from .options import format_option
+from .runtime import run_with_repository
+from .scheduler import scheduler_group
+
+
+@scheduler_group.command("export-ical")
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--user-id", help="Only this user's tasks.")
+@click.option("--name", default=DEFAULT_CALENDAR_NAME, show_default=True, help="Calendar name.")
+@click.option("--all", "include_disabled", is_flag=True, help="Include disabled schedules.")
+@click.option("--base-url", help="Link each event to this server (URL property).")
+def export_ical(
+    path: Path | None,
+    user_id: str | None,
+    name: str,
+    include_disabled: bool,
+    base_url: str | None,
+) -> None:
+    """Write the scheduled tasks as an iCalendar file (stdout without -o)."""
+
+    async def work(repository: TaskRepository) -> tuple[str, int]:
+        exporter = ICalExporter(name, base_url=base_url, repository=repository)
+        with output.console(stderr=True).status("Exporting the schedule ..."):
+            tasks = await exporter.fetch_tasks(user_id=user_id, enabled_only=not include_disabled)
+            return await asyncio.to_thread(exporter.render, tasks), len(tasks)
+
+    content, count = run_with_repository(work)
+    if path is None:
+        click.echo(content, nl=False)
+        return
+    try:
+        path.write_text(content, encoding="utf-8")
+    except OSError as exc:
+        raise click.FileError(str(path), exc.strerror or str(exc)) from None
+    output.line(f"Wrote {count} scheduled task(s) to {path}.")
+
+
+@scheduler_group.command("feed-key")
+@click.option("--user-id", help="The user whose calendar the key opens.")
+@click.option("--label", help="A note to recognise the key by (e.g. 'phone').")
+@click.option("--list", "listing", is_flag=True, help="List the keys (never their secrets).")
+@click.option("--revoke", "revoke_id", metavar="KEY_ID", help="Revoke a key by its id.")
+@base_url_option
+@format_option
+def feed_key(
+    user_id: str | None,
+    label: str | None,
+    listing: bool,
+    revoke_id: str | None,
+    base_url: str,
+    output_format: str,
+) -> None:
+    """Issue a calendar feed key for a user (shown once; only its hash is stored), list the
+    keys, or revoke one. Subscribe a calendar app to the printed URL."""
+    if listing and revoke_id:
+        raise click.UsageError("--list and --revoke do not go together")
+    if listing:
+        _list_keys(user_id, output_format)
+    elif revoke_id:
+        _revoke_key(revoke_id)
+    elif user_id is None:
+        raise click.UsageError("--user-id is required to issue a key")
+    else:
+        _issue_key(user_id, label, base_url, output_format)
+
+
+def _list_keys(user_id: str | None, output_format: str) -> None:
+    async def work(repository: TaskRepository) -> list[FeedKey]:
+        return await feed_keys.listing(await repository.db(), user_id)
+
+    rows = [
+        {
+            "key_id": key.id,
+            "user_id": key.user_id,
+            "label": key.label,
+            "created_at": key.created_at.isoformat(),
+            "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        }
+        for key in run_with_repository(work)
+    ]
+    if output_format == "json":
+        output.print_json({"items": rows, "total": len(rows)})
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        output.line(f"{row['key_id']}  {row['user_id']}  {row['label'] or ''}  {state}")
+
+
+def _revoke_key(key_id: str) -> None:
+    async def work(repository: TaskRepository) -> FeedKey | None:
+        return await feed_keys.revoke(await repository.db(), key_id, utcnow())
+
+    if run_with_repository(work) is None:
+        raise NotFoundError(f"no feed key {key_id!r}")
+    output.line(f"Revoked feed key {key_id}.")
+
+
+def _issue_key(user_id: str, label: str | None, base_url: str, output_format: str) -> None:
+    async def work(repository: TaskRepository) -> feed_keys.IssuedKey:
+        return await feed_keys.issue(await repository.db(), user_id, utcnow(), label)
+
+    issued = run_with_repository(work)
+    url = generate_ical_feed_url(base_url, user_id=user_id, api_key=issued.key)
+    if output_format == "json":
+        output.print_json(
+            {"key_id": issued.record.id, "user_id": user_id, "api_key": issued.key, "url": url}
+        )
+        return
+    output.line(f"Feed key {issued.record.id} for user {user_id} (shown once; keep it secret):")
+    output.line(issued.key)
+    output.line(f"Subscribe your calendar to: {url}")
