@@ -366,7 +366,7 @@ class TaskRepository:
         limit, offset = check_page(limit, offset)
         query = select(Task).where(Task.schedule_type.is_not(None))
         if enabled_only:
-            query = query.where(Task.schedule_enabled.is_(True))
+            query = query.where(Task.schedule_enabled)
         if user_id is not None:
             query = query.where(Task.user_id == user_id)
         if schedule_type is not None:
@@ -589,9 +589,11 @@ class TaskRepository:
 
 def due_filter(query: Select[Any], cutoff: datetime, user_id: str | None) -> Select[Any]:
     """The rows whose next occurrence is due by `cutoff`. Shaped for the partial index
-    ix_tasks_due (ix_tasks_user_due with a user): `schedule_enabled` and `due_at` lead."""
+    ix_tasks_due (ix_tasks_user_due with a user): `schedule_enabled` and `due_at` lead.
+    Written as the bare column (`WHERE schedule_enabled`; `= 1` on SQLite), not `IS true`,
+    which PostgreSQL cannot match to the index predicate: it scanned the whole table."""
     query = query.where(
-        Task.schedule_enabled.is_(True),
+        Task.schedule_enabled,
         Task.due_at <= cutoff,
         or_(Task.max_runs.is_(None), Task.run_count < Task.max_runs),
         or_(Task.schedule_end_at.is_(None), Task.next_run_at <= Task.schedule_end_at),

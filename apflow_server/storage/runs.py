@@ -713,7 +713,7 @@ class RunStore:
         trigger, or a lease that will expire."""
         async with self.database.transaction() as session:
             due_query = select(func.min(Task.due_at)).where(
-                Task.schedule_enabled.is_(True),
+                Task.schedule_enabled,
                 or_(
                     Task.status != IN_PROGRESS,
                     Task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value,

@@ -1,0 +1,166 @@
+"""Scale: 1,000,000 scheduled tasks in PostgreSQL. How long does claiming the due ones take,
+and how much CPU does an idle scheduler burn?
+
+    .venv/bin/python bench/scale.py --tasks 1000000 --rounds 200 --idle-seconds 60
+
+The tasks are COPY-inserted as enabled `once` schedules spread over the next year (none due).
+Each round makes 10 random tasks due and times the due query alone (SELECT ... FOR UPDATE SKIP
+LOCKED on the partial index), then `RunStore.claim_due(10)` (the whole claiming transaction:
+that query, history rows, schedule updates and the commit's fsync), and `next_wake_at` (the
+query a scheduler sleeps on). Then `apflow scheduler start` runs against
+the database for --idle-seconds with nothing due, and its CPU time is read from /proc.
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+from burst import create_pg, drop_pg, percentile
+from sqlalchemy import update
+
+from apflow_server.config import Settings
+from apflow_server.scheduler.listener import asyncpg_dsn
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import Task
+from apflow_server.storage.runs import RunStore, _claimable
+
+COLUMNS = (
+    "id", "name", "status", "priority", "inputs", "params", "schemas", "dependencies",
+    "progress", "created_at", "updated_at", "schedule_type", "schedule_expression",
+    "schedule_timezone", "schedule_enabled", "run_count", "next_run_at", "due_at",
+    "schedule_misfire", "schedule_overlap", "schedule_jitter_seconds",
+)  # fmt: skip
+
+
+async def copy_tasks(dsn: str, count: int, now: datetime) -> list[str]:
+    """COPY `count` enabled once-schedules due at random times over the next year."""
+    rng = random.Random(1)
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    connection = await asyncpg.connect(dsn)
+    try:
+        for start in range(0, count, 100_000):
+            records = []
+            for task_id in ids[start : start + 100_000]:
+                when = now + timedelta(seconds=rng.randint(3600, 365 * 86400))
+                records.append(
+                    (
+                        task_id, "scale", "pending", 2, "{}", '{"executor_id": "echo_executor"}',
+                        "{}", "[]", 0.0, now, now, "once", when.isoformat(), "UTC", True, 0,
+                        when, when, "run_once", "skip", 0,
+                    )
+                )  # fmt: skip
+            await connection.copy_records_to_table("tasks", records=records, columns=COLUMNS)
+        await connection.execute("ANALYZE tasks")
+    finally:
+        await connection.close()
+    return ids
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    args = parser.parse_args()
+
+    name, url = await create_pg()
+    database = Database(url)
+    try:
+        await database.upgrade()
+        now = datetime.now(UTC)
+        began = time.monotonic()
+        ids = await copy_tasks(asyncpg_dsn(url), args.tasks, now)
+        inserted_in = time.monotonic() - began
+        store = RunStore(database, Settings(home=Path("/tmp"), database_url=url), "bench")
+        rng = random.Random(2)
+        claims: list[float] = []
+        queries: list[float] = []
+        wakes: list[float] = []
+        for _ in range(args.rounds):
+            chosen = rng.sample(ids, args.per_round)
+            due = datetime.now(UTC) - timedelta(seconds=1)
+            async with database.transaction(write=True) as session:
+                await session.execute(
+                    update(Task).where(Task.id.in_(chosen)).values(next_run_at=due, due_at=due)
+                )
+            async with database.transaction(write=True) as session:
+                started = time.perf_counter()
+                query = _claimable(datetime.now(UTC), None).order_by(Task.due_at)
+                rows = list(
+                    await session.scalars(
+                        query.limit(args.per_round).with_for_update(skip_locked=True)
+                    )
+                )
+                queries.append(time.perf_counter() - started)
+                assert len(rows) == args.per_round
+                await session.rollback()
+            started = time.perf_counter()
+            claimed = await store.claim_due(args.per_round)
+            claims.append(time.perf_counter() - started)
+            assert len(claimed) == args.per_round, len(claimed)
+            started = time.perf_counter()
+            await store.next_wake_at()
+            wakes.append(time.perf_counter() - started)
+        await database.dispose()
+
+        env = {**os.environ, "APFLOW_DATABASE_URL": url, "APFLOW_HOME": "/tmp/apflow-scale"}
+        scheduler = subprocess.Popen(
+            [sys.executable, "-m", "apflow_server.cli.main", "scheduler", "start"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.sleep(5)  # started, first poll done
+            before = cpu_seconds(scheduler.pid)
+            await asyncio.sleep(args.idle_seconds)
+            idle_cpu = cpu_seconds(scheduler.pid) - before
+        finally:
+            scheduler.terminate()
+            scheduler.wait(timeout=30)
+        print(
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "copy_seconds": round(inserted_in, 1),
+                    "rounds": args.rounds,
+                    "claimed_per_round": args.per_round,
+                    "due_query_p50_ms": round(percentile(queries, 0.5) * 1000, 2),
+                    "due_query_p99_ms": round(percentile(queries, 0.99) * 1000, 2),
+                    "claim_p50_ms": round(percentile(claims, 0.5) * 1000, 2),
+                    "claim_p99_ms": round(percentile(claims, 0.99) * 1000, 2),
+                    "claim_max_ms": round(max(claims) * 1000, 2),
+                    "next_wake_p50_ms": round(percentile(wakes, 0.5) * 1000, 2),
+                    "next_wake_p99_ms": round(percentile(wakes, 0.99) * 1000, 2),
+                    "idle_seconds": args.idle_seconds,
+                    "idle_cpu_seconds": round(idle_cpu, 3),
+                    "idle_cpu_percent": round(100 * idle_cpu / args.idle_seconds, 3),
+                }
+            )
+        )
+    finally:
+        await database.dispose()
+        await drop_pg(name)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
