@@ -157,3 +157,38 @@ async def test_a_killed_process_is_reclaimed_and_the_schedule_continues(
         if survivor is not None:
             stop(survivor)
         await database.dispose()
+
+
+async def test_notify_wakes_a_scheduler_in_another_process(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """A scheduler asleep on a 60 s poll in another process fires a task created here and due
+    in one second, on time: the change reaches it through LISTEN/NOTIFY."""
+    url = fresh_postgres_url
+    await _migrate(url)
+    journal = tmp_path / "journal.txt"
+    journal.touch()
+    database = Database(url)
+    repo = TaskRepository(database, settings=Settings(home=tmp_path, database_url=url))
+    scheduler = spawn(url, journal, "--poll", "60")
+    try:
+        await asyncio.sleep(1.0)  # it has polled, found nothing, and sleeps for 60 s
+        due = datetime.now(UTC) + timedelta(seconds=1)
+        task = await repo.create_task(
+            name="wake",
+            params={"executor_id": "test_journal"},
+            schedule_type="once",
+            schedule_expression=due.isoformat(),
+            schedule_enabled=True,
+        )
+        run = None
+        deadline = time.monotonic() + 10
+        while run is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            async with database.transaction() as session:
+                run = await session.scalar(select(TaskRun).where(TaskRun.task_id == task.id))
+        assert run is not None and run.started_at is not None
+        assert (run.started_at - due).total_seconds() < 1.0
+    finally:
+        stop(scheduler)
+        await database.dispose()

@@ -1,0 +1,80 @@
+"""The scheduler guide's Python API example, as written (package renamed), in a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+GUIDE_EXAMPLE = """
+import asyncio
+from apflow_server.scheduler import InternalScheduler
+from apflow_server.scheduler.base import SchedulerConfig
+
+# Configure scheduler
+config = SchedulerConfig(
+    poll_interval=30,  # Check every 30 seconds
+    max_concurrent_tasks=5,  # Max 5 parallel tasks
+    task_timeout=1800,  # 30 minute timeout
+    user_id="user123"  # Optional: filter by user
+)
+
+# Create and start scheduler
+scheduler = InternalScheduler(config)
+
+async def main():
+    # Register completion callback
+    def on_complete(task_id, success, result):
+        print(f"Task {task_id}: {'completed' if success else 'failed'}", flush=True)
+
+    scheduler.on_task_complete(on_complete)
+
+    # Start scheduler
+    await scheduler.start()
+
+    # Run until interrupted
+    try:
+        while True:
+            await asyncio.sleep(1)
+    except KeyboardInterrupt:
+        await scheduler.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_the_guide_example_runs_a_users_task(tmp_path: Path) -> None:
+    env = {**os.environ, "APFLOW_HOME": str(tmp_path)}
+    env.pop("APFLOW_DATABASE_URL", None)
+    apflow = str(Path(sys.executable).with_name("apflow"))
+    due = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+
+    def create(user: str) -> str:
+        return subprocess.run(
+            [apflow, "tasks", "create", "--name", user, "--user-id", user,
+             "--executor", "echo_executor", "--schedule-type", "once",
+             "--schedule-expression", due, "--schedule-enabled", "-f", "json"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+
+    mine, other = create("user123"), create("someone-else")
+    example = subprocess.Popen(
+        [sys.executable, "-c", GUIDE_EXAMPLE],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(6)
+    finally:
+        example.send_signal(signal.SIGINT)
+        out, err = example.communicate(timeout=30)
+    mine_id, other_id = json.loads(mine)["id"], json.loads(other)["id"]
+    assert f"Task {mine_id}: completed" in out, (out, err)
+    assert other_id not in out  # the user filter
