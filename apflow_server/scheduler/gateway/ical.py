@@ -358,7 +358,8 @@ def plan_occurrences(
     if schedule.end_at is not None and first > schedule.end_at:
         return None
     if schedule.type is ScheduleType.ONCE or remaining == 1:
-        return Occurrences("single", _wall_clock_or_utc(first, schedule.zone), reason="once")
+        reason = "once" if schedule.type is ScheduleType.ONCE else "the last run"
+        return Occurrences("single", _wall_clock_or_utc(first, schedule.zone), reason=reason)
     builder = _Planner(
         schedule=schedule,
         first=first,
