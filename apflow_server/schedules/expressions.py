@@ -201,9 +201,15 @@ class CronRecurrence:
             yield it.get_next(datetime)
 
 
+# A range of one value ("2-2", "mon-mon", with or without a step): croniter 7 expands it to
+# "*", so "0 9 * * 2-2" would fire every day. It means that one value.
+_SINGLE_RANGE = re.compile(r"(?<![\w-])(\w+)-\1(?:/\d+)?(?![\w-])", re.IGNORECASE)
+
+
 def normalise_cron(expression: str) -> str:
     text = " ".join(expression.split())
-    return _CRON_ALIASES.get(text.lower(), text)
+    text = _CRON_ALIASES.get(text.lower(), text)
+    return " ".join(_SINGLE_RANGE.sub(r"\1", field) for field in text.split(" "))
 
 
 def parse_cron(expression: str) -> CronRecurrence:

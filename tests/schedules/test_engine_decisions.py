@@ -54,3 +54,19 @@ def test_hourly_cron_across_a_half_hour_shift_fires_when_the_clock_shows_the_min
         utc("2024-10-05T16:00:00+00:00"),  # 03:00 +11:00
         utc("2024-10-05T17:00:00+00:00"),
     ]
+
+
+def test_a_range_of_one_value_means_that_value() -> None:
+    # croniter 7 expands "a-a" to "*": without care, "0 9 * * 2-2" would fire every day.
+    schedule = Schedule.parse("cron", "0 9 * * 2-2", "UTC")
+    assert schedule.preview(3, JAN_1) == [
+        utc("2024-01-02T09:00:00+00:00"),
+        utc("2024-01-09T09:00:00+00:00"),
+        utc("2024-01-16T09:00:00+00:00"),
+    ]
+    minutes = Schedule.parse("cron", "5-5,7 9-9 * * *", "UTC")
+    assert minutes.preview(3, JAN_1) == [
+        utc("2024-01-01T09:05:00+00:00"),
+        utc("2024-01-01T09:07:00+00:00"),
+        utc("2024-01-02T09:05:00+00:00"),
+    ]
