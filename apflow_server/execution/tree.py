@@ -107,6 +107,10 @@ class TreeRun:
         self.slots = asyncio.Semaphore(max_parallel)
 
     async def run(self) -> NodeOutcome:
+        if not self.root.children:  # a single task: no group to orchestrate
+            await self._run_node(self.root, {self.root.spec.id: self.root})
+            assert self.root.outcome is not None
+            return self.root.outcome
         return await self._run_group([self.root], is_root=True)
 
     async def _run_group(self, group: list[_Node], *, is_root: bool = False) -> NodeOutcome:

@@ -314,11 +314,12 @@ class InternalScheduler:
         await self._beat()
         if not self.claiming:
             return self.config.poll_interval
-        free = self.config.max_concurrent_tasks - len(self._active)
+        if self.config.max_concurrent_tasks - len(self._active) <= 0:
+            return self.config.poll_interval  # a finishing run frees a slot and wakes us
         wake_at = await self.store.next_wake_at(self.config.user_id)
         self.stats.next_wake_at = wake_at
-        if free <= 0 or wake_at is None or self.state is not SchedulerState.RUNNING:
-            return self.config.poll_interval  # a finishing run or a change wakes us
+        if wake_at is None or self.state is not SchedulerState.RUNNING:
+            return self.config.poll_interval  # a change wakes us
         delay = (wake_at - utcnow()).total_seconds()
         if delay <= 0:
             return 0.0 if claimed else MIN_SLEEP
