@@ -301,16 +301,16 @@ class InternalScheduler:
         now = utcnow()
         self.stats.last_poll_at = now
         claimed: list[ClaimedRun] = []
-        if self.claiming:
-            reclaimed = await self.store.reclaim_expired()
-            if reclaimed:
-                self.stats.runs_reclaimed += len(reclaimed)
-                logger.warning("recorded %d abandoned run(s): %s", len(reclaimed), reclaimed)
         free = self.config.max_concurrent_tasks - len(self._active)
         if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
             claimed = await self.store.claim_due(free, self.config.user_id)
             for run in claimed:
                 self._launch(run)
+        if self.claiming:  # after claiming: what is due comes first
+            reclaimed = await self.store.reclaim_expired()
+            if reclaimed:
+                self.stats.runs_reclaimed += len(reclaimed)
+                logger.warning("recorded %d abandoned run(s): %s", len(reclaimed), reclaimed)
         await self._beat()
         if not self.claiming:
             return self.config.poll_interval

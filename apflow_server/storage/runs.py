@@ -801,6 +801,9 @@ async def _busy_relative(session: AsyncSession, task: Task) -> Task | None:
         if parent.status == IN_PROGRESS:
             return parent
         parent_id = parent.parent_id
+    has_children = await session.scalar(select(Task.id).where(Task.parent_id == task.id).limit(1))
+    if has_children is None:
+        return None
     below = select(Task.id).where(Task.parent_id == task.id).cte("busy_below", recursive=True)
     below = below.union_all(select(Task.id).where(Task.parent_id == below.c.id))
     query = select(Task).where(Task.id.in_(select(below.c.id)), Task.status == IN_PROGRESS)
