@@ -31,10 +31,11 @@ from burst import create_pg, drop_pg, percentile
 from sqlalchemy import update
 
 from apflow_server.config import Settings
+from apflow_server.core.types import RunStatus
 from apflow_server.scheduler.listener import asyncpg_dsn
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task
-from apflow_server.storage.runs import RunStore, _claimable
+from apflow_server.storage.runs import RunResult, RunStore, _claimable
 
 COLUMNS = (
     "id", "name", "status", "priority", "inputs", "params", "schemas", "dependencies",
@@ -91,12 +92,13 @@ async def main() -> None:
         ids = await copy_tasks(asyncpg_dsn(url), args.tasks, now)
         inserted_in = time.monotonic() - began
         store = RunStore(database, Settings(home=Path("/tmp"), database_url=url), "bench")
-        rng = random.Random(2)
+        # Distinct tasks every round: a claimed `once` is disabled and would not be due again.
+        pool = random.Random(2).sample(ids, args.rounds * args.per_round)
         claims: list[float] = []
         queries: list[float] = []
         wakes: list[float] = []
-        for _ in range(args.rounds):
-            chosen = rng.sample(ids, args.per_round)
+        for round_ in range(args.rounds):
+            chosen = pool[round_ * args.per_round : (round_ + 1) * args.per_round]
             due = datetime.now(UTC) - timedelta(seconds=1)
             async with database.transaction(write=True) as session:
                 await session.execute(
@@ -117,6 +119,8 @@ async def main() -> None:
             claimed = await store.claim_due(args.per_round)
             claims.append(time.perf_counter() - started)
             assert len(claimed) == args.per_round, len(claimed)
+            # Record them done, so the idle scheduler below finds no leases to reclaim.
+            await store.finish_many([(run, RunResult(RunStatus.COMPLETED)) for run in claimed])
             started = time.perf_counter()
             await store.next_wake_at()
             wakes.append(time.perf_counter() - started)

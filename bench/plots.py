@@ -1,0 +1,168 @@
+"""The figures' PNGs under docs/, drawn only from the saved results in bench/results/ (the
+JSON files that bench/peers.py --results and bench/api.py --out write), so they can be redrawn
+without measuring again.
+
+    /tmp/bench-venv/bin/python bench/plots.py            # matplotlib: see bench/README.md
+
+docs/benchmark-lateness.png    lateness CDF, 1,000 one-shot jobs over 60 s: apflow on SQLite,
+                               apflow on PostgreSQL, APScheduler 3 (and 4, if measured)
+docs/benchmark-throughput.png  runs per second, 10,000 jobs due at once: apflow with one and
+                               with two scheduler processes, APScheduler 3 (and 4)
+docs/benchmark-api.png         requests per second of bench/api.py's scenarios
+
+Prints one JSON line: the files written and the numbers drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+ROOT = Path(__file__).resolve().parent.parent
+LATENESS = [
+    ("apflow-lateness-sqlite.json", "apflow, SQLite", "tab:blue", "-"),
+    ("apflow-lateness-postgresql.json", "apflow, PostgreSQL", "tab:blue", "--"),
+    ("aps3-lateness-postgresql.json", "APScheduler 3, PostgreSQL", "tab:orange", "-"),
+    ("aps4-lateness-postgresql.json", "APScheduler 4 (alpha), PostgreSQL", "tab:red", ":"),
+]
+BURST = [
+    ("apflow-burst-postgresql.json", "apflow\n1 process", "tab:blue"),
+    ("apflow-burst-postgresql-2p.json", "apflow\n2 processes", "tab:cyan"),
+    ("aps3-burst-postgresql.json", "APScheduler 3\n1 process", "tab:orange"),
+    ("aps4-burst-postgresql.json", "APScheduler 4 (alpha)\n1 process", "tab:red"),
+]
+API = [
+    ("ceiling", "bare Starlette\n(ceiling)"),
+    ("get", "tasks.get"),
+    ("due", "tasks.\nscheduled.due"),
+    ("webhook", "webhook\ntrigger"),
+]
+
+
+def load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def lateness_plot(results: Path, out: Path) -> dict[str, Any]:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    drawn, tasks, spread = {}, 0, 0.0
+    for name, label, color, style in LATENESS:
+        data = load(results, name)
+        if data is None:
+            continue
+        tasks, spread = data["figures"]["tasks"], data["figures"]["spread_seconds"]
+        samples = data.get("lateness_ms")
+        if samples:
+            ys = [(i + 1) / len(samples) for i in range(len(samples))]
+            xs = sorted(max(v, 0.01) for v in samples)
+        else:
+            xs = [max(v, 0.01) for v in data["lateness_ms_percentiles"]]
+            ys = [i / 100 for i in range(101)]
+        figures = data["figures"]
+        p50, p99 = figures["lateness_p50_ms"], figures["lateness_p99_ms"]
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color=color,
+            linestyle=style,
+            label=f"{label}  (p50 {p50:g} ms, p99 {p99:g} ms)",
+        )
+        drawn[name] = {"p50_ms": p50, "p99_ms": p99, "max_ms": figures["lateness_max_ms"]}
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("lateness: actual start - scheduled instant (ms, log scale)")
+    ax.set_ylabel(f"share of the {tasks:,} jobs")
+    ax.set_title(f"Firing lateness, {tasks:,} one-shot jobs spread over {spread:g} s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def throughput_plot(results: Path, out: Path) -> dict[str, Any]:
+    labels, values, colors, drawn, tasks = [], [], [], {}, 0
+    for name, label, color in BURST:
+        data = load(results, name)
+        if data is None:
+            continue
+        tasks = data["figures"]["tasks"]
+        rps = data["figures"]["runs_per_second"]
+        labels.append(label)
+        values.append(rps)
+        colors.append(color)
+        drawn[name] = rps
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    bars = ax.bar(labels, values, color=colors)
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+    ax.set_ylabel(f"runs per second until all {tasks:,} have run")
+    ax.set_title(f"Burst: {tasks:,} one-shot jobs due at the same instant, PostgreSQL")
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def api_plot(results: Path, out: Path) -> dict[str, Any]:
+    data = load(results, "api.json")
+    if data is None:
+        return {}
+    figures = data["figures"]
+    labels, values, colors, hatches, drawn = [], [], [], [], {}
+    for key, label in API:
+        if key in figures:
+            labels.append(label)
+            values.append(figures[key]["rps"])
+            colors.append("tab:gray" if key == "ceiling" else "tab:blue")
+            hatches.append("//" if key == "get_tcp_nodelay" else "")
+            drawn[key] = figures[key]["rps"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    bars = ax.bar(labels, values, color=colors, hatch=hatches, edgecolor="white")
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+    ax.set_ylabel("requests per second")
+    ax.set_title(
+        f"HTTP API, one uvicorn worker, PostgreSQL, wrk -t{figures['threads']} "
+        f"-c{figures['connections']} -d{figures['duration_s']}s"
+    )
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    written = {}
+    for name, draw in (
+        ("benchmark-lateness.png", lateness_plot),
+        ("benchmark-throughput.png", throughput_plot),
+        ("benchmark-api.png", api_plot),
+    ):
+        drawn = draw(args.results, args.docs / name)
+        if drawn:
+            written[str(args.docs / name)] = drawn
+        else:
+            (args.docs / name).unlink(missing_ok=True)
+    print(json.dumps(written), flush=True)
+
+
+if __name__ == "__main__":
+    main()
