@@ -73,6 +73,17 @@ def fresh_postgres_url() -> Iterator[str]:
     asyncio.run(_drop_pg_database(name))
 
 
+@pytest.fixture
+def migrated_postgres_url(fresh_postgres_url: str) -> str:
+    """A PostgreSQL database of its own, migrated: for tests with several processes."""
+    asyncio.run(_migrate(fresh_postgres_url))
+    return fresh_postgres_url
+
+
+def migrate_sync(url: str) -> None:
+    asyncio.run(_migrate(url))
+
+
 async def _empty_tables(database: Database) -> None:
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     async with database.connect() as connection:

@@ -15,7 +15,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from processes import spawn, stop
 from sqlalchemy import select
 
@@ -28,24 +27,15 @@ LEASE = 3
 CHAOS_SECONDS = 30
 
 
-@pytest.fixture
-def chaos_url(fresh_postgres_url: str) -> str:
-    async def migrate() -> None:
-        database = Database(fresh_postgres_url)
-        await database.upgrade()
-        await database.dispose()
-
-    asyncio.run(migrate())
-    return fresh_postgres_url
-
-
 async def test_kill_and_restart_schedulers_loses_and_repeats_nothing(
-    chaos_url: str, tmp_path: Path
+    migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     journal = tmp_path / "journal.txt"
     journal.touch()
-    database = Database(chaos_url)
-    repo = TaskRepository(database, settings=Settings(home=tmp_path, database_url=chaos_url))
+    database = Database(migrated_postgres_url)
+    repo = TaskRepository(
+        database, settings=Settings(home=tmp_path, database_url=migrated_postgres_url)
+    )
     start = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
     end = start + timedelta(seconds=CHAOS_SECONDS)
     ids = []
@@ -63,7 +53,9 @@ async def test_kill_and_restart_schedulers_loses_and_repeats_nothing(
         ids.append(task.id)
 
     def launch() -> subprocess.Popen[str]:
-        return spawn(chaos_url, journal, "--poll", "60", "--max-concurrent", "20", lease=LEASE)
+        return spawn(
+            migrated_postgres_url, journal, "--poll", "60", "--max-concurrent", "20", lease=LEASE
+        )
 
     rng = random.Random(7)
     processes = [launch() for _ in range(3)]

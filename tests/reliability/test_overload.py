@@ -32,25 +32,16 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.fixture
-def overload_url(fresh_postgres_url: str) -> str:
-    async def migrate() -> None:
-        database = Database(fresh_postgres_url)
-        await database.upgrade()
-        await database.dispose()
-
-    asyncio.run(migrate())
-    return fresh_postgres_url
-
-
 async def test_a_minute_of_overload(
-    overload_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    migrated_postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("APFLOW_MISFIRE_GRACE_SECONDS", "3")
     journal = tmp_path / "journal.txt"
     journal.touch()
-    database = Database(overload_url)
-    repo = TaskRepository(database, settings=Settings(home=tmp_path, database_url=overload_url))
+    database = Database(migrated_postgres_url)
+    repo = TaskRepository(
+        database, settings=Settings(home=tmp_path, database_url=migrated_postgres_url)
+    )
     start = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
     end = start + timedelta(seconds=SECONDS)
     for index in range(TASKS):
@@ -64,7 +55,9 @@ async def test_a_minute_of_overload(
             schedule_end_at=end.isoformat(),
             schedule_enabled=True,
         )
-    scheduler = spawn(overload_url, journal, "--poll", "60", "--max-concurrent", str(SLOTS))
+    scheduler = spawn(
+        migrated_postgres_url, journal, "--poll", "60", "--max-concurrent", str(SLOTS)
+    )
     samples: list[int] = []
     try:
         for _ in range((SECONDS + 3) // 5):

@@ -52,24 +52,15 @@ def restart_postgres() -> None:
     )
 
 
-@pytest.fixture
-def restart_url(fresh_postgres_url: str) -> str:
-    async def migrate() -> None:
-        database = Database(fresh_postgres_url)
-        await database.upgrade()
-        await database.dispose()
-
-    asyncio.run(migrate())
-    return fresh_postgres_url
-
-
-async def test_server_survives_a_postgres_restart(restart_url: str, tmp_path: Path) -> None:
+async def test_server_survives_a_postgres_restart(
+    migrated_postgres_url: str, tmp_path: Path
+) -> None:
     journal = tmp_path / "journal.txt"
     journal.touch()
     port = free_port()
     env = {
         **os.environ,
-        "APFLOW_DATABASE_URL": restart_url,
+        "APFLOW_DATABASE_URL": migrated_postgres_url,
         "APFLOW_HOME": str(tmp_path),
         "APFLOW_TEST_JOURNAL": str(journal),
         "APFLOW_LEASE_SECONDS": "10",
@@ -82,7 +73,7 @@ async def test_server_survives_a_postgres_restart(restart_url: str, tmp_path: Pa
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    database = Database(restart_url)
+    database = Database(migrated_postgres_url)
     health_failures: list[str] = []
     stop_probe = asyncio.Event()
 
@@ -108,7 +99,9 @@ async def test_server_survives_a_postgres_restart(restart_url: str, tmp_path: Pa
                         break
                 except httpx.HTTPError:
                     await asyncio.sleep(0.1)
-        repo = TaskRepository(database, settings=Settings(home=tmp_path, database_url=restart_url))
+        repo = TaskRepository(
+            database, settings=Settings(home=tmp_path, database_url=migrated_postgres_url)
+        )
         start = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
         for index in range(10):
             await repo.create_task(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import migrate_sync
 from processes import spawn, stop
 from sqlalchemy import select
 
@@ -19,21 +20,15 @@ from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import TaskRepository
 
 
-async def _migrate(url: str) -> None:
-    database = Database(url)
-    await database.upgrade()
-    await database.dispose()
-
-
 @pytest.fixture(params=["postgresql", "sqlite"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated database of its own, on PostgreSQL and on a SQLite file."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    asyncio.run(_migrate(url))
-    return url
+        migrate_sync(url)
+        return url
+    postgres: str = request.getfixturevalue("migrated_postgres_url")
+    return postgres
 
 
 async def test_three_processes_fire_every_occurrence_exactly_once(
@@ -160,12 +155,11 @@ async def test_a_killed_process_is_reclaimed_and_the_schedule_continues(
 
 
 async def test_notify_wakes_a_scheduler_in_another_process(
-    fresh_postgres_url: str, tmp_path: Path
+    migrated_postgres_url: str, tmp_path: Path
 ) -> None:
     """A scheduler asleep on a 60 s poll in another process fires a task created here and due
     in one second, on time: the change reaches it through LISTEN/NOTIFY."""
-    url = fresh_postgres_url
-    await _migrate(url)
+    url = migrated_postgres_url
     journal = tmp_path / "journal.txt"
     journal.touch()
     database = Database(url)
