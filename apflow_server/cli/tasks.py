@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from apflow_server.core.task_fields import WRITABLE_ON_CREATE
 from apflow_server.core.types import RunTrigger
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.storage.models import Task, TaskRun
@@ -38,29 +39,10 @@ from .runs import CLI_INSTANCE, load_run, report_run, task_subtree
 from .runtime import run_with_repository
 from .scheduled import scheduled_group
 
-# Options that set a task field, by parameter name; `executor` is folded into params.
-FIELD_PARAMS = (
-    "name",
-    "inputs",
-    "params",
-    "schemas",
-    "executor",
-    "user_id",
-    "priority",
-    "parent_id",
-    "dependencies",
-    "new_id",
-    "schedule_type",
-    "schedule_expression",
-    "schedule_timezone",
-    "schedule_enabled",
-    "schedule_start_at",
-    "schedule_end_at",
-    "max_runs",
-    "schedule_misfire",
-    "schedule_overlap",
-    "schedule_jitter_seconds",
-)
+# Options that set a task field, by parameter name: every field a create may write (the one
+# list, in core/task_fields.py), with `id` taken as --id (parameter new_id) and `executor`
+# folded into params.
+FIELD_PARAMS = (*sorted(WRITABLE_ON_CREATE - {"id"}), "new_id", "executor")
 
 
 @click.group("tasks")
