@@ -80,8 +80,12 @@ def migrated_postgres_url(fresh_postgres_url: str) -> str:
     return fresh_postgres_url
 
 
-def migrate_sync(url: str) -> None:
+@pytest.fixture
+def migrated_sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite file of its own: for tests with several processes."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     asyncio.run(_migrate(url))
+    return url
 
 
 async def _empty_tables(database: Database) -> None:

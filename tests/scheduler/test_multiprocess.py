@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import migrate_sync
 from processes import spawn, stop
 from sqlalchemy import select
 
@@ -20,15 +19,11 @@ from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import TaskRepository
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["migrated_postgres_url", "migrated_sqlite_url"])
+def shared_url(request: pytest.FixtureRequest) -> str:
     """A migrated database of its own, on PostgreSQL and on a SQLite file."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
-        migrate_sync(url)
-        return url
-    postgres: str = request.getfixturevalue("migrated_postgres_url")
-    return postgres
+    url: str = request.getfixturevalue(request.param)
+    return url
 
 
 async def test_three_processes_fire_every_occurrence_exactly_once(
