@@ -4,6 +4,7 @@ the task's schedule attributes (the ORM row, or a plain dataclass in tests)."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Protocol
 
 from apflow_server.core.errors import ValidationError
@@ -25,6 +26,14 @@ class ScheduledTask(Protocol):
     run_count: int
 
 
+class ScheduledRow(ScheduledTask, Protocol):
+    """A task whose schedule position can be moved."""
+
+    schedule_enabled: bool
+    next_run_at: datetime | None
+    due_at: datetime | None
+
+
 def localise(value: datetime | None, timezone: str) -> datetime | None:
     """A bound without an offset is a wall-clock time in the task's zone (RFC 5545 rules)."""
     if value is None or value.tzinfo is not None:
@@ -35,13 +44,29 @@ def localise(value: datetime | None, timezone: str) -> datetime | None:
 def schedule_of(task: ScheduledTask) -> Schedule:
     if task.schedule_type is None:
         raise ValidationError("schedule_type", "the task has no schedule")
-    return Schedule.parse(
+    return _parsed(
         task.schedule_type,
         task.schedule_expression,
         task.schedule_timezone,
-        start_at=task.schedule_start_at,
-        end_at=task.schedule_end_at,
-        anchor_at=task.schedule_anchor_at,
+        task.schedule_start_at,
+        task.schedule_end_at,
+        task.schedule_anchor_at,
+    )
+
+
+# Schedules are immutable values: a scheduler claiming many tasks of a few shapes parses each
+# shape once. Invalid ones raise and are not cached.
+@lru_cache(maxsize=4096)
+def _parsed(
+    schedule_type: str,
+    expression: str | None,
+    timezone: str,
+    start_at: datetime | None,
+    end_at: datetime | None,
+    anchor_at: datetime | None,
+) -> Schedule:
+    return Schedule.parse(
+        schedule_type, expression, timezone, start_at=start_at, end_at=end_at, anchor_at=anchor_at
     )
 
 
@@ -59,6 +84,14 @@ def fire_after(schedule: Schedule, task: ScheduledTask, after: datetime) -> date
     if runs_exhausted(task) or schedule.type is ScheduleType.ONCE:
         return None
     return schedule.next_after(after)
+
+
+def set_next_run(task: ScheduledRow, next_run: datetime | None) -> None:
+    """Point the schedule at its next occurrence, or disable it when there is none."""
+    task.next_run_at = next_run
+    task.due_at = due_time(task, next_run)
+    if next_run is None:
+        task.schedule_enabled = False
 
 
 def due_time(task: ScheduledTask, next_run_at: datetime | None) -> datetime | None:

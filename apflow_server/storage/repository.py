@@ -34,6 +34,7 @@ from apflow_server.schedules.plan import (
     localise,
     runs_exhausted,
     schedule_of,
+    set_next_run,
 )
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun
@@ -592,14 +593,15 @@ def due_filter(query: Select[Any], cutoff: datetime, user_id: str | None) -> Sel
     ix_tasks_due (ix_tasks_user_due with a user): `schedule_enabled` and `due_at` lead.
     Written as the bare column (`WHERE schedule_enabled`; `= 1` on SQLite), not `IS true`,
     which PostgreSQL cannot match to the index predicate: it scanned the whole table."""
+    tasks = Task.__table__.c  # table columns: the filter serves ORM and Core selects alike
     query = query.where(
-        Task.schedule_enabled,
-        Task.due_at <= cutoff,
-        or_(Task.max_runs.is_(None), Task.run_count < Task.max_runs),
-        or_(Task.schedule_end_at.is_(None), Task.next_run_at <= Task.schedule_end_at),
+        tasks.schedule_enabled,
+        tasks.due_at <= cutoff,
+        or_(tasks.max_runs.is_(None), tasks.run_count < tasks.max_runs),
+        or_(tasks.schedule_end_at.is_(None), tasks.next_run_at <= tasks.schedule_end_at),
     )
     if user_id is not None:
-        query = query.where(Task.user_id == user_id)
+        query = query.where(tasks.user_id == user_id)
     return query
 
 
@@ -647,14 +649,6 @@ def _status(value: str) -> str:
     except ValueError:
         names = ", ".join(s.value for s in TaskStatus)
         raise ValidationError("status", f"must be one of {names}") from None
-
-
-def set_next_run(task: Task, next_run: datetime | None) -> None:
-    """Point the schedule at its next occurrence, or disable it when there is none."""
-    task.next_run_at = next_run
-    task.due_at = due_time(task, next_run)
-    if next_run is None:
-        task.schedule_enabled = False
 
 
 def _why_never(task: Task, schedule: Schedule) -> ValidationError:

@@ -24,14 +24,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import load_only
 
 from apflow_server.config import Settings
 from apflow_server.core.errors import ConflictError, NotFoundError
@@ -43,10 +42,11 @@ from apflow_server.core.types import (
     TaskStatus,
 )
 from apflow_server.schedules import Schedule
-from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_of
+from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_of, set_next_run
+from apflow_server.storage.batches import among, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun
-from apflow_server.storage.repository import due_filter, prune_runs, set_next_run, utcnow
+from apflow_server.storage.repository import due_filter, prune_runs, utcnow
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
 logger = logging.getLogger(__name__)
@@ -56,35 +56,6 @@ OCCURRENCE_CHUNK = 1000
 # History is pruned to APFLOW_RUN_HISTORY_KEEP when a task's run count reaches a multiple of
 # this, so the cost is paid once per so many runs rather than on every one.
 PRUNE_EVERY = 50
-# What finishing a run reads of its task: ownership, outcome and the schedule.
-FINISH_COLUMNS = (
-    Task.id,
-    Task.user_id,
-    Task.status,
-    Task.result,
-    Task.error,
-    Task.progress,
-    Task.completed_at,
-    Task.updated_at,
-    Task.current_run_id,
-    Task.run_count,
-    Task.max_runs,
-    Task.last_run_at,
-    Task.started_at,
-    Task.schedule_type,
-    Task.schedule_expression,
-    Task.schedule_timezone,
-    Task.schedule_enabled,
-    Task.schedule_start_at,
-    Task.schedule_end_at,
-    Task.schedule_anchor_at,
-    Task.schedule_jitter_seconds,
-    Task.schedule_misfire,
-    Task.schedule_overlap,
-    Task.next_run_at,
-    Task.due_at,
-)
-
 IN_PROGRESS = TaskStatus.IN_PROGRESS.value
 RUNNING = RunStatus.RUNNING.value
 
@@ -103,19 +74,113 @@ class TaskSnapshot:
     dependencies: list[Any]
     user_id: str | None
 
-    @classmethod
-    def of(cls, task: Task) -> TaskSnapshot:
-        return cls(
-            task.id,
-            task.parent_id,
-            task.name,
-            task.priority,
-            dict(task.inputs),
-            dict(task.params),
-            dict(task.schemas),
-            list(task.dependencies),
-            task.user_id,
-        )
+
+@dataclass(slots=True)
+class TaskState:
+    """The columns of a task row that the run lifecycle reads and writes, read under the
+    row's lock and written back with `_write_back` before the transaction commits.
+
+    Plain rows rather than ORM objects: claiming and finishing handle hundreds of tasks per
+    transaction, and the ORM's identity map and unit of work cost more than the SQL did.
+    """
+
+    id: str
+    user_id: str | None
+    parent_id: str | None
+    status: str
+    result: Any
+    error: str | None
+    progress: float
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    current_run_id: str | None
+    run_count: int
+    max_runs: int | None
+    last_run_at: datetime | None
+    schedule_type: str | None
+    schedule_expression: str | None
+    schedule_timezone: str
+    schedule_enabled: bool
+    schedule_start_at: datetime | None
+    schedule_end_at: datetime | None
+    schedule_anchor_at: datetime | None
+    schedule_jitter_seconds: int
+    schedule_misfire: str
+    schedule_overlap: str
+    next_run_at: datetime | None
+    due_at: datetime | None
+    trigger_requested_at: datetime | None
+    # The definition, when the task was read to be run and has no children.
+    snapshot: TaskSnapshot | None = None
+
+
+TASKS = cast(Table, Task.__table__)
+RUNS = cast(Table, TaskRun.__table__)
+STATE_COLUMNS = tuple(f.name for f in fields(TaskState) if f.name != "snapshot")
+DEFINITION_COLUMNS = ("name", "priority", "inputs", "params", "schemas", "dependencies")
+# What the run lifecycle changes on a task; everything else is the user's to edit.
+WRITTEN_COLUMNS = (
+    "status",
+    "result",
+    "error",
+    "progress",
+    "started_at",
+    "completed_at",
+    "updated_at",
+    "current_run_id",
+    "run_count",
+    "last_run_at",
+    "schedule_enabled",
+    "next_run_at",
+    "due_at",
+    "trigger_requested_at",
+)
+# What finishing records on a run.
+FINISHED_RUN_COLUMNS = ("status", "finished_at", "result", "error", "attempt", "lease_expires_at")
+
+
+def states_query(*, definition: bool = False) -> Select[Any]:
+    """Select task states (with their definitions when they are to be run); add the filter
+    and the lock."""
+    columns: list[ColumnElement[Any]] = [TASKS.c[name] for name in STATE_COLUMNS]
+    if definition:
+        child = TASKS.alias("child")
+        has_children = select(child.c.id).where(child.c.parent_id == TASKS.c.id).exists()
+        columns += [TASKS.c[name] for name in DEFINITION_COLUMNS] + [has_children]
+    return select(*columns)
+
+
+async def load_states(
+    session: AsyncSession, query: Select[Any], *, definition: bool = False
+) -> list[TaskState]:
+    """Task states as selected by `states_query`. With the definition, a task without
+    children carries its snapshot, so its run needs no further read; a tree is loaded (and
+    its descendants reset) when its run starts."""
+    width = len(STATE_COLUMNS)
+    states = []
+    for row in await session.execute(query):
+        state = TaskState(*row[:width])
+        if definition and not row[-1]:
+            name, priority, inputs, params, schemas, dependencies = row[width:-1]
+            state.snapshot = TaskSnapshot(
+                state.id,
+                state.parent_id,
+                name,
+                priority,
+                dict(inputs or {}),
+                dict(params or {}),
+                dict(schemas or {}),
+                list(dependencies or []),
+                state.user_id,
+            )
+        states.append(state)
+    return states
+
+
+async def write_back(session: AsyncSession, states: Sequence[TaskState]) -> None:
+    rows = [{name: getattr(state, name) for name in ("id", *WRITTEN_COLUMNS)} for state in states]
+    await update_rows(session, TASKS, "id", WRITTEN_COLUMNS, rows)
 
 
 @dataclass(frozen=True)
@@ -137,7 +202,7 @@ class ClaimedRun:
 
 @dataclass
 class _Decision:
-    task: Task
+    task: TaskState
     schedule: Schedule
     fire: datetime | None
     missed: list[datetime] = field(default_factory=list)
@@ -155,10 +220,12 @@ class RunResult:
 def _claimable(now: datetime, user_id: str | None) -> Select[Any]:
     """Due schedules a scheduler may act on now. A running task is left alone (what came due
     meanwhile is settled when its run ends) unless its policy is to cancel the running one."""
-    query = due_filter(select(Task), now, user_id).where(
-        or_(Task.status != IN_PROGRESS, Task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value)
+    return due_filter(states_query(definition=True), now, user_id).where(
+        or_(
+            TASKS.c.status != IN_PROGRESS,
+            TASKS.c.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value,
+        )
     )
-    return query
 
 
 class RunStore:
@@ -190,28 +257,29 @@ class RunStore:
         now = self.clock()
         claimed: list[ClaimedRun] = []
         async with self.database.transaction(write=True) as session:
-            due = _claimable(now, user_id).order_by(Task.due_at).limit(limit)
-            rows: list[Task] = list(await session.scalars(due.with_for_update(skip_locked=True)))
-            claimed = await self._settle(session, rows, now)
-            loaded = list(rows)
+            due = _claimable(now, user_id).order_by(TASKS.c.due_at).limit(limit)
+            loaded = await load_states(
+                session, due.with_for_update(skip_locked=True), definition=True
+            )
+            claimed = await self._settle(session, loaded, now)
             room = limit - len(claimed)
             if room > 0:
-                requested = select(Task).where(
-                    Task.trigger_requested_at <= now, Task.status != IN_PROGRESS
+                requested = states_query(definition=True).where(
+                    TASKS.c.trigger_requested_at <= now, TASKS.c.status != IN_PROGRESS
                 )
                 if user_id is not None:
-                    requested = requested.where(Task.user_id == user_id)
-                requested = requested.order_by(Task.trigger_requested_at).limit(room)
+                    requested = requested.where(TASKS.c.user_id == user_id)
+                requested = requested.order_by(TASKS.c.trigger_requested_at).limit(room)
                 waiting = requested.with_for_update(skip_locked=True)
-                rows = list(await session.scalars(waiting))
-                loaded += rows
-                for task in rows:
+                manual = await load_states(session, waiting, definition=True)
+                for task in manual:
                     task.trigger_requested_at = None
                     claimed.append(await self._start(session, task, RunTrigger.MANUAL, None, now))
-            claimed = await _with_leaves(session, claimed, loaded)
+                loaded += manual
+            await write_back(session, loaded)
         return claimed
 
-    def _decide(self, task: Task, now: datetime) -> _Decision:
+    def _decide(self, task: TaskState, now: datetime) -> _Decision:
         """What the misfire rules say about a due task: which occurrence (if any) to fire and
         which to record as missed. No writes."""
         assert task.next_run_at is not None and task.due_at is not None
@@ -235,7 +303,7 @@ class RunStore:
         return _Decision(task, schedule, fire=fire, missed=missed, following=following)
 
     async def _settle(
-        self, session: AsyncSession, tasks: Sequence[Task], now: datetime
+        self, session: AsyncSession, tasks: Sequence[TaskState], now: datetime
     ) -> list[ClaimedRun]:
         """Apply the misfire and overlap rules to due tasks and start the runs they call for,
         with one insert for all the fired occurrences (and one for the missed ones)."""
@@ -273,7 +341,7 @@ class RunStore:
     async def _fire(
         self,
         session: AsyncSession,
-        task: Task,
+        task: TaskState,
         schedule: Schedule,
         occurrence: datetime,
         now: datetime,
@@ -291,7 +359,7 @@ class RunStore:
         return claimed
 
     async def _insert_runs(
-        self, session: AsyncSession, fires: Sequence[tuple[Task, datetime]], now: datetime
+        self, session: AsyncSession, fires: Sequence[tuple[TaskState, datetime]], now: datetime
     ) -> dict[str, str]:
         """Insert the running rows of fired occurrences in one statement; task id -> run id for
         those inserted (an occurrence already recorded is skipped by the unique key)."""
@@ -306,7 +374,7 @@ class RunStore:
         statement = (
             self._insert()
             .on_conflict_do_nothing(index_elements=["task_id", "scheduled_for"])
-            .returning(TaskRun.task_id, TaskRun.id)
+            .returning(RUNS.c.task_id, RUNS.c.id)
         )
         inserted = await session.execute(statement, rows)
         return {task_id: run_id for task_id, run_id in inserted}
@@ -314,7 +382,7 @@ class RunStore:
     async def _start(
         self,
         session: AsyncSession,
-        task: Task,
+        task: TaskState,
         trigger: RunTrigger,
         occurrence: datetime | None,
         now: datetime,
@@ -331,7 +399,7 @@ class RunStore:
 
     def _take(
         self,
-        task: Task,
+        task: TaskState,
         run_id: str,
         trigger: RunTrigger,
         occurrence: datetime | None,
@@ -348,11 +416,13 @@ class RunStore:
         task.run_count += 1
         task.last_run_at = now
         task.updated_at = now
-        return ClaimedRun(run_id, task.id, task.user_id, trigger.value, occurrence, now)
+        return ClaimedRun(
+            run_id, task.id, task.user_id, trigger.value, occurrence, now, leaf=task.snapshot
+        )
 
     def _run_row(
         self,
-        task: Task,
+        task: TaskState,
         trigger: RunTrigger,
         occurrence: datetime | None,
         status: RunStatus,
@@ -381,7 +451,7 @@ class RunStore:
     async def _insert_run(
         self,
         session: AsyncSession,
-        task: Task,
+        task: TaskState,
         trigger: RunTrigger,
         occurrence: datetime | None,
         status: RunStatus,
@@ -394,7 +464,7 @@ class RunStore:
             self._insert()
             .values(row)
             .on_conflict_do_nothing(index_elements=["task_id", "scheduled_for"])
-            .returning(TaskRun.id)
+            .returning(RUNS.c.id)
         )
         run_id: str | None = await session.scalar(statement)
         return run_id
@@ -402,7 +472,7 @@ class RunStore:
     async def _record(
         self,
         session: AsyncSession,
-        task: Task,
+        task: TaskState,
         occurrences: Sequence[datetime],
         status: RunStatus,
         now: datetime,
@@ -413,7 +483,7 @@ class RunStore:
     async def _record_many(
         self,
         session: AsyncSession,
-        occurrences: Sequence[tuple[Task, datetime]],
+        occurrences: Sequence[tuple[TaskState, datetime]],
         status: RunStatus,
         now: datetime,
     ) -> None:
@@ -430,16 +500,16 @@ class RunStore:
 
     def _insert(self) -> Any:
         dialect = postgresql if self.database.dialect == "postgresql" else sqlite
-        return dialect.insert(TaskRun)
+        return dialect.insert(RUNS)
 
     async def _cancel_current(
-        self, session: AsyncSession, task: Task, now: datetime, reason: str
+        self, session: AsyncSession, task: TaskState, now: datetime, reason: str
     ) -> None:
         """End the task's current run as cancelled; its process learns it at its next renewal."""
         if task.current_run_id is not None:
             await session.execute(
-                update(TaskRun)
-                .where(TaskRun.id == task.current_run_id, TaskRun.status == RUNNING)
+                update(RUNS)
+                .where(RUNS.c.id == task.current_run_id, RUNS.c.status == RUNNING)
                 .values(
                     status=RunStatus.CANCELLED.value,
                     finished_at=now,
@@ -488,7 +558,8 @@ class RunStore:
                     data={"task_id": busy.id},
                 )
             started = await self._start(session, task, trigger, None, now, idempotency_key)
-            return (await _with_leaves(session, [started], [task]))[0]
+            await write_back(session, [task])
+            return started
 
     async def claim_occurrence(self, task_id: str, scheduled_for: datetime) -> ClaimedRun | None:
         """Fire one named occurrence of a task's schedule, if it is the one due now.
@@ -513,13 +584,15 @@ class RunStore:
             if not due:
                 return None
             settled = await self._settle(session, [task], now)
-            return next(iter(await _with_leaves(session, settled, [task])), None)
+            await write_back(session, [task])
+            return next(iter(settled), None)
 
-    async def _locked_task(self, session: AsyncSession, task_id: str) -> Task:
-        task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
-        if task is None:
+    async def _locked_task(self, session: AsyncSession, task_id: str) -> TaskState:
+        query = states_query(definition=True).where(TASKS.c.id == task_id).with_for_update()
+        found = await load_states(session, query, definition=True)
+        if not found:
             raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
-        return task
+        return found[0]
 
     async def request_trigger(self, task_id: str) -> None:
         """Ask whichever scheduler is running to start the task now (`scheduler trigger`)."""
@@ -534,13 +607,16 @@ class RunStore:
         """Cancel the task's running run; its owner stops it at its next lease renewal."""
         now = self.clock()
         async with schedule_write(self.database) as session:
-            task = await session.scalar(select(Task).where(Task.id == task_id).with_for_update())
-            if task is None:
+            query = states_query().where(TASKS.c.id == task_id).with_for_update()
+            found = await load_states(session, query)
+            if not found:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            task = found[0]
             if task.status != IN_PROGRESS:
                 return False
             await self._cancel_current(session, task, now, "cancelled on request")
             await self._release_tree(session, task.id, "cancelled on request", now)
+            await write_back(session, [task])
         return True
 
     # ------------------------------------------------------------------ leases
@@ -552,14 +628,14 @@ class RunStore:
         now = self.clock()
         async with self.database.transaction(write=True) as session:
             owned = await session.scalars(
-                update(TaskRun)
+                update(RUNS)
                 .where(
-                    TaskRun.id.in_(list(run_ids)),
-                    TaskRun.status == RUNNING,
-                    TaskRun.instance_id == self.instance_id,
+                    among(RUNS.c.id, run_ids, self.database.dialect),
+                    RUNS.c.status == RUNNING,
+                    RUNS.c.instance_id == self.instance_id,
                 )
                 .values(lease_expires_at=now + self.lease)
-                .returning(TaskRun.id)
+                .returning(RUNS.c.id)
             )
             return set(owned)
 
@@ -591,13 +667,13 @@ class RunStore:
                 run.finished_at = now
                 run.error = reason
                 run.lease_expires_at = None
-                task = await session.scalar(
-                    select(Task).where(Task.id == run.task_id).with_for_update()
-                )
-                if task is not None and task.current_run_id == run.id:
-                    self._release(task, TaskStatus.FAILED, None, reason, now)
-                    await self._release_tree(session, task.id, reason, now)
-                    await self._settle_after_run(session, task, run.started_at or now, now)
+                owner = states_query().where(TASKS.c.id == run.task_id).with_for_update()
+                for task in await load_states(session, owner):
+                    if task.current_run_id == run.id:
+                        self._release(task, TaskStatus.FAILED, None, reason, now)
+                        await self._release_tree(session, task.id, reason, now)
+                        await self._settle_after_run(session, task, run.started_at or now, now)
+                        await write_back(session, [task])
                 abandoned.append(run.id)
             if abandoned:
                 await notify_in_transaction(session)
@@ -628,15 +704,16 @@ class RunStore:
         task only if the run still owns it. Returns, per item, a buffered run to start next.
         """
         now = self.clock()
+        dialect = self.database.dialect
         follow_ups: list[ClaimedRun | None] = [None] * len(items)
         async with self.database.transaction(write=True) as session:
             owned = set(
                 await session.scalars(
-                    select(TaskRun.id)
+                    select(RUNS.c.id)
                     .where(
-                        TaskRun.id.in_([claimed.run_id for claimed, _ in items]),
-                        TaskRun.status == RUNNING,
-                        TaskRun.instance_id == self.instance_id,
+                        among(RUNS.c.id, [claimed.run_id for claimed, _ in items], dialect),
+                        RUNS.c.status == RUNNING,
+                        RUNS.c.instance_id == self.instance_id,
                     )
                     .with_for_update()
                 )
@@ -647,34 +724,32 @@ class RunStore:
                     logger.info("run %s ended elsewhere; not recording it", claimed.run_id)
             if not mine:
                 return follow_ups
-            await session.execute(
-                update(TaskRun),
-                [
-                    {
-                        "id": claimed.run_id,
-                        "status": outcome.status.value,
-                        "finished_at": now,
-                        "result": outcome.result,
-                        "error": outcome.error,
-                        "attempt": outcome.attempt,
-                        "lease_expires_at": None,
-                    }
-                    for _, claimed, outcome in mine
-                ],
-            )
-            # The definition columns (inputs, params, ...) are not needed to settle a run.
+            finished = [
+                {
+                    "id": claimed.run_id,
+                    "status": outcome.status.value,
+                    "finished_at": now,
+                    "result": outcome.result,
+                    "error": outcome.error,
+                    "attempt": outcome.attempt,
+                    "lease_expires_at": None,
+                }
+                for _, claimed, outcome in mine
+            ]
+            await update_rows(session, RUNS, "id", FINISHED_RUN_COLUMNS, finished)
             owners = (
-                select(Task)
-                .options(load_only(*FINISH_COLUMNS))
-                .where(Task.id.in_({claimed.task_id for _, claimed, _ in mine}))
+                states_query()
+                .where(among(TASKS.c.id, {claimed.task_id for _, claimed, _ in mine}, dialect))
                 .with_for_update()
             )
-            tasks = {task.id: task for task in await session.scalars(owners)}
+            tasks = {task.id: task for task in await load_states(session, owners)}
+            released: list[TaskState] = []
             wake = False
             for index, claimed, outcome in mine:
                 task = tasks.get(claimed.task_id)
                 if task is None or task.current_run_id != claimed.run_id:
                     continue
+                released.append(task)
                 status = {
                     RunStatus.COMPLETED: TaskStatus.COMPLETED,
                     RunStatus.CANCELLED: TaskStatus.CANCELLED,
@@ -688,8 +763,8 @@ class RunStore:
                 )
                 wake = wake or task.schedule_enabled
                 if task.run_count % PRUNE_EVERY == 0:
-                    await session.flush()
                     await prune_runs(session, task.id, self.settings.run_history_keep)
+            await write_back(session, released)
             if wake:  # the task is claimable again: peers may be asleep past its next time
                 await notify_in_transaction(session)
         if wake:
@@ -697,7 +772,7 @@ class RunStore:
         return follow_ups
 
     def _release(
-        self, task: Task, status: TaskStatus, result: Any, error: str | None, now: datetime
+        self, task: TaskState, status: TaskStatus, result: Any, error: str | None, now: datetime
     ) -> None:
         task.status = status.value
         task.result = result
@@ -724,7 +799,7 @@ class RunStore:
         )
 
     async def _settle_after_run(
-        self, session: AsyncSession, task: Task, started: datetime, now: datetime
+        self, session: AsyncSession, task: TaskState, started: datetime, now: datetime
     ) -> ClaimedRun | None:
         """Occurrences that came due while the run was running meet the overlap policy now.
 
@@ -791,7 +866,7 @@ def _replayed(run: TaskRun) -> ClaimedRun:
     )
 
 
-async def _busy_relative(session: AsyncSession, task: Task) -> Task | None:
+async def _busy_relative(session: AsyncSession, task: TaskState) -> Task | None:
     """An ancestor or descendant of `task` that is running, if any."""
     parent_id = task.parent_id
     while parent_id is not None:
@@ -808,22 +883,3 @@ async def _busy_relative(session: AsyncSession, task: Task) -> Task | None:
     below = below.union_all(select(Task.id).where(Task.parent_id == below.c.id))
     query = select(Task).where(Task.id.in_(select(below.c.id)), Task.status == IN_PROGRESS)
     return await session.scalar(query.limit(1))
-
-
-async def _with_leaves(
-    session: AsyncSession, runs: list[ClaimedRun], tasks: Sequence[Task]
-) -> list[ClaimedRun]:
-    """Attach the task's snapshot to runs of tasks without children (one query per batch)."""
-    if not runs:
-        return runs
-    by_id = {task.id: task for task in tasks}
-    ids = [run.task_id for run in runs]
-    parents = set(
-        await session.scalars(select(Task.parent_id).where(Task.parent_id.in_(ids)).distinct())
-    )
-    return [
-        replace(run, leaf=TaskSnapshot.of(by_id[run.task_id]))
-        if run.task_id not in parents and run.task_id in by_id
-        else run
-        for run in runs
-    ]

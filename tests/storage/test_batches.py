@@ -1,0 +1,99 @@
+"""Batch updates and `among` on SQLite and PostgreSQL: the two code paths write the same rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, select
+
+from apflow_server.config import Settings
+from apflow_server.storage.batches import among, update_rows
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import Task
+from apflow_server.storage.repository import TaskRepository
+
+TASKS = cast(Table, Task.__table__)
+WHEN = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+async def three(database: Database, tmp_path: Path) -> list[str]:
+    repo = TaskRepository(database, settings=Settings(home=tmp_path, database_url=database.url))
+    return [(await repo.create_task(name=f"t{index}")).id for index in range(3)]
+
+
+async def read(database: Database, *columns: str) -> dict[str, tuple[Any, ...]]:
+    async with database.transaction() as session:
+        rows = await session.execute(select(TASKS.c.id, *(TASKS.c[c] for c in columns)))
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+
+async def test_update_rows_writes_each_row_its_own_values(
+    database: Database, three: list[str]
+) -> None:
+    first, second, untouched = three
+    before = await read(database, "status", "result", "completed_at", "run_count")
+    columns = ("status", "result", "completed_at", "run_count", "progress", "schedule_enabled")
+    rows = [
+        {
+            "id": first,
+            "status": "completed",
+            "result": {"nested": [1, "two", None], "ü": "ok"},
+            "completed_at": WHEN,
+            "run_count": 7,
+            "progress": 1.0,
+            "schedule_enabled": True,
+        },
+        {
+            "id": second,
+            "status": "failed",
+            "result": None,
+            "completed_at": WHEN + timedelta(hours=1),
+            "run_count": 0,
+            "progress": 0.25,
+            "schedule_enabled": False,
+        },
+    ]
+    async with database.transaction(write=True) as session:
+        await update_rows(session, TASKS, "id", columns, rows)
+    after = await read(database, *columns)
+    nested = {"nested": [1, "two", None], "ü": "ok"}
+    assert after[first] == ("completed", nested, WHEN, 7, 1.0, True)
+    assert after[second] == ("failed", None, WHEN + timedelta(hours=1), 0, 0.25, False)
+    assert after[second][2].tzinfo is not None
+    assert (await read(database, "status", "result", "completed_at", "run_count"))[
+        untouched
+    ] == before[untouched]
+
+
+async def test_update_rows_with_nothing_to_write_changes_nothing(
+    database: Database, three: list[str]
+) -> None:
+    before = await read(database, "status", "updated_at")
+    async with database.transaction(write=True) as session:
+        await update_rows(session, TASKS, "id", ("status",), [])
+    assert await read(database, "status", "updated_at") == before
+
+
+async def test_update_rows_refuses_a_column_the_table_lacks(
+    database: Database, three: list[str]
+) -> None:
+    with pytest.raises(KeyError):
+        async with database.transaction(write=True) as session:
+            await update_rows(session, TASKS, "id", ("nope",), [{"id": three[0], "nope": 1}])
+    assert (await read(database, "status"))[three[0]] == ("pending",)
+
+
+@pytest.mark.parametrize("picked", [0, 1, 3])
+async def test_among_matches_exactly_the_given_values(
+    database: Database, three: list[str], picked: int
+) -> None:
+    wanted = set(three[:picked])
+    async with database.transaction() as session:
+        query = select(TASKS.c.id).where(among(TASKS.c.id, [*wanted, "missing"], database.dialect))
+        assert set(await session.scalars(query)) == wanted
+        none = select(TASKS.c.id).where(among(TASKS.c.id, [], database.dialect))
+        assert list(await session.scalars(none)) == []
