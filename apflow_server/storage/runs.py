@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, Table, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
@@ -43,7 +42,7 @@ from apflow_server.core.types import (
 )
 from apflow_server.schedules import Schedule
 from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_of, set_next_run
-from apflow_server.storage.batches import among, update_rows
+from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import due_filter, prune_runs, utcnow
@@ -136,6 +135,8 @@ WRITTEN_COLUMNS = (
     "due_at",
     "trigger_requested_at",
 )
+# The history's unique key: one row per occurrence of a task (uq_task_runs_occurrence).
+OCCURRENCE = ("task_id", "scheduled_for")
 # What finishing records on a run.
 FINISHED_RUN_COLUMNS = ("status", "finished_at", "result", "error", "attempt", "lease_expires_at")
 
@@ -369,15 +370,10 @@ class RunStore:
             self._run_row(task, RunTrigger.SCHEDULE, occurrence, RunStatus.RUNNING, now)
             for task, occurrence in fires
         ]
-        # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs from one
-        # cached compiled statement (compiling a fresh 100-row VALUES cost 0.3 ms a row).
-        statement = (
-            self._insert()
-            .on_conflict_do_nothing(index_elements=["task_id", "scheduled_for"])
-            .returning(RUNS.c.task_id, RUNS.c.id)
+        inserted = await insert_rows(
+            session, RUNS, rows, unique=OCCURRENCE, returning=("task_id", "id")
         )
-        inserted = await session.execute(statement, rows)
-        return {task_id: run_id for task_id, run_id in inserted}
+        return {str(row[0]): str(row[1]) for row in inserted}
 
     async def _start(
         self,
@@ -460,14 +456,8 @@ class RunStore:
     ) -> str | None:
         """Insert one history row; None when its occurrence is already recorded."""
         row = self._run_row(task, trigger, occurrence, status, now, idempotency_key)
-        statement = (
-            self._insert()
-            .values(row)
-            .on_conflict_do_nothing(index_elements=["task_id", "scheduled_for"])
-            .returning(RUNS.c.id)
-        )
-        run_id: str | None = await session.scalar(statement)
-        return run_id
+        inserted = await insert_rows(session, RUNS, [row], unique=OCCURRENCE, returning=("id",))
+        return str(inserted[0][0]) if inserted else None
 
     async def _record(
         self,
@@ -493,14 +483,7 @@ class RunStore:
             self._run_row(task, RunTrigger.SCHEDULE, occurrence, status, now)
             for task, occurrence in occurrences
         ]
-        statement = self._insert().on_conflict_do_nothing(
-            index_elements=["task_id", "scheduled_for"]
-        )
-        await session.execute(statement, rows)
-
-    def _insert(self) -> Any:
-        dialect = postgresql if self.database.dialect == "postgresql" else sqlite
-        return dialect.insert(RUNS)
+        await insert_rows(session, RUNS, rows, unique=OCCURRENCE)
 
     async def _cancel_current(
         self, session: AsyncSession, task: TaskState, now: datetime, reason: str

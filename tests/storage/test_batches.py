@@ -10,12 +10,13 @@ import pytest
 from sqlalchemy import Table, select
 
 from apflow_server.config import Settings
-from apflow_server.storage.batches import among, update_rows
+from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import Task
+from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import TaskRepository
 
 TASKS = cast(Table, Task.__table__)
+RUNS = cast(Table, TaskRun.__table__)
 WHEN = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
 
 
@@ -97,3 +98,68 @@ async def test_among_matches_exactly_the_given_values(
         assert set(await session.scalars(query)) == wanted
         none = select(TASKS.c.id).where(among(TASKS.c.id, [], database.dialect))
         assert list(await session.scalars(none)) == []
+
+
+def run_row(
+    run_id: str, task_id: str, scheduled_for: datetime | None, result: Any
+) -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "task_id": task_id,
+        "trigger": "schedule",
+        "scheduled_for": scheduled_for,
+        "status": "completed",
+        "attempt": 1,
+        "result": result,
+        "created_at": WHEN,
+    }
+
+
+async def test_insert_rows_skips_collisions_and_returns_only_the_rows_inserted(
+    database: Database, three: list[str]
+) -> None:
+    task = three[0]
+    unique = ("task_id", "scheduled_for")
+    async with database.transaction(write=True) as session:
+        first = await insert_rows(
+            session,
+            RUNS,
+            [run_row("r1", task, WHEN, {"a": [1, None]}), run_row("r2", task, None, None)],
+            unique=unique,
+            returning=("task_id", "id"),
+        )
+    assert sorted(first) == [(task, "r1"), (task, "r2")]
+    async with database.transaction(write=True) as session:
+        second = await insert_rows(
+            session,
+            RUNS,
+            [run_row("r3", task, WHEN, "again"), run_row("r4", task, None, 5)],
+            unique=unique,
+            returning=("id",),
+        )
+        # NULL occurrences (ad-hoc runs) never collide; the same occurrence does.
+        assert second == [("r4",)]
+        assert (
+            await insert_rows(session, RUNS, [run_row("r5", three[1], WHEN, 1)], unique=unique)
+            == []
+        )
+    async with database.transaction() as session:
+        stored = {
+            row.id: (row.task_id, row.scheduled_for, row.result)
+            for row in await session.execute(
+                select(RUNS.c.id, RUNS.c.task_id, RUNS.c.scheduled_for, RUNS.c.result)
+            )
+        }
+    assert stored == {
+        "r1": (task, WHEN, {"a": [1, None]}),
+        "r2": (task, None, None),
+        "r4": (task, None, 5),
+        "r5": (three[1], WHEN, 1),
+    }
+
+
+async def test_insert_rows_refuses_a_column_the_table_lacks(database: Database) -> None:
+    async with database.transaction(write=True) as session:
+        with pytest.raises(KeyError):
+            await insert_rows(session, RUNS, [{"id": "x", "nope": 1}], unique=("id",))
+        assert await insert_rows(session, RUNS, [], unique=("id",)) == []
