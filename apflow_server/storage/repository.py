@@ -198,7 +198,7 @@ class TaskRepository:
 
     async def get_task_by_id(self, task_id: str) -> Task | None:
         database = await self.db()
-        async with database.transaction() as session:
+        async with database.read() as session:
             return await session.get(Task, task_id)
 
     async def require_task(self, task_id: str) -> Task:
@@ -391,7 +391,7 @@ class TaskRepository:
             .limit(limit)
         )
         database = await self.db()
-        async with database.transaction() as session:
+        async with database.read() as session:
             return list(await session.scalars(query))
 
     async def init_schedule(self, task_id: str, *, from_time: datetime | str | None = None) -> Task:

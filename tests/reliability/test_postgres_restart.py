@@ -2,8 +2,8 @@
 backs off and resumes, nothing runs twice and nothing crashes.
 
 This restarts the local cluster (`pg_ctlcluster ... restart`) and runs only where that command
-exists. Other tests open their connections afresh (pool_pre_ping), so its place in the suite
-does not matter.
+exists. Other tests open their connections afresh (and a pooled connection idle for over a
+second is pinged before use), so its place in the suite does not matter.
 """
 
 from __future__ import annotations
