@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jsonrpcserver import Error, Result, Success, async_dispatch
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -23,6 +24,7 @@ from apflow_server.api.auth import principal_of, require_user
 from apflow_server.api.methods import METHODS, CallContext, RpcMethod
 from apflow_server.api.services import Services
 from apflow_server.core.errors import ApflowError, UnauthenticatedError
+from apflow_server.storage.database import failure_reason
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +41,22 @@ def _adapter(spec: RpcMethod) -> Callable[..., Awaitable[Result]]:
             return Success(await spec.handler(context, params))
         except ApflowError as error:
             return Error(error.code, error.message, error.data)
-        except Exception:
+        except Exception as error:
+            if _database_unavailable(error):  # an outage, not a bug: no traceback
+                reason = failure_reason(error)
+                logger.warning("JSON-RPC method %s: database unavailable (%s)", spec.name, reason)
+                return Error(INTERNAL_ERROR, "Internal error", {"reason": "database unavailable"})
             logger.exception("JSON-RPC method %s failed", spec.name)
             return Error(INTERNAL_ERROR, "Internal error")
 
     return call
+
+
+def _database_unavailable(error: Exception) -> bool:
+    """The database could not be reached or dropped the connection (a restart, a failover)."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OperationalError | InterfaceError | OSError)
 
 
 def openrpc_document() -> dict[str, Any]:

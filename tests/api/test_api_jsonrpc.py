@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from api_harness import Service, ServiceFactory
 from api_support import Api, assert_field
+from sqlalchemy.exc import OperationalError
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
 MIB = 1024 * 1024
@@ -275,3 +276,25 @@ def test_an_internal_error_is_a_bare_32603_logged_with_its_traceback(
     )
     # the other methods still work
     assert proto.api.call("tasks.scheduled.list", {})["total"] == 0
+
+
+def test_a_database_outage_is_a_32603_saying_so_logged_in_one_line(
+    proto: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a bug: no traceback, and neither the SQL nor its parameters in the log."""
+    repository = proto.http.app.state.services.repository
+
+    async def unreachable(**_: Any) -> Any:
+        raise OperationalError(
+            "SELECT secret_column FROM tasks", {"token": "hunter2"}, ConnectionRefusedError(111)
+        )
+
+    monkeypatch.setattr(repository, "list_tasks", unreachable)
+    with caplog.at_level("WARNING"):
+        reply = proto.api.rpc("tasks.list", {})
+    error = single_error(reply.body, -32603)
+    assert error.get("data") == {"reason": "database unavailable"}
+    logged = [r for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is None
+    assert "hunter2" not in caplog.text and "secret_column" not in caplog.text
+    assert "hunter2" not in json.dumps(reply.body)
