@@ -35,7 +35,7 @@ from apflow_server.core.types import RunStatus
 from apflow_server.scheduler.listener import asyncpg_dsn
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task
-from apflow_server.storage.runs import RunResult, RunStore, _claimable
+from apflow_server.storage.runs import RunResult, RunStore, claim_query
 
 COLUMNS = (
     "id", "name", "status", "priority", "inputs", "params", "schemas", "dependencies",
@@ -106,12 +106,9 @@ async def main() -> None:
                 )
             async with database.transaction(write=True) as session:
                 started = time.perf_counter()
-                query = _claimable(datetime.now(UTC), None).order_by(Task.due_at)
-                rows = list(
-                    await session.scalars(
-                        query.limit(args.per_round).with_for_update(skip_locked=True)
-                    )
-                )
+                # The claim's own statement (storage/runs.py), run as claim_due runs it.
+                query = claim_query(datetime.now(UTC), None, args.per_round)
+                rows = (await session.execute(query)).all()
                 queries.append(time.perf_counter() - started)
                 assert len(rows) == args.per_round
                 await session.rollback()

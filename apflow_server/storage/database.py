@@ -106,7 +106,15 @@ class Database:
             self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=0)
             _install_sqlite_hooks(self.engine)
         elif self.dialect == "postgresql":
-            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
+            self.engine = create_async_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                # Our statements are short and prepared once. PostgreSQL's generic plan for the
+                # claim assumes a third of the table is due, which crosses jit_above_cost, and
+                # JIT-compiling it took 11 ms for a query that runs in 0.1 ms.
+                connect_args={"server_settings": {"jit": "off"}},
+            )
             _install_stale_check(self.engine)
         else:
             raise DatabaseError(

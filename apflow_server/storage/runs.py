@@ -218,15 +218,17 @@ class RunResult:
     attempt: int = 1
 
 
-def _claimable(now: datetime, user_id: str | None) -> Select[Any]:
-    """Due schedules a scheduler may act on now. A running task is left alone (what came due
+def claim_query(now: datetime, user_id: str | None, limit: int) -> Select[Any]:
+    """The due schedules a scheduler may act on now, oldest first, locked: the rows another
+    scheduler holds are skipped, not waited for. A running task is left alone (what came due
     meanwhile is settled when its run ends) unless its policy is to cancel the running one."""
-    return due_filter(states_query(definition=True), now, user_id).where(
+    claimable = due_filter(states_query(definition=True), now, user_id).where(
         or_(
             TASKS.c.status != IN_PROGRESS,
             TASKS.c.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value,
         )
     )
+    return claimable.order_by(TASKS.c.due_at).limit(limit).with_for_update(skip_locked=True)
 
 
 class RunStore:
@@ -258,10 +260,7 @@ class RunStore:
         now = self.clock()
         claimed: list[ClaimedRun] = []
         async with self.database.transaction(write=True) as session:
-            due = _claimable(now, user_id).order_by(TASKS.c.due_at).limit(limit)
-            loaded = await load_states(
-                session, due.with_for_update(skip_locked=True), definition=True
-            )
+            loaded = await load_states(session, claim_query(now, user_id, limit), definition=True)
             claimed = await self._settle(session, loaded, now)
             room = limit - len(claimed)
             if room > 0:

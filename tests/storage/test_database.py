@@ -88,3 +88,16 @@ async def test_a_busy_connection_is_not_pinged_and_a_death_costs_one_statement(
             assert await session.scalar(BACKEND) != pid
     finally:
         await database.dispose()
+
+
+async def test_postgresql_sessions_run_without_jit(postgres_url: str) -> None:
+    """The claim's generic plan estimates a third of the table due; with JIT on, PostgreSQL
+    compiled it on every run (11 ms for a 0.1 ms query)."""
+    database = Database(postgres_url)
+    try:
+        async with database.read() as session:
+            assert await session.scalar(text("SHOW jit")) == "off"
+        async with database.transaction(write=True) as session:
+            assert await session.scalar(text("SHOW jit")) == "off"
+    finally:
+        await database.dispose()
