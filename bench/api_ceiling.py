@@ -6,8 +6,9 @@ JSON-RPC envelope. Served like `apflow serve`: one uvicorn worker, same uvicorn 
     APFLOW_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/DB \\
         .venv/bin/python -m uvicorn api_ceiling:app --app-dir bench --port 8001 --log-level warning
 
-CEILING_PRE_PING=1 turns on pool_pre_ping (apflow's engine has it on) for the diagnosis in
-docs/benchmarks-api-peers.md; off by default, since the ceiling does the least work possible.
+CEILING_PRE_PING=1 turns on pool_pre_ping (a ping on every checkout; apflow pings only
+connections idle for over a second) for diagnosis; off by default, since the ceiling does the
+least work possible.
 """
 
 from __future__ import annotations
