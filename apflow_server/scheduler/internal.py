@@ -370,7 +370,10 @@ class InternalScheduler:
                         )
                         return
                     outcome = RunResult(RunStatus.CANCELLED, None, "the scheduler stopped")
-                    await asyncio.shield(self._finish(current, outcome))
+                    # Recorded here, not through the finisher: when asyncio.run tears down
+                    # (Ctrl-C without stop()), the finisher is being cancelled too and would
+                    # never answer, and the process would hang.
+                    await asyncio.shield(self._record_batch([(current, outcome)]))
                     self._settle_outcome(current.run_id, outcome)
                     raise
                 except TRANSIENT_ERRORS as exc:  # the database went away while loading the tree

@@ -10,6 +10,9 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+TESTS = Path(__file__).resolve().parent.parent
 
 GUIDE_EXAMPLE = """
 import asyncio
@@ -78,3 +81,44 @@ def test_the_guide_example_runs_a_users_task(tmp_path: Path) -> None:
     mine_id, other_id = json.loads(mine)["id"], json.loads(other)["id"]
     assert f"Task {mine_id}: completed" in out, (out, err)
     assert other_id not in out  # the user filter
+
+
+def test_the_guide_example_exits_on_ctrl_c_while_a_run_is_executing(tmp_path: Path) -> None:
+    """Ctrl-C in the guide's loop cancels every task at once, the finisher included (the
+    example's `except KeyboardInterrupt` never sees it: asyncio turns it into cancellation).
+    The running run must still be recorded, as cancelled, and the process must exit."""
+    env = {**os.environ, "APFLOW_HOME": str(tmp_path)}
+    env.pop("APFLOW_DATABASE_URL", None)
+    apflow = str(Path(sys.executable).with_name("apflow"))
+
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            [apflow, *args, "-f", "json"], env=env, capture_output=True, text=True, check=True
+        )
+        return json.loads(done.stdout)
+
+    due = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    task = cli(
+        "tasks", "create", "--name", "long", "--user-id", "user123", "--executor", "test_sleep",
+        "--inputs", '{"seconds": 60}', "--schedule-type", "once",
+        "--schedule-expression", due, "--schedule-enabled",
+    )  # fmt: skip
+    registers_test_executors = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import support\n"
+    example = subprocess.Popen(
+        [sys.executable, "-c", registers_test_executors + GUIDE_EXAMPLE],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while cli("tasks", "get", task["id"])["status"] != "in_progress":
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+    finally:
+        example.send_signal(signal.SIGINT)
+        _, err = example.communicate(timeout=20)
+    runs = cli("tasks", "runs", task["id"])["items"]
+    assert [run["status"] for run in runs] == ["cancelled"], (runs, err[-2000:])
+    assert cli("tasks", "get", task["id"])["status"] == "cancelled"
