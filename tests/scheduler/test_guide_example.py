@@ -51,6 +51,11 @@ asyncio.run(main())
 """
 
 
+# Ctrl-C as in a terminal: a process started in the background by a non-interactive shell
+# (as CI may start the suite) inherits SIGINT ignored, and Python then leaves it ignored.
+AS_FROM_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def test_the_guide_example_runs_a_users_task(tmp_path: Path) -> None:
     env = {**os.environ, "APFLOW_HOME": str(tmp_path)}
     env.pop("APFLOW_DATABASE_URL", None)
@@ -67,7 +72,7 @@ def test_the_guide_example_runs_a_users_task(tmp_path: Path) -> None:
 
     mine, other = create("user123"), create("someone-else")
     example = subprocess.Popen(
-        [sys.executable, "-c", GUIDE_EXAMPLE],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL + GUIDE_EXAMPLE],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -77,7 +82,10 @@ def test_the_guide_example_runs_a_users_task(tmp_path: Path) -> None:
         time.sleep(6)
     finally:
         example.send_signal(signal.SIGINT)
-        out, err = example.communicate(timeout=30)
+        try:
+            out, err = example.communicate(timeout=30)
+        finally:
+            example.kill()
     mine_id, other_id = json.loads(mine)["id"], json.loads(other)["id"]
     assert f"Task {mine_id}: completed" in out, (out, err)
     assert other_id not in out  # the user filter
@@ -105,7 +113,7 @@ def test_the_guide_example_exits_on_ctrl_c_while_a_run_is_executing(tmp_path: Pa
     )  # fmt: skip
     registers_test_executors = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import support\n"
     example = subprocess.Popen(
-        [sys.executable, "-c", registers_test_executors + GUIDE_EXAMPLE],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL + registers_test_executors + GUIDE_EXAMPLE],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -118,7 +126,10 @@ def test_the_guide_example_exits_on_ctrl_c_while_a_run_is_executing(tmp_path: Pa
             time.sleep(0.2)
     finally:
         example.send_signal(signal.SIGINT)
-        _, err = example.communicate(timeout=20)
+        try:
+            _, err = example.communicate(timeout=20)
+        finally:
+            example.kill()
     runs = cli("tasks", "runs", task["id"])["items"]
     assert [run["status"] for run in runs] == ["cancelled"], (runs, err[-2000:])
     assert cli("tasks", "get", task["id"])["status"] == "cancelled"
