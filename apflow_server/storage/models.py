@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -206,6 +207,10 @@ class FeedKey(Base):
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
 
+
+# The tables themselves, for Core statements (claiming, batches, filters shared with the ORM).
+TASKS = cast(Table, Task.__table__)
+RUNS = cast(Table, TaskRun.__table__)
 
 TASK_FIELDS = (
     "id",

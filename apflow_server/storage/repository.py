@@ -37,7 +37,7 @@ from apflow_server.schedules.plan import (
     set_next_run,
 )
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import Task, TaskRun
+from apflow_server.storage.models import TASKS, Task, TaskRun
 from apflow_server.storage.signals import schedule_write
 
 MAX_PAGE = 1000
@@ -593,7 +593,7 @@ def due_filter(query: Select[Any], cutoff: datetime, user_id: str | None) -> Sel
     ix_tasks_due (ix_tasks_user_due with a user): `schedule_enabled` and `due_at` lead.
     Written as the bare column (`WHERE schedule_enabled`; `= 1` on SQLite), not `IS true`,
     which PostgreSQL cannot match to the index predicate: it scanned the whole table."""
-    tasks = Task.__table__.c  # table columns: the filter serves ORM and Core selects alike
+    tasks = TASKS.c  # table columns: the filter serves ORM and Core selects alike
     query = query.where(
         tasks.schedule_enabled,
         tasks.due_at <= cutoff,

@@ -26,9 +26,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
@@ -44,7 +44,7 @@ from apflow_server.schedules import Schedule
 from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_of, set_next_run
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import Task, TaskRun
+from apflow_server.storage.models import RUNS, TASKS, Task, TaskRun
 from apflow_server.storage.repository import due_filter, prune_runs, utcnow
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
@@ -114,8 +114,6 @@ class TaskState:
     snapshot: TaskSnapshot | None = None
 
 
-TASKS = cast(Table, Task.__table__)
-RUNS = cast(Table, TaskRun.__table__)
 STATE_COLUMNS = tuple(f.name for f in fields(TaskState) if f.name != "snapshot")
 DEFINITION_COLUMNS = ("name", "priority", "inputs", "params", "schemas", "dependencies")
 # What the run lifecycle changes on a task; everything else is the user's to edit.

@@ -56,6 +56,15 @@ asyncio.run(main())
 AS_FROM_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
 
 
+def press_ctrl_c(example: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Ctrl-C, then the example's output once it exits; it is killed if it outlives the wait."""
+    example.send_signal(signal.SIGINT)
+    try:
+        return example.communicate(timeout=timeout)
+    finally:
+        example.kill()
+
+
 def test_the_guide_example_runs_a_users_task(tmp_path: Path) -> None:
     env = {**os.environ, "APFLOW_HOME": str(tmp_path)}
     env.pop("APFLOW_DATABASE_URL", None)
@@ -81,11 +90,7 @@ def test_the_guide_example_runs_a_users_task(tmp_path: Path) -> None:
     try:
         time.sleep(6)
     finally:
-        example.send_signal(signal.SIGINT)
-        try:
-            out, err = example.communicate(timeout=30)
-        finally:
-            example.kill()
+        out, err = press_ctrl_c(example, timeout=30)
     mine_id, other_id = json.loads(mine)["id"], json.loads(other)["id"]
     assert f"Task {mine_id}: completed" in out, (out, err)
     assert other_id not in out  # the user filter
@@ -125,11 +130,7 @@ def test_the_guide_example_exits_on_ctrl_c_while_a_run_is_executing(tmp_path: Pa
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.2)
     finally:
-        example.send_signal(signal.SIGINT)
-        try:
-            _, err = example.communicate(timeout=20)
-        finally:
-            example.kill()
+        _, err = press_ctrl_c(example, timeout=20)
     runs = cli("tasks", "runs", task["id"])["items"]
     assert [run["status"] for run in runs] == ["cancelled"], (runs, err[-2000:])
     assert cli("tasks", "get", task["id"])["status"] == "cancelled"

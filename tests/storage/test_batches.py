@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from sqlalchemy import Table, select
+from sqlalchemy import select
 
 from apflow_server.config import Settings
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import Task, TaskRun
+from apflow_server.storage.models import RUNS, TASKS
 from apflow_server.storage.repository import TaskRepository
 
-TASKS = cast(Table, Task.__table__)
-RUNS = cast(Table, TaskRun.__table__)
 WHEN = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
 
 
