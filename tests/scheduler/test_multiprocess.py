@@ -62,7 +62,11 @@ async def test_three_processes_fire_every_occurrence_exactly_once(
     twice = [key for key, count in per_occurrence.items() if count > 1]
     assert twice == [], f"executed more than once: {twice[:5]}"
     assert stuck == []
-    assert len({pid for *_, pid in executions}) == 3, "every process should have done work"
+    workers = len({pid for *_, pid in executions})
+    # SQLite serialises writers (BEGIN IMMEDIATE): since claims got fast, one process can win
+    # every turn on a loaded machine. Exactly once holds either way; sharing the work is a
+    # PostgreSQL claim (SKIP LOCKED), asserted there.
+    assert workers == 3 or (workers >= 1 and "sqlite" in shared_url), "a process did no work"
 
     history = Counter((row.task_id, row.scheduled_for) for row in rows)
     assert max(history.values()) == 1
