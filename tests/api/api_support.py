@@ -97,8 +97,9 @@ def bearer(value: str) -> dict[str, str]:
 
 
 def signature(secret: str, timestamp: int | str, task_id: str, body: bytes = b"") -> str:
-    """SPEC §7: lowercase hex HMAC-SHA256(secret, "{timestamp}.{task_id}.{raw body}")."""
-    message = f"{timestamp}.{task_id}.".encode() + body
+    """Lowercase hex HMAC-SHA256(secret, "{timestamp}.{task_id}.{raw body}"), where a task
+    id that holds a dot is written with each "." as "%2E" (ids never hold "%")."""
+    message = f"{timestamp}.{task_id.replace('.', '%2E')}.".encode() + body
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 

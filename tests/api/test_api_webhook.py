@@ -397,6 +397,20 @@ def test_bad_signatures_are_401(make_service: ServiceFactory, case: str) -> None
     assert history(service, task["id"]) == []
 
 
+def test_a_signature_for_a_dotted_id_does_not_open_its_prefix(locked: Service) -> None:
+    """Task ids may contain dots: the signature of (task "x.y", empty body) must not also be
+    the signature of (task "x", body "y.") — the ids are chosen so the signed texts would be
+    byte for byte the same if the id were written as it is."""
+    dotted = make_task(locked, id="x.y")
+    prefix = make_task(locked, id="x")
+    headers = signed_headers(dotted["id"], b"")
+    forged = locked.api.webhook(prefix["id"], body=b"y.", headers=headers)
+    assert forged.status == 401
+    assert history(locked, prefix["id"]) == []
+    # the dotted id itself is signed as "{ts}.x%2Ey.{body}" and accepted
+    assert locked.api.webhook(dotted["id"], body=b"", headers=headers).status == 202
+
+
 def test_a_timestamp_within_the_tolerance_is_accepted(make_service: ServiceFactory) -> None:
     service = make_service(
         jwt_secret=JWT_SECRET, webhook_secret=WEBHOOK_SECRET, webhook_tolerance_seconds=60

@@ -123,7 +123,8 @@ def snippet_signature(shell: str, timestamp: int, env: dict[str, str]) -> subpro
 
 @needs_openssl
 @pytest.mark.parametrize(
-    "task_id", [TASK, "report 'daily' $HOME `id` \"x\" ;&|", "üñí-cødé", "100%-done"]
+    "task_id",
+    [TASK, "report 'daily' $HOME `id` \"x\" ;&|", "üñí-cødé", "100%-done", "nightly.backup"],
 )
 def test_the_shell_snippet_signs_as_the_server_verifies(task_id: str) -> None:
     shell = generate_webhook_url(task_id, "http://h", include_signature=True)["shell"]

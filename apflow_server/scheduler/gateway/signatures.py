@@ -1,6 +1,13 @@
-"""HMAC signatures of webhook triggers (SPEC §7). Pure: no I/O, no clock of its own.
+"""HMAC signatures of webhook triggers. Pure: no I/O, no clock of its own.
 
 signature = lowercase hex HMAC-SHA256(secret, "{timestamp}.{task_id}.{raw body}")
+
+The task id is written as `signed_task_id(task_id)`: unchanged for ids without a dot, which is
+nearly every id (uuid4 by default), and with each `.` written `%2E` otherwise. Without that, a
+signature would not say where the id ends: `"{ts}.x.y."` signs both task `x.y` with an empty
+body and task `x` with the body `y.`. After the rewrite the id holds no dot, so the first dot
+after the timestamp always ends it. Task ids never contain `%` (their alphabet is letters,
+digits and `_ . : -`), so no id without a dot can collide with a rewritten one.
 """
 
 from __future__ import annotations
@@ -22,8 +29,15 @@ class SignatureError(Exception):
         self.reason = reason
 
 
+def signed_task_id(task_id: str) -> str:
+    """The task id as the signed content spells it (see the module docstring)."""
+    if "." not in task_id and "%" not in task_id:
+        return task_id
+    return task_id.replace("%", "%25").replace(".", "%2E")
+
+
 def sign(secret: str, timestamp: str | int, task_id: str, body: bytes = b"") -> str:
-    message = f"{timestamp}.{task_id}.".encode() + body
+    message = f"{timestamp}.{signed_task_id(task_id)}.".encode() + body
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 

@@ -2,7 +2,8 @@
 
 `POST {base}/webhook/trigger/{task_id}` starts a run; with APFLOW_WEBHOOK_SECRET set on the
 server, the request carries `X-Webhook-Timestamp` (unix seconds) and `X-Webhook-Signature`
-(lowercase hex HMAC-SHA256 of `"{timestamp}.{task_id}.{body}"` with the secret), the
+(lowercase hex HMAC-SHA256 of `"{timestamp}.{task_id}.{body}"` with the secret, a dot in the
+id written `%2E`: see `signatures.signed_task_id`), the
 timestamp must be recent (APFLOW_WEBHOOK_TOLERANCE_SECONDS, default 300) and each signature
 is accepted once. The generators here therefore never write a signature down: a crontab line
 or a Kubernetes Job computes it when it runs, from a secret it reads from its environment.
@@ -33,7 +34,13 @@ from apflow_server.core.errors import ValidationError
 from apflow_server.schedules.timezones import get_zone
 from apflow_server.schedules.to_cron import CronConversionError, CronTarget, to_cron
 
-from .signatures import ALGORITHM, SIGNATURE_HEADER, SIGNED_CONTENT, TIMESTAMP_HEADER
+from .signatures import (
+    ALGORITHM,
+    SIGNATURE_HEADER,
+    SIGNED_CONTENT,
+    TIMESTAMP_HEADER,
+    signed_task_id,
+)
 
 if TYPE_CHECKING:
     from apflow_server.config import Settings
@@ -130,7 +137,7 @@ def signing_statements(task_id: str, secret_env: str = DEFAULT_SECRET_ENV) -> li
     return [
         f': "${{{secret_env}:?is not set}}"',
         "ts=$(date +%s)",
-        f"sig=$(printf '%s.%s.' \"$ts\" {shlex.quote(task_id)}"
+        f"sig=$(printf '%s.%s.' \"$ts\" {shlex.quote(signed_task_id(task_id))}"
         f" | openssl dgst -sha256 -hmac \"${secret_env}\" | sed 's/^.* //')",
     ]
 
@@ -359,7 +366,7 @@ def generate_kubernetes_cronjob(
                         "name": "APFLOW_WEBHOOK_SECRET",
                         "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}},
                     },
-                    {"name": "APFLOW_TASK_ID", "value": task_id},
+                    {"name": "APFLOW_TASK_ID", "value": signed_task_id(task_id)},
                     {"name": "APFLOW_HEADERS_FILE", "value": HEADERS_FILE},
                     {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
                 ],
