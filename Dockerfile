@@ -1,6 +1,7 @@
 # apflow-server: the JSON-RPC service with its internal scheduler.
 #   docker build -t apflow-server .
-#   docker run -p 8000:8000 -e APFLOW_JWT_SECRET=... -e APFLOW_DATABASE_URL=postgresql://... apflow-server
+#   docker run -p 8000:8000 -e APFLOW_JWT_SECRET=... -e APFLOW_ALLOWED_HOSTS=apflow.example.com \
+#     -e APFLOW_DATABASE_URL=postgresql://... apflow-server
 # Without APFLOW_DATABASE_URL it uses a SQLite file under APFLOW_HOME (mount a volume there).
 
 FROM python:3.11-slim AS build
@@ -21,5 +22,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 # Migrations run at start (serialised between replicas by a database lock). A public bind
-# needs APFLOW_JWT_SECRET: without it the server refuses to start.
+# needs APFLOW_JWT_SECRET and APFLOW_ALLOWED_HOSTS (the names clients use): without them the
+# server refuses to start. /healthz and /readyz answer any Host, for probes.
 CMD ["apflow", "serve", "--migrate", "--host", "0.0.0.0", "--port", "8000"]

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -58,6 +59,15 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
         except ValueError:
             raise ConfigError(f"{name}: {item!r} is not an address or CIDR range") from None
     return tuple(networks)
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = _list(env, name)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"}:
+            raise ConfigError(f"{name}: {origin!r} is not an origin such as https://app.example")
+    return origins
 
 
 def load_config_file(home: Path) -> dict[str, Any]:
@@ -110,6 +120,14 @@ class Settings:
     webhook_rate_limit: int = 0
     rate_limit_storage: str = "memory://"
     max_body_bytes: int = 1024 * 1024
+    # Bounds on one JSON-RPC request: members of a batch, bytes of the reply, compute seconds.
+    max_batch: int = 100
+    max_response_bytes: int = 16 * 1024 * 1024
+    max_compute_seconds: int = 2
+    # Host names the HTTP service answers to (None: the loopback names; see api/browsers.py)
+    # and the web origins allowed to call it from a browser (CORS; none by default).
+    allowed_hosts: tuple[str, ...] | None = None
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def auth_enabled(self) -> bool:
@@ -157,4 +175,9 @@ class Settings:
             trusted_proxies=_networks(env, "APFLOW_TRUSTED_PROXIES"),
             webhook_rate_limit=_int(env, "APFLOW_WEBHOOK_RATE_LIMIT", 0),
             rate_limit_storage=env.get("APFLOW_RATE_LIMIT_STORAGE") or "memory://",
+            max_batch=_int(env, "APFLOW_MAX_BATCH", 100, minimum=1),
+            max_response_bytes=_int(env, "APFLOW_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, 65536),
+            max_compute_seconds=_int(env, "APFLOW_MAX_COMPUTE_SECONDS", 2, minimum=1),
+            allowed_hosts=_list(env, "APFLOW_ALLOWED_HOSTS") or None,
+            cors_origins=_origins(env, "APFLOW_CORS_ORIGINS"),
         )

@@ -12,19 +12,19 @@ from typing import Any
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Scope
 
 from apflow_server.api.auth import JWTMiddleware
+from apflow_server.api.browsers import LOOPBACK_HOSTS, HostCheck, OriginCheck
 from apflow_server.api.calendar import ical_feed
 from apflow_server.api.metrics import Metrics
-from apflow_server.api.rpc import rpc_endpoint, rpc_error
+from apflow_server.api.rpc import rpc_endpoint
 from apflow_server.api.services import Services
 from apflow_server.api.webhook import WebhookRateLimit, webhook_trigger
 from apflow_server.config import Settings
-from apflow_server.core.errors import UnauthenticatedError
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.storage.database import Database
@@ -71,6 +71,25 @@ async def metrics(request: Request) -> Response:
     return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+def middleware(settings: Settings) -> list[Middleware]:
+    """Outermost first: the Host check, CORS (only when origins are listed), the Origin check
+    for state-changing requests, then the bearer token (see browsers.py and auth.py)."""
+    stack = [Middleware(HostCheck, allowed_hosts=settings.allowed_hosts or LOOPBACK_HOSTS)]
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+                max_age=600,
+            )
+        )
+    stack.append(Middleware(OriginCheck, allowed_origins=settings.cors_origins))
+    stack.append(Middleware(JWTMiddleware, settings=settings))
+    return stack
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -106,15 +125,6 @@ def create_app(
             await scheduler.stop()
             await database.dispose()
 
-    def refused(scope: Scope, error: UnauthenticatedError) -> Response:
-        path = scope.get("path", "")
-        if path.startswith("/tasks"):
-            return rpc_error(error.code, error.message, status=401)
-        if path.startswith("/webhook/"):
-            metrics_registry.webhook_refusals.labels(reason="bad_token").inc()
-            return JSONResponse({"success": False, "error": error.message}, status_code=401)
-        return JSONResponse({"error": error.message}, status_code=401)
-
     async def internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error"}, status_code=500)
@@ -129,7 +139,7 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
-        middleware=[Middleware(JWTMiddleware, settings=settings, on_refused=refused)],
+        middleware=middleware(settings),
         exception_handlers={Exception: internal_error},
         lifespan=lifespan,
     )

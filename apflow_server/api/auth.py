@@ -87,41 +87,44 @@ def bearer_token(connection: HTTPConnection) -> str | None:
 class JWTMiddleware:
     """Verifies a bearer token on every request that carries one.
 
-    The verified Principal (or None) is put in `scope["state"]["principal"]`; an invalid token
-    is answered with 401 at once. Endpoints decide whether a principal is required.
+    The verified Principal (or None) is put in `scope["state"]["principal"]`; an invalid
+    token's error goes to `scope["state"]["auth_error"]`, and `principal_of` raises it. The
+    middleware does not answer by itself: the webhook route first counts the request against
+    its rate limit and checks the IP allowlist, then asks for the principal (and gets the 401).
+    Every endpoint that acts for a caller asks, so an invalid token never falls through to
+    another layer.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings, on_refused: Any) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.on_refused = on_refused  # (scope, UnauthenticatedError) -> ASGI response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        connection = HTTPConnection(scope)
-        principal: Principal | None = None
-        try:
-            token = bearer_token(connection)
-            if token is not None:
-                principal = decode_token(token, self.settings)
-        except UnauthenticatedError as error:
-            response = self.on_refused(scope, error)
-            await response(scope, receive, send)
-            return
-        scope.setdefault("state", {})["principal"] = principal
+        if scope["type"] == "http":
+            state = scope.setdefault("state", {})
+            state["principal"], state["auth_error"] = None, None
+            try:
+                token = bearer_token(HTTPConnection(scope))
+                if token is not None:
+                    state["principal"] = decode_token(token, self.settings)
+            except UnauthenticatedError as error:
+                state["auth_error"] = error
         await self.app(scope, receive, send)
 
 
 def principal_of(connection: HTTPConnection) -> Principal | None:
-    principal: Principal | None = connection.scope.get("state", {}).get("principal")
+    """The caller's verified identity (None: no token); raises the 401 of an invalid token."""
+    state = connection.scope.get("state", {})
+    error: UnauthenticatedError | None = state.get("auth_error")
+    if error is not None:
+        raise error
+    principal: Principal | None = state.get("principal")
     return principal
 
 
 def require_user(principal: Principal | None, settings: Settings) -> Principal | None:
-    """With a JWT secret configured, a request must carry a valid token (SPEC §7: JWT is on
-    when a secret is configured); without one, anyone may call."""
+    """With a JWT secret configured, a request must carry a valid token (JWT is on when a
+    secret is configured); without one, anyone may call."""
     if principal is None and settings.jwt_secret:
         raise UnauthenticatedError("authentication required: send Authorization: Bearer <jwt>")
     return principal

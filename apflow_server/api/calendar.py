@@ -8,7 +8,6 @@ from the tasks it shows, and an unchanged feed is a bodyless 304.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -19,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from apflow_server.api.auth import Principal, decode_token, principal_of
 from apflow_server.api.services import Services
+from apflow_server.core.compute import off_loop
 from apflow_server.core.errors import ApflowError, ForbiddenError, UnauthenticatedError
 from apflow_server.scheduler.gateway.ical import ICalExporter
 from apflow_server.storage import feed_keys
@@ -86,7 +86,7 @@ async def ical_feed(request: Request) -> Response:
     if _not_modified(request, etag, modified):
         return Response(status_code=304, headers=headers)
     # DTSTAMP is the feed's Last-Modified, so an unchanged feed is byte-for-byte the same.
-    body = await asyncio.to_thread(exporter.render, tasks, modified)
+    body = await off_loop(exporter.render, tasks, modified)
     return Response(body, media_type="text/calendar; charset=utf-8", headers=headers)
 
 

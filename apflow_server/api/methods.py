@@ -3,18 +3,18 @@ published by `rpc.discover`), its result schema and its handler."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from apflow_server.api.auth import Principal
+from apflow_server.api.auth import Principal, check_owner
 from apflow_server.api.services import Services
-from apflow_server.core.errors import ForbiddenError, ValidationError
+from apflow_server.core.compute import UNLIMITED, Budget, off_loop
+from apflow_server.core.errors import ApflowError, ForbiddenError, ValidationError
 from apflow_server.core.task_fields import SCHEDULE_FIELDS, parse_instant
 from apflow_server.core.types import RunTrigger
-from apflow_server.storage.models import run_to_dict, task_to_dict
+from apflow_server.storage.models import Task, run_to_dict, task_to_dict
 from apflow_server.storage.repository import Page
 
 # ---------------------------------------------------------------------- declarations
@@ -45,6 +45,10 @@ class Param:
 class CallContext:
     services: Services
     principal: Principal | None  # None: authentication is off
+    # The compute time this HTTP request may use, shared by the calls of a batch.
+    budget: Budget = UNLIMITED
+    # The webhook route's rate limit and IP allowlist, for tasks.webhook.trigger.
+    admit_webhook: Callable[[], ApflowError | None] | None = None
 
     def user_scope(self, requested: Any) -> str | None:
         """The user filter a listing may use: anyone's for admins (and with auth off),
@@ -167,7 +171,14 @@ async def create(ctx: CallContext, params: dict[str, Any]) -> Any:
         parent_id = specs[0].get("parent_id")
         if isinstance(parent_id, str):
             await ctx.services.task_for(parent_id, principal)
-    tasks = await ctx.services.repository.create_tasks(specs)
+
+    def check_parent(parent: Task) -> None:
+        # In every form (one task, an array, {"tasks": [...]}): a tree may hang only under a
+        # task the caller owns, and is refused before its dependencies are resolved against
+        # that task's children, so a refusal reveals none of their ids.
+        check_owner(principal, parent.user_id, "parent task")
+
+    tasks = await ctx.services.repository.create_tasks(specs, check_parent=check_parent)
     if batch is None:
         return task_to_dict(tasks[0])
     return {"tasks": [task_to_dict(task) for task in tasks]}
@@ -295,12 +306,16 @@ async def scheduled_preview(ctx: CallContext, params: dict[str, Any]) -> Any:
     after = params.pop("after", None)
     fields = {key: value for key, value in params.items() if value is not None}
     fires = await ctx.services.repository.preview_schedule(
-        task_id=task_id, count=count, after=after, **fields
+        task_id=task_id, count=count, after=after, budget=ctx.budget, **fields
     )
     return {"fire_times": [fire.isoformat() for fire in fires]}
 
 
 async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
+    if ctx.admit_webhook is not None:
+        refused = ctx.admit_webhook()
+        if refused is not None:
+            raise refused
     asynchronous = params.get("async_execution")
     scheduled_for: datetime | None = params.get("scheduled_for")
     return await ctx.services.trigger(
@@ -326,7 +341,7 @@ async def export_ical(ctx: CallContext, params: dict[str, Any]) -> Any:
         enabled_only=True if enabled_only is None else enabled_only,
         limit=params.get("limit", 1000),
     )
-    content = await asyncio.to_thread(exporter.render, tasks)
+    content = await off_loop(exporter.render, tasks)
     return {"ical_content": content, "task_count": len(tasks)}
 
 

@@ -20,10 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from apflow_server import __version__
-from apflow_server.api.auth import principal_of, require_user
+from apflow_server.api import admission
+from apflow_server.api.auth import client_address, principal_of, require_user
 from apflow_server.api.methods import METHODS, CallContext, RpcMethod
 from apflow_server.api.services import Services
-from apflow_server.core.errors import ApflowError, UnauthenticatedError
+from apflow_server.core.compute import Budget
+from apflow_server.core.errors import ApflowError, UnauthenticatedError, ValidationError
+from apflow_server.core.task_fields import find_invalid_text
 from apflow_server.storage.database import failure_reason
 
 logger = logging.getLogger(__name__)
@@ -31,12 +34,20 @@ logger = logging.getLogger(__name__)
 INTERNAL_ERROR = -32603
 ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
 INVALID_REQUEST = -32600
+INVALID_TEXT = "must be valid Unicode text (a lone UTF-16 surrogate such as \\ud800 is not)"
 HTTP_STATUS = {UnauthenticatedError.code: 401, -32029: 429}
 
 
 def _adapter(spec: RpcMethod) -> Callable[..., Awaitable[Result]]:
     async def call(context: CallContext, /, *args: Any, **kwargs: Any) -> Result:
         try:
+            invalid = (
+                find_invalid_text(list(args), spec.array_param or "params")
+                if args
+                else find_invalid_text(kwargs, "")
+            )
+            if invalid is not None:
+                raise ValidationError(invalid, INVALID_TEXT)
             params = spec.bind(args, kwargs)
             return Success(await spec.handler(context, params))
         except ApflowError as error:
@@ -135,21 +146,42 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def is_json(content_type: str | None) -> bool:
+    """`application/json`, with or without parameters (charset)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
 async def rpc_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
-    body = await read_body(request, services.settings.max_body_bytes)
+    settings = services.settings
+    # Only JSON: a web page can send text/plain or a form to any address without asking
+    # (no CORS preflight), but not application/json.
+    if not is_json(request.headers.get("content-type")):
+        return rpc_error(
+            INVALID_REQUEST, "send the request as Content-Type: application/json", status=415
+        )
+    body = await read_body(request, settings.max_body_bytes)
     if body is None:
-        limit = services.settings.max_body_bytes
+        limit = settings.max_body_bytes
         return rpc_error(INVALID_REQUEST, f"request body exceeds {limit} bytes", status=413)
     try:
-        principal = require_user(principal_of(request), services.settings)
+        principal = require_user(principal_of(request), settings)
     except UnauthenticatedError as error:
         return rpc_error(error.code, error.message, status=401)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return rpc_error(-32700, "Parse error", "the body is not UTF-8")
-    context = CallContext(services, principal)
+    client_ip = client_address(request, settings.trusted_proxies)
+    context = CallContext(
+        services,
+        principal,
+        budget=Budget(settings.max_compute_seconds),
+        admit_webhook=lambda: admission.refusal(
+            request.app.state.webhook_rate_limit, settings, client_ip
+        ),
+    )
     answer = await dispatch(text, context)
     if not answer:  # only notifications
         return Response(status_code=204)
@@ -180,16 +212,33 @@ def validate_envelope(request: Any) -> Any:
 async def dispatch(text: str, context: CallContext) -> str:
     """Dispatch a request or a batch. A batch is dispatched member by member, so one invalid
     member gets its own -32600 answer instead of refusing the whole batch (JSON-RPC 2.0 §6;
-    jsonrpcserver would validate the batch as one)."""
+    jsonrpcserver would validate the batch as one). A batch holds at most `max_batch`
+    members, and replies stop growing at `max_response_bytes`."""
+    settings = context.services.settings
     try:
         parsed = json.loads(text)
     except (ValueError, RecursionError):
         parsed = None
     if not isinstance(parsed, list) or not parsed:
-        return str(
+        answer = str(
             await async_dispatch(
                 text, methods=DISPATCH_TABLE, context=context, validator=validate_envelope
             )
+        )
+        if len(answer) > settings.max_response_bytes and isinstance(parsed, dict):
+            return _too_large(parsed, settings.max_response_bytes)
+        return answer
+    if len(parsed) > settings.max_batch:
+        return json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "error": {
+                    "code": INVALID_REQUEST,
+                    "message": f"a batch may hold at most {settings.max_batch} requests",
+                    "data": {"max_batch": settings.max_batch},
+                },
+                "id": None,
+            }
         )
 
     async def one(member: Any) -> str:
@@ -211,8 +260,30 @@ async def dispatch(text: str, context: CallContext) -> str:
         )
 
     answers = await asyncio.gather(*(one(member) for member in parsed))
-    replies = [answer for answer in answers if answer]
+    replies, size = [], 0
+    for member, answer in zip(parsed, answers, strict=True):
+        if not answer:  # a notification
+            continue
+        if size + len(answer) > settings.max_response_bytes:
+            answer = _too_large(member, settings.max_response_bytes)
+        size += len(answer)
+        replies.append(answer)
     return "[" + ",".join(replies) + "]" if replies else ""
+
+
+def _too_large(request: Any, limit: int) -> str:
+    """The answer to a request whose reply would pass the size limit (of the whole batch)."""
+    identifier = request.get("id") if isinstance(request, dict) else None
+    params = request.get("params") if isinstance(request, dict) else None
+    field = "limit" if isinstance(params, dict) and "limit" in params else "params"
+    message = f"the reply would exceed {limit} bytes; ask for less"
+    return json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "error": {"code": -32602, "message": message, "data": {"field": field}},
+            "id": identifier if isinstance(identifier, str | int | float) else None,
+        }
+    )
 
 
 def _status_of(answer: str) -> int:

@@ -1,7 +1,8 @@
 """POST /webhook/trigger/{task_id}: the REST gateway for external schedulers (SPEC §6, §7).
 
 Every request is counted by the per-address rate limit first (refused ones too, so guessing
-credentials is throttled), then the IP allowlist applies, then authentication in this order,
+credentials is throttled; see admission.py), then the IP allowlist applies, then
+authentication in this order,
 each layer final once it answers: (1) a bearer JWT, (2) the registered verify hook, (3) the
 HMAC signature when APFLOW_WEBHOOK_SECRET is set. With authentication on and no layer
 accepting, the request is refused.
@@ -17,11 +18,17 @@ from slowapi import Limiter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from apflow_server.api.auth import Principal, address_allowed, client_address, principal_of
+from apflow_server.api import admission
+from apflow_server.api.auth import Principal, client_address, principal_of
 from apflow_server.api.rpc import read_body
 from apflow_server.api.services import Services
 from apflow_server.config import Settings
-from apflow_server.core.errors import ApflowError, UnauthenticatedError, ValidationError
+from apflow_server.core.errors import (
+    ApflowError,
+    RateLimitedError,
+    UnauthenticatedError,
+    ValidationError,
+)
 from apflow_server.core.types import RunTrigger, WebhookVerifyContext
 from apflow_server.scheduler.gateway import hooks, signatures
 from apflow_server.storage import replays
@@ -60,7 +67,10 @@ async def authenticate(
     request: Request, services: Services, task_id: str, body: bytes, client_ip: str
 ) -> Principal | None:
     settings = services.settings
-    principal = principal_of(request)  # an invalid token never gets here (middleware: 401)
+    try:
+        principal = principal_of(request)
+    except UnauthenticatedError as error:  # an invalid token: final, no other layer may accept
+        raise UnauthenticatedError(error.message, data={"reason": "bad_token"}) from None
     if principal is not None:
         return principal
     headers = request.headers
@@ -77,8 +87,12 @@ async def authenticate(
                 body=body,
             ),
         )
-        if not verdict.valid:
-            raise UnauthenticatedError(verdict.error or "refused by the webhook verify hook")
+        if verdict.valid is not True:  # exactly True: a truthy "no" or 1 is not a yes
+            raise UnauthenticatedError(
+                verdict.error
+                if isinstance(verdict.error, str) and verdict.error
+                else "refused by the webhook verify hook"
+            )
         return Principal(subject=verdict.user_id, is_admin=False, source="hook")
     if settings.webhook_secret:
         now = time.time()
@@ -118,13 +132,13 @@ async def webhook_trigger(request: Request) -> Response:
     settings = services.settings
     task_id = request.path_params["task_id"]
     client_ip = client_address(request, settings.trusted_proxies)
-    retry_after = request.app.state.webhook_rate_limit.hit(client_ip)
-    if retry_after is not None:
-        response = _refusal(services, 429, "rate_limited", "rate limit exceeded")
-        response.headers["Retry-After"] = str(retry_after)
+    refused = admission.refusal(request.app.state.webhook_rate_limit, settings, client_ip)
+    if isinstance(refused, RateLimitedError):
+        response = _refusal(services, 429, "rate_limited", refused.message)
+        response.headers["Retry-After"] = str(refused.data["retry_after"])
         return response
-    if not address_allowed(client_ip, settings.webhook_allowed_ips):
-        return _refusal(services, 403, "ip_not_allowed", f"address {client_ip} is not allowed")
+    if refused is not None:
+        return _refusal(services, 403, "ip_not_allowed", refused.message)
     body = await read_body(request, settings.max_body_bytes)
     if body is None:
         return _refusal(services, 413, "too_large", "request body too large")

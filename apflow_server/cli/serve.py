@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import signal
@@ -65,6 +66,21 @@ def graceful_server(config: uvicorn.Config) -> uvicorn.Server:
     return GracefulServer(config)
 
 
+def with_allowed_hosts(settings: Settings, host: str) -> Settings:
+    """The Host names to answer to: APFLOW_ALLOWED_HOSTS, else the loopback names and the bound
+    address when bound to loopback. Elsewhere they must be given: this process cannot know
+    the names its clients use, and answering to any name lets a web page that rebinds its
+    own DNS name to this address read and drive the service."""
+    if settings.allowed_hosts:
+        return settings
+    if not is_loopback(host):
+        raise ConfigError(
+            f"serving on {host} needs APFLOW_ALLOWED_HOSTS: the host names clients use to "
+            "reach this service (e.g. APFLOW_ALLOWED_HOSTS=apflow.example.com), or * for any"
+        )
+    return dataclasses.replace(settings, allowed_hosts=(host, "localhost", "127.0.0.1", "::1"))
+
+
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -97,6 +113,7 @@ def serve(
             f"refusing to serve on {host} with the JSON-RPC API unauthenticated: set "
             "APFLOW_JWT_SECRET (or run `apflow config init`), or pass --insecure"
         )
+    settings = with_allowed_hosts(settings, host)
     # Imported here so every other command starts without loading the web stack.
     import uvicorn
 
@@ -124,6 +141,9 @@ def serve(
         timeout_graceful_shutdown=30,
         proxy_headers=False,
     )
+    from apflow_server.api import access_log
+
+    access_log.install()  # after uvicorn.Config, which configures its loggers
     server = graceful_server(config)
     server.run(sockets=[sock])
     if not server.started:

@@ -44,3 +44,9 @@ class ForbiddenError(ApflowError):
 
 class UnauthenticatedError(ApflowError):
     code = -32001
+
+
+class RateLimitedError(ApflowError):
+    """Too many requests from one client; `data.retry_after` says when to try again."""
+
+    code = -32029

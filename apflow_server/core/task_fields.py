@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from apflow_server.core.errors import ValidationError
@@ -84,11 +84,62 @@ def parse_instant(field: str, value: Any) -> datetime | None:
     if not isinstance(value, str):
         raise ValidationError(field, "must be an ISO 8601 datetime")
     try:
-        return datetime.fromisoformat(value.strip())
+        parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         raise ValidationError(
             field, f"{value!r} is not an ISO 8601 datetime (e.g. 2025-01-15T09:00:00Z)"
         ) from None
+    return within_range(field, parsed)
+
+
+# A wall-clock time this close to the ends of the datetime range has no UTC instant in some
+# zone (UTC+14 at 0001-01-01T00:00 is in year 0).
+_FIRST_LOCAL = datetime(1, 1, 2)
+_LAST_LOCAL = datetime(9999, 12, 30)
+
+
+def within_range(field: str, value: datetime) -> datetime:
+    """`value`, if it and its UTC reading lie within years 1-9999 (an instant outside them
+    cannot be stored or compared)."""
+    outside = ValidationError(field, "must lie between the years 1 and 9999 in UTC")
+    if value.tzinfo is None:
+        if not _FIRST_LOCAL <= value <= _LAST_LOCAL:
+            raise outside
+        return value
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise outside from None
+    return value
+
+
+def find_invalid_text(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in a JSON value that is not valid Unicode: a
+    lone UTF-16 surrogate such as "\\ud800", which JSON can spell but no UTF-8 text, column
+    or document can hold. None when there is none."""
+    if isinstance(value, str):
+        return None if _valid_unicode(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _valid_unicode(key):
+                return path or "params"
+            found = find_invalid_text(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = find_invalid_text(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _no_nul(field: str, value: str) -> str:

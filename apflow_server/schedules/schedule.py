@@ -139,15 +139,27 @@ class Schedule:
                 yield current
 
     def preview(
-        self, count: int, after: datetime, remaining_runs: int | None = None
+        self,
+        count: int,
+        after: datetime,
+        remaining_runs: int | None = None,
+        *,
+        between_steps: Callable[[], None] | None = None,
     ) -> list[datetime]:
-        """The next `count` fire times after `after` (fewer when bounds or max_runs end it)."""
+        """The next `count` fire times after `after` (fewer when bounds or max_runs end it).
+
+        `between_steps` is called before each search; it may raise to stop a long preview."""
         limit = count if remaining_runs is None else max(0, min(count, remaining_runs))
         result: list[datetime] = []
-        for fire in self.occurrences(after):
-            if len(result) >= limit:
+        current = after
+        while len(result) < limit:
+            if between_steps is not None:
+                between_steps()
+            found = self.next_after(current)
+            if found is None:
                 break
-            result.append(fire)
+            result.append(found)
+            current = found
         return result
 
     def first_fire(self, now: datetime) -> datetime | None:

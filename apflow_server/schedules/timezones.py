@@ -69,4 +69,7 @@ def ensure_utc(value: datetime, field: str) -> datetime:
     """An aware datetime in UTC; naive values are refused because their meaning is a guess."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(field, "must carry a UTC offset, e.g. 2025-01-15T09:00:00Z")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(field, "must lie between the years 1 and 9999 in UTC") from None

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
+from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import ConflictError, NotFoundError, ValidationError
 from apflow_server.core.task_fields import (
     SCHEDULE_FIELDS,
@@ -114,8 +115,17 @@ class TaskRepository:
         """Create one task (keyword fields of SPEC §2)."""
         return (await self.create_tasks([fields]))[0]
 
-    async def create_tasks(self, specs: Sequence[Mapping[str, Any]]) -> list[Task]:
-        """Create a tree in one transaction: dependencies and parents may name tasks by name."""
+    async def create_tasks(
+        self,
+        specs: Sequence[Mapping[str, Any]],
+        *,
+        check_parent: Callable[[Task], None] | None = None,
+    ) -> list[Task]:
+        """Create a tree in one transaction: dependencies and parents may name tasks by name.
+
+        `check_parent` is called with the existing task the new tree hangs under (if any),
+        inside the transaction and before anything of that tree (its tasks, their ids) is
+        read or resolved; it raises to refuse, e.g. when the caller may not touch it."""
         if not isinstance(specs, Sequence) or isinstance(specs, str | bytes) or not specs:
             raise ValidationError("tasks", "must be a non-empty list of tasks")
         label = batch_label(len(specs))
@@ -141,6 +151,8 @@ class TaskRepository:
                     raise ValidationError(
                         f"{label(root_index)}parent_id", f"no task {root.parent_id!r}"
                     )
+                if check_parent is not None:
+                    check_parent(parent)
                 rows = await session.scalars(select(Task).where(Task.parent_id == parent.id))
                 siblings = [_node_of(row) for row in rows]
             resolve_dependencies(
@@ -499,10 +511,13 @@ class TaskRepository:
         task_id: str | None = None,
         count: int = 10,
         after: datetime | str | None = None,
+        budget: Budget = UNLIMITED,
         **schedule_fields: Any,
     ) -> list[datetime]:
         """The next `count` fire times of a stored task's schedule, or of schedule fields given
-        here (nothing is saved). An unsaved interval without a start counts from now."""
+        here (nothing is saved). An unsaved interval without a start counts from now.
+
+        The fire times are computed off the event loop, within `budget`."""
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAGE:
             raise ValidationError("count", f"must be a whole number in 1..{MAX_PAGE}")
         now = self.clock()
@@ -545,7 +560,8 @@ class TaskRepository:
             if when is None or remaining == 0 or (after is not None and when <= start):
                 return []
             return [when]
-        return schedule.preview(count, start, remaining)
+        check = budget.checker("count", "ask for fewer fire times")
+        return await off_loop(schedule.preview, count, start, remaining, between_steps=check)
 
     # ------------------------------------------------------------------ run history
 

@@ -73,6 +73,7 @@ def service_factory(url: str, home: Path) -> Iterator[ServiceFactory]:
         scheduler_config: SchedulerConfig | None = None,
         **settings: Any,
     ) -> Service:
+        settings.setdefault("allowed_hosts", ("testserver",))  # the TestClient's Host
         config = Settings(home=home, database_url=url, **settings)
         app = create_app(
             config, run_scheduler=run_scheduler, scheduler_config=scheduler_config or FAST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -158,6 +159,67 @@ def test_a_user_cannot_put_a_task_under_another_users_task(
     error = alice.fail("tasks.create", {"name": "cuckoo", "parent_id": bobs_task["id"]})
     assert error["code"] in {FORBIDDEN, -32602}
     assert secured.api.call("tasks.tree", {"task_id": bobs_task["id"]}, auth=BOB)["children"] == []
+
+
+@pytest.fixture
+def bobs_tree(secured: Service) -> dict[str, Any]:
+    """Bob's root with one child, "report", whose id an attacker must not learn."""
+    created = secured.api.call(
+        "tasks.create",
+        [{"name": "root"}, {"name": "report", "parent_id": "root"}],
+        auth=BOB,
+    )
+    return {task["name"]: task for task in created["tasks"]}
+
+
+@pytest.mark.parametrize("form", ["array", "object"])
+def test_a_batch_cannot_hang_a_task_under_another_users_task(
+    secured: Service, bobs_tree: dict[str, Any], form: str
+) -> None:
+    root, report = bobs_tree["root"], bobs_tree["report"]
+    specs = [
+        {
+            "name": "cuckoo",
+            "parent_id": root["id"],
+            "params": {"executor_id": "echo_executor"},
+            "inputs": {"evil": True},
+        },
+        # asks to run after bob's child, by name: resolving it would reveal its id
+        {"name": "egg", "parent_id": "cuckoo", "dependencies": [{"id": "report"}]},
+    ]
+    params: Any = specs if form == "array" else {"tasks": specs}
+    reply = secured.api.as_user(ALICE).rpc("tasks.create", params)
+    assert reply.error["code"] == FORBIDDEN
+    assert report["id"] not in json.dumps(reply.body)
+    tree = secured.api.call("tasks.tree", {"task_id": root["id"]}, auth=BOB)
+    assert [child["id"] for child in tree["children"]] == [report["id"]]
+    assert secured.api.call("tasks.list", {}, auth=ALICE)["total"] == 0
+
+
+def test_a_batch_cannot_depend_on_another_users_task(
+    secured: Service, bobs_tree: dict[str, Any]
+) -> None:
+    report = bobs_tree["report"]
+    reply = secured.api.as_user(ALICE).rpc(
+        "tasks.create",
+        [
+            {"name": "mine"},
+            {"name": "child", "parent_id": "mine", "dependencies": [{"id": report["id"]}]},
+        ],
+    )
+    assert_field(reply.error, -32602, "tasks[1].dependencies[0].id")
+    assert secured.api.call("tasks.list", {}, auth=ALICE)["total"] == 0
+
+
+def test_an_admin_may_extend_anyones_tree_in_a_batch(
+    secured: Service, bobs_tree: dict[str, Any]
+) -> None:
+    created = secured.api.call(
+        "tasks.create",
+        [{"name": "extra", "parent_id": bobs_tree["root"]["id"]}],
+        auth=admin_token(),
+    )
+    assert [task["user_id"] for task in created["tasks"]] == ["bob"]
 
 
 def test_listings_show_only_ones_own(secured: Service, bobs_task: dict[str, Any]) -> None:

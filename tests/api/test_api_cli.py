@@ -104,12 +104,34 @@ def test_serve_refuses_a_public_address_with_auth_off(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
+def test_serve_on_a_public_address_needs_the_host_names(tmp_path: Path) -> None:
+    result = run(
+        tmp_path,
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
+        "--insecure",
+    )
+    assert result.returncode == 1
+    one_error_line(result.stderr, "APFLOW_ALLOWED_HOSTS", "0.0.0.0")
+
+
 def test_serve_binds_a_public_address_with_insecure_or_with_auth(tmp_path: Path) -> None:
     insecure_home, secured_home = tmp_path / "insecure", tmp_path / "secured"
     insecure_home.mkdir()
     secured_home.mkdir()
-    insecure = Serve(insecure_home, "--host", "0.0.0.0", "--insecure", "--no-scheduler")
-    secured = Serve(secured_home, "--host", "0.0.0.0", "--no-scheduler", APFLOW_JWT_SECRET="s" * 64)
+    hosts = {"APFLOW_ALLOWED_HOSTS": "127.0.0.1"}
+    insecure = Serve(insecure_home, "--host", "0.0.0.0", "--insecure", "--no-scheduler", **hosts)
+    secured = Serve(
+        secured_home,
+        "--host",
+        "0.0.0.0",
+        "--no-scheduler",
+        APFLOW_JWT_SECRET="s" * 64,
+        **hosts,
+    )
     try:
         insecure.wait_ready()
         secured.wait_ready()

@@ -254,7 +254,9 @@ def test_fuzz_params(fuzz_service: Service, method: str) -> None:
 @FUZZ
 @given(body=st.one_of(st.binary(max_size=200), JSON.map(lambda v: json.dumps(v).encode())))
 def test_fuzz_whole_bodies(fuzz_service: Service, body: bytes) -> None:
-    response = fuzz_service.http.post("/tasks/", content=body)
+    response = fuzz_service.http.post(
+        "/tasks/", content=body, headers={"content-type": "application/json"}
+    )
     check_answer(response.status_code, response.text, None)
 
 

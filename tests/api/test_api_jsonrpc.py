@@ -188,7 +188,9 @@ def test_a_batch_of_notifications_is_204(service: Service) -> None:
         {"jsonrpc": "2.0", "method": "tasks.nope"},
         {"jsonrpc": "2.0", "method": "tasks.get", "params": {"task_id": "missing"}},
     ]
-    response = service.http.post("/tasks/", content=json.dumps(notes).encode())
+    response = service.http.post(
+        "/tasks/", content=json.dumps(notes).encode(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 204
     assert response.content == b""
     assert service.api.call("tasks.list", {})["total"] == 2
@@ -215,7 +217,9 @@ def test_a_chunked_body_over_one_mib_is_refused_with_413(proto: Service) -> None
             yield b"x" * 65536
         yield b'"}'
 
-    response = proto.http.post("/tasks/", content=chunks())
+    response = proto.http.post(
+        "/tasks/", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     single_error(response.json(), INVALID_REQUEST)
 
@@ -298,3 +302,33 @@ def test_a_database_outage_is_a_32603_saying_so_logged_in_one_line(
     assert len(logged) == 1 and logged[0].exc_info is None
     assert "hunter2" not in caplog.text and "secret_column" not in caplog.text
     assert "hunter2" not in json.dumps(reply.body)
+
+
+def test_a_reply_stops_growing_at_the_size_limit(make_protocol_service: ServiceFactory) -> None:
+    service = make_protocol_service(max_response_bytes=40_000)
+    batch = [{"jsonrpc": "2.0", "method": "rpc.discover", "id": i} for i in range(6)]
+    response = service.http.post(
+        "/tasks/", json=batch, headers={"content-type": "application/json"}
+    )
+    answers = response.json()
+    assert [answer["id"] for answer in answers] == list(range(6))
+    fitted = [answer for answer in answers if "result" in answer]
+    refused = [answer for answer in answers if "error" in answer]
+    assert fitted and refused
+    assert all(answer["error"]["code"] == -32602 for answer in refused)
+    assert len(response.content) <= 40_000 + 1_000  # the refusals are small
+
+
+def test_a_batch_over_the_cap_is_refused_and_runs_nothing(
+    make_protocol_service: ServiceFactory,
+) -> None:
+    service = make_protocol_service(max_batch=3)
+    batch = [
+        {"jsonrpc": "2.0", "method": "tasks.create", "params": {"name": f"t{i}"}, "id": i}
+        for i in range(4)
+    ]
+    reply = service.api.post(batch)
+    assert reply.body["error"]["code"] == -32600
+    assert reply.body["error"]["data"] == {"max_batch": 3}
+    assert service.api.call("tasks.list", {})["total"] == 0
+    assert len(service.api.post(batch[:3]).body) == 3

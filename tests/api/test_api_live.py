@@ -198,7 +198,7 @@ def test_authentication_over_a_real_server(live: tuple[ServerProcess, Api]) -> N
 
 def test_json_rpc_envelope_over_a_real_server(live: tuple[ServerProcess, Api]) -> None:
     server, api = live
-    headers = {"Authorization": f"Bearer {admin_token()}"}
+    headers = {"Authorization": f"Bearer {admin_token()}", "Content-Type": "application/json"}
     url = f"{server.url}/tasks/"
     parse = httpx.post(url, content=b"{oops", headers=headers).json()
     assert (parse["error"]["code"], parse["id"]) == (-32700, None)

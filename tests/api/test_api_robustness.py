@@ -47,6 +47,62 @@ RPC_CASES: list[tuple[str, dict[str, Any], str]] = [
         },
         "OverflowError past year 9999",
     ),
+    (
+        "tasks.scheduled.due",
+        {"before": "0001-01-01T00:00:00+23:59"},
+        "OverflowError: an instant before year 1 in UTC",
+    ),
+    (
+        "tasks.scheduled.due",
+        {"before": "9999-12-31T23:59:59-23:59"},
+        "OverflowError: an instant after year 9999 in UTC",
+    ),
+    (
+        "tasks.create",
+        {
+            "name": "x",
+            "schedule_type": "daily",
+            "schedule_expression": "09:00",
+            "schedule_start_at": "0001-01-01T00:00:00+23:59",
+            "schedule_enabled": True,
+        },
+        "OverflowError: a start bound before year 1 in UTC",
+    ),
+    (
+        "tasks.create",
+        {
+            "name": "x",
+            "schedule_type": "daily",
+            "schedule_expression": "09:00",
+            "schedule_end_at": "9999-12-31T23:59:59-23:59",
+        },
+        "OverflowError: an end bound after year 9999 in UTC",
+    ),
+    (
+        "tasks.scheduled.init",
+        {"task_id": "x", "from_time": "0001-01-01T00:00:00+23:59"},
+        "OverflowError: from_time before year 1 in UTC",
+    ),
+    (
+        "tasks.scheduled.preview",
+        {
+            "schedule_type": "daily",
+            "schedule_expression": "09:00",
+            "after": "0001-01-01T00:00:00+23:59",
+        },
+        "OverflowError: after before year 1 in UTC",
+    ),
+    ("tasks.create", {"name": "\ud800"}, "UnicodeEncodeError: a lone surrogate in a name"),
+    (
+        "tasks.create",
+        {"name": "x", "inputs": {"k\udfff": "v"}},
+        "a lone surrogate in a JSON key",
+    ),
+    ("tasks.create", {"name": "x", "inputs": {"k": "\ud83d"}}, "a lone surrogate in a value"),
+    ("tasks.list", {"user_id": "\ud800"}, "a lone surrogate in a query parameter"),
+    ("tasks.create", {"name": "x", "inputs": {"k": "a\u0000b"}}, "NUL inside JSON (jsonb)"),
+    ("tasks.create", {"name": "x", "inputs": {"k": float("inf")}}, "Infinity in JSON (jsonb)"),
+    ("tasks.create", {"name": "x", "inputs": {"k": float("nan")}}, "NaN in JSON (jsonb)"),
     ("tasks.create", {"name": "ok", "max_runs": 5}, "control: a valid request"),
 ]
 
@@ -116,3 +172,22 @@ def test_a_jwt_subject_with_a_nul_is_not_an_internal_error(make_service: Service
     assert reply.status in {200, 401}
     if reply.status == 200:
         assert "error" not in reply.body or reply.error["code"] != -32603, reply.body
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"name": "\ud800"}, "name"),
+        ({"name": "x", "inputs": {"deep": ["ok", {"k": "\udfff"}]}}, "inputs.deep[1].k"),
+        ({"name": "x", "inputs": {"\ud800": 1}}, "inputs"),
+        ([{"name": "root"}, {"name": "\ud800", "parent_id": "root"}], "tasks[1].name"),
+    ],
+)
+def test_a_lone_surrogate_is_refused_naming_the_field(
+    make_service: ServiceFactory, params: Any, field: str
+) -> None:
+    service = make_service(run_scheduler=False)
+    error = service.api.fail("tasks.create", params)
+    assert error["code"] == -32602
+    assert error["data"]["field"] == field
+    assert service.api.call("tasks.list", {})["total"] == 0

@@ -326,6 +326,15 @@ def test_a_broken_hook_refuses(locked: Service, kind: str) -> None:
     assert history(locked, task["id"]) == []
 
 
+@pytest.mark.parametrize("valid", ["yes", "false", 1, [True], {"valid": True}])
+def test_a_hook_must_answer_exactly_true(locked: Service, valid: Any) -> None:
+    """Only `valid=True` accepts: a truthy string, number or container is a refusal."""
+    register_webhook_verify_hook(lambda ctx: WebhookVerifyResult(valid=valid, user_id=None))
+    task = make_task(locked)
+    assert locked.api.webhook(task["id"], body=BODY).status == 401
+    assert history(locked, task["id"]) == []
+
+
 # ---------------------------------------------------------------------- layer 3: HMAC
 
 
@@ -468,7 +477,7 @@ def test_the_allowlist_refuses_others_with_403(make_protocol_service: ServiceFac
     assert reply.status == 403
     assert reply.body["success"] is False
     assert service.api.runs(task["id"]) == []
-    # the allowlist is the webhook's: JSON-RPC is not restricted by it
+    # the allowlist is the webhook's: the rest of JSON-RPC is not restricted by it
     assert service.api.call("tasks.get", {"task_id": task["id"]})["id"] == task["id"]
 
 
@@ -561,6 +570,67 @@ def test_the_limit_is_per_client_address(make_protocol_service: ServiceFactory) 
     # JSON-RPC is not limited by the webhook's limit
     for _ in range(3):
         assert service.api.call("tasks.list", {})["total"] == 0
+
+
+def test_invalid_tokens_count_towards_the_limit(make_protocol_service: ServiceFactory) -> None:
+    """The limit runs before authentication: requests with forged bearer tokens are counted
+    too, so tokens cannot be guessed at full speed."""
+    service = make_protocol_service(jwt_secret=JWT_SECRET, webhook_rate_limit=2)
+    task = make_task(service)
+    forged = {"Authorization": f"Bearer {token('alice', secret=OTHER_SECRET)}"}
+    statuses = [service.api.webhook(task["id"], headers=forged).status for _ in range(3)]
+    assert statuses == [401, 401, 429]
+
+
+def test_the_allowlist_applies_before_a_token_is_read(
+    make_protocol_service: ServiceFactory,
+) -> None:
+    service = make_protocol_service(
+        jwt_secret=JWT_SECRET,
+        client=("10.1.2.3", 1234),
+        webhook_allowed_ips=(ip_network("192.168.0.0/16"),),
+    )
+    task = make_task(service)
+    forged = {"Authorization": "Bearer not-a-token"}
+    assert service.api.webhook(task["id"], headers=forged).status == 403
+    valid = {"Authorization": f"Bearer {admin_token()}"}
+    assert service.api.webhook(task["id"], headers=valid).status == 403
+
+
+def test_json_rpc_trigger_obeys_the_rate_limit(make_protocol_service: ServiceFactory) -> None:
+    service = make_protocol_service(webhook_rate_limit=2)
+    task = make_task(service)
+    for _ in range(2):
+        assert service.api.call("tasks.webhook.trigger", {"task_id": task["id"]})["success"]
+    limited = service.api.rpc("tasks.webhook.trigger", {"task_id": task["id"]})
+    assert limited.status == 429
+    assert limited.body["error"]["code"] == -32029
+    assert 1 <= limited.body["error"]["data"]["retry_after"] <= 60
+    # the REST route shares the count
+    assert service.api.webhook(task["id"]).status == 429
+    # each member of a batch counts
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "method": "tasks.webhook.trigger",
+            "params": {"task_id": task["id"]},
+            "id": i,
+        }
+        for i in range(3)
+    ]
+    assert {reply["error"]["code"] for reply in service.api.post(batch).body} == {-32029}
+    service.api.wait_run(task["id"], count=2)
+    assert len(service.api.runs(task["id"])) == 2
+
+
+def test_json_rpc_trigger_obeys_the_allowlist(make_protocol_service: ServiceFactory) -> None:
+    service = make_protocol_service(
+        client=("10.1.2.3", 1234), webhook_allowed_ips=(ip_network("192.168.0.0/16"),)
+    )
+    task = make_task(service)
+    error = service.api.fail("tasks.webhook.trigger", {"task_id": task["id"]})
+    assert error["code"] == -32003
+    assert service.api.runs(task["id"]) == []
 
 
 def test_rate_limit_zero_is_off(make_protocol_service: ServiceFactory) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from apflow_server.core.compute import Budget
 from apflow_server.core.errors import ValidationError
 from apflow_server.schedules import Schedule
 
@@ -184,3 +185,31 @@ def test_edge_expressions_are_accepted(schedule_type: str, expression: str) -> N
     """The boundaries next to the refused values are valid (so the refusals are specific)."""
     schedule = Schedule.parse(schedule_type, expression, "UTC", anchor_at=JAN)
     assert schedule.next_after(JAN) is not None
+
+
+def test_a_preview_stops_when_told_to() -> None:
+    """A long preview asks between searches whether to go on (the server's compute budget)."""
+    schedule = Schedule.parse("cron", "0 0 30 2 1", "Europe/Berlin")
+    asked: list[int] = []
+
+    def between_steps() -> None:
+        asked.append(1)
+        if len(asked) > 3:
+            raise ValidationError("count", "over budget")
+
+    with pytest.raises(ValidationError) as refused:
+        schedule.preview(1000, datetime(2026, 1, 1, tzinfo=UTC), between_steps=between_steps)
+    assert refused.value.field == "count"
+    assert len(asked) == 4
+
+
+def test_the_budget_refuses_once_spent() -> None:
+    moments = iter([0.0, 0.5, 1.9, 2.1])
+    budget = Budget(2, clock=lambda: next(moments))
+    check = budget.checker("count", "ask for fewer fire times")
+    check()  # 0.5 s
+    check()  # 1.9 s
+    with pytest.raises(ValidationError) as spent:
+        check()  # 2.1 s
+    assert spent.value.field == "count"
+    assert "2 s" in spent.value.reason

@@ -51,7 +51,6 @@ written (RFC 5545 has none): a grid anchored on a fraction of a second shows tru
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -66,6 +65,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from icalendar import Calendar, Event
 
+from apflow_server.core.compute import off_loop
 from apflow_server.core.errors import ValidationError
 from apflow_server.core.types import ScheduleType
 from apflow_server.schedules.expressions import (
@@ -180,7 +180,7 @@ class ICalExporter:
         tasks = await self.fetch_tasks(user_id=user_id, enabled_only=enabled_only, limit=limit)
         # Schedules written as dates ask the engine for up to a year of occurrences: CPU work
         # that must not stall the event loop of a server.
-        return await asyncio.to_thread(self.render, tasks)
+        return await off_loop(self.render, tasks)
 
     def render(self, tasks: Iterable[CalendarTask], now: datetime | None = None) -> str:
         """The calendar of `tasks` as RFC 5545 text."""

@@ -1,0 +1,41 @@
+"""The HTTP access log, without credentials.
+
+A calendar app subscribes to `/scheduler/ical?api_key=...`, so feed keys (and JWTs given as
+`api_key`) travel in query strings, which access logs keep verbatim. The filter here rewrites
+the values of credential-bearing parameters before a line is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+CREDENTIAL_PARAMETERS = ("api_key", "apikey", "token", "access_token", "key", "secret", "jwt")
+_CREDENTIAL = re.compile(
+    r"(?P<name>(?:^|[?&;])(?:" + "|".join(CREDENTIAL_PARAMETERS) + r"))=(?P<value>[^&;#\s]*)",
+    re.IGNORECASE,
+)
+
+
+def redact(target: str) -> str:
+    """`target` (a path with its query) with credential values replaced by `[redacted]`."""
+    if "=" not in target:
+        return target
+    return _CREDENTIAL.sub(lambda match: f"{match['name']}=[redacted]", target)
+
+
+class RedactCredentials(logging.Filter):
+    """Redacts uvicorn's access lines: `args` = (client, method, target, version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact(args[2]), *args[3:])
+        return True
+
+
+def install() -> None:
+    """Attach the filter to uvicorn's access logger (idempotent)."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(existing, RedactCredentials) for existing in logger.filters):
+        logger.addFilter(RedactCredentials())
