@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from apflow_server.api.auth import Principal
+from apflow_server.api.command_tasks import refuse_command_tasks_unless_admin
 from apflow_server.api.services import Services
 from apflow_server.core.errors import ForbiddenError, ValidationError
 from apflow_server.core.task_fields import SCHEDULE_FIELDS, parse_instant
@@ -146,6 +147,7 @@ def _page(
 
 
 async def create(ctx: CallContext, params: dict[str, Any]) -> Any:
+    refuse_command_tasks_unless_admin(ctx.principal, params)
     batch = params.pop("tasks", None)
     if batch is not None and params:
         raise ValidationError(sorted(params)[0], "give either a task or a list of tasks")
@@ -179,7 +181,8 @@ async def get(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 async def update(ctx: CallContext, params: dict[str, Any]) -> Any:
     task_id = params.pop("task_id")
-    await ctx.services.task_for(task_id, ctx.principal)
+    task = await ctx.services.task_for(task_id, ctx.principal)
+    refuse_command_tasks_unless_admin(ctx.principal, params, task)
     if "user_id" in params:
         principal = ctx.principal
         if principal is not None and not principal.is_admin:
