@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,39 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
+
+
+def _argv_prefixes(env: Mapping[str, str], name: str) -> tuple[tuple[str, ...], ...]:
+    """Comma-separated argv prefixes, each read as argv (shell quoting, never a shell).
+
+    The program token is a bare name or an absolute path: a relative path would depend on
+    the directory the service happens to run in.
+    """
+    entries = []
+    for item in _list(env, name):
+        try:
+            argv = tuple(shlex.split(item))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {item!r} cannot be read as argv: {exc}") from None
+        if not argv or not argv[0]:
+            raise ConfigError(f"{name}: {item!r} names no program")
+        if "/" in argv[0] and not os.path.isabs(argv[0]):
+            raise ConfigError(
+                f"{name}: {item!r}: a program is a bare name or an absolute path, not {argv[0]!r}"
+            )
+        entries.append(argv)
+    return tuple(entries)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    names = _list(env, name)
+    for item in names:
+        if not _ENV_NAME.fullmatch(item):
+            raise ConfigError(f"{name}: {item!r} is not an environment variable name")
+    return names
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -108,7 +143,10 @@ class Settings:
     run_history_keep: int = 1000
     rest_allow_private_urls: bool = False
     allow_command_executor: bool = False
-    command_allowlist: tuple[str, ...] = ()
+    # argv prefixes: ("git", "ls-remote") allows `git ls-remote ...`; ("git",) allows any git.
+    command_allowlist: tuple[tuple[str, ...], ...] = ()
+    # The only names a command task's `env` may set (none by default).
+    command_env_allowlist: tuple[str, ...] = ()
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_algorithm: str = "HS256"
     admin_auth_token: str | None = field(default=None, repr=False)
@@ -164,7 +202,8 @@ class Settings:
             run_history_keep=_int(env, "APFLOW_RUN_HISTORY_KEEP", 1000, minimum=1),
             rest_allow_private_urls=_flag(env, "APFLOW_REST_ALLOW_PRIVATE_URLS"),
             allow_command_executor=_flag(env, "APFLOW_ALLOW_COMMAND_EXECUTOR"),
-            command_allowlist=_list(env, "APFLOW_COMMAND_ALLOWLIST"),
+            command_allowlist=_argv_prefixes(env, "APFLOW_COMMAND_ALLOWLIST"),
+            command_env_allowlist=_env_names(env, "APFLOW_COMMAND_ENV_ALLOWLIST"),
             jwt_secret=env.get("APFLOW_JWT_SECRET") or file.get("jwt_secret"),
             jwt_algorithm=algorithm,
             admin_auth_token=env.get("APFLOW_ADMIN_AUTH_TOKEN") or file.get("admin_auth_token"),

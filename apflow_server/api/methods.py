@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from apflow_server.api.auth import Principal, check_owner
+from apflow_server.api.command_tasks import refuse_command_tasks_unless_admin
 from apflow_server.api.services import Services
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import ApflowError, ForbiddenError, ValidationError
@@ -150,6 +151,7 @@ def _page(
 
 
 async def create(ctx: CallContext, params: dict[str, Any]) -> Any:
+    refuse_command_tasks_unless_admin(ctx.principal, params)
     batch = params.pop("tasks", None)
     if batch is not None and params:
         raise ValidationError(sorted(params)[0], "give either a task or a list of tasks")
@@ -190,14 +192,21 @@ async def get(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 async def update(ctx: CallContext, params: dict[str, Any]) -> Any:
     task_id = params.pop("task_id")
-    await ctx.services.task_for(task_id, ctx.principal)
-    if "user_id" in params:
-        principal = ctx.principal
-        if principal is not None and not principal.is_admin:
-            raise ForbiddenError("user_id: only an admin may change a task's owner")
+    principal = ctx.principal
+    await ctx.services.task_for(task_id, principal)
+    if "user_id" in params and principal is not None and not principal.is_admin:
+        raise ForbiddenError("user_id: only an admin may change a task's owner")
     if not params:
         raise ValidationError("params", "name at least one field to change")
-    return task_to_dict(await ctx.services.repository.update_task(task_id, **params))
+
+    def check_task(stored: Task) -> None:
+        # Again inside the writing transaction: the stored task decides (an admin may have
+        # made it a command task since it was read above).
+        check_owner(principal, stored.user_id)
+        refuse_command_tasks_unless_admin(principal, params, stored)
+
+    updated = await ctx.services.repository.update_task(task_id, check_task=check_task, **params)
+    return task_to_dict(updated)
 
 
 async def delete(ctx: CallContext, params: dict[str, Any]) -> Any:

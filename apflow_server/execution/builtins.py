@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from apflow_server.config import Settings
+from apflow_server.core.commands import check_command_env
+from apflow_server.core.errors import ValidationError
 from apflow_server.execution.registry import ExecutionContext, Executor
 
 MAX_OUTPUT_CHARS = 64_000
@@ -99,26 +101,46 @@ async def rest_executor(inputs: dict[str, Any], context: ExecutionContext) -> di
 # ---------------------------------------------------------------------- command
 
 
-def _resolve_command(program: str, settings: Settings) -> str:
+def _resolve_command(argv: list[str], settings: Settings) -> str:
     """The absolute path to execute, checked against the allowlist.
 
     The program is looked up on the service's own PATH, never the task's `env`, and the
     resolved path is what runs, so a task cannot swap in another binary of the same name.
-    An allowlist entry is either a bare name (matching a bare program name) or an absolute
-    path (matching the resolved path).
+    An allowlist entry is an argv prefix whose program token is either a bare name (matching a
+    bare program name) or an absolute path (matching the resolved path); the rest of the entry
+    must equal the leading arguments token by token, so `git ls-remote` does not allow
+    `git -c core.sshCommand=... ls-remote`.
     """
     if not settings.allow_command_executor:
         raise ExecutionError("command_executor is disabled; set APFLOW_ALLOW_COMMAND_EXECUTOR=1")
+    program = argv[0]
     resolved = shutil.which(program, path=os.environ.get("PATH", os.defpath))
     if resolved is None:
         raise ExecutionError(f"cannot find the program {program!r}")
     resolved = os.path.realpath(resolved)
-    allowed = settings.command_allowlist
-    if allowed:
-        by_name = "/" not in program and program in allowed
-        if not by_name and resolved not in {os.path.realpath(a) for a in allowed if "/" in a}:
+    entries = settings.command_allowlist
+    if entries:
+        for_program = [entry for entry in entries if _names(entry[0], program, resolved)]
+        if not for_program:
             raise ExecutionError(f"{program!r} is not in APFLOW_COMMAND_ALLOWLIST")
+        if not any(tuple(argv[1 : len(entry)]) == entry[1:] for entry in for_program):
+            raise ExecutionError(
+                f"{program!r} is in APFLOW_COMMAND_ALLOWLIST only with other leading arguments"
+            )
     return resolved
+
+
+def _inherited_environment() -> dict[str, str]:
+    """The service's environment without its own settings: APFLOW_* holds the JWT and webhook
+    secrets, the admin token and the database URL, which no command needs to see."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("APFLOW_")}
+
+
+def _names(token: str, program: str, resolved: str) -> bool:
+    """Whether an allowlist entry's program token names the program a task asked for."""
+    if "/" in token:
+        return os.path.realpath(token) == resolved
+    return "/" not in program and token == program
 
 
 async def command_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
@@ -126,11 +148,16 @@ async def command_executor(inputs: dict[str, Any], context: ExecutionContext) ->
     argv = inputs.get("command")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise ExecutionError("inputs.command must be a non-empty list of strings (no shell)")
-    program = _resolve_command(argv[0], Settings.from_env())
+    settings = Settings.from_env()
+    program = _resolve_command(argv, settings)
     timeout = inputs.get("timeout")
-    extra_env = inputs.get("env") or {}
-    if not isinstance(extra_env, dict):
-        raise ExecutionError("inputs.env must be an object")
+    extra_env = inputs.get("env")
+    # Also checked when the task is written; checked again here because the results of the
+    # task's dependencies are merged into its inputs at run time.
+    try:
+        check_command_env(extra_env, settings.command_env_allowlist)
+    except ValidationError as refused:
+        raise ExecutionError(refused.message) from None
     try:
         process = await asyncio.create_subprocess_exec(
             program,
@@ -138,7 +165,10 @@ async def command_executor(inputs: dict[str, Any], context: ExecutionContext) ->
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=inputs.get("cwd"),
-            env={**os.environ, **{str(k): str(v) for k, v in extra_env.items()}},
+            env={
+                **_inherited_environment(),
+                **{str(k): str(v) for k, v in (extra_env or {}).items()},
+            },
         )
     except OSError as exc:
         raise ExecutionError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from apflow_server.core.commands import COMMAND_EXECUTOR, pin_control_inputs
 from apflow_server.execution.registry import ExecutionContext, ExecutorRegistry
 
 logger = logging.getLogger(__name__)
@@ -226,9 +227,10 @@ class TreeRun:
             if mark_started:
                 await self.sink.started(spec.id)
             try:
-                result = await self.registry.call(
-                    name, merge_inputs(spec.inputs, dependency_results), context
-                )
+                inputs = merge_inputs(spec.inputs, dependency_results)
+                if name == COMMAND_EXECUTOR:
+                    inputs = pin_control_inputs(spec.inputs, inputs)
+                result = await self.registry.call(name, inputs, context)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an executor's failure is the task's failure

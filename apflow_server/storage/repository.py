@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
+from apflow_server.core.commands import check_command_env, names_command_executor
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import ConflictError, NotFoundError, ValidationError
 from apflow_server.core.task_fields import (
@@ -133,6 +134,8 @@ class TaskRepository:
             _with_prefix(label(i), validate_task_fields, spec, creating=True)
             for i, spec in enumerate(specs)
         ]
+        for index, spec in enumerate(cleaned):
+            _with_prefix(label(index), self._check_command_env, spec)
         now = self.clock()
         database = await self.db()
         async with schedule_write(database) as session:
@@ -254,8 +257,13 @@ class TaskRepository:
 
     # ------------------------------------------------------------------ update
 
-    async def update_task(self, task_id: str, **fields: Any) -> Task:
-        """Change a task's definition or schedule; an enabled schedule gets its next_run_at."""
+    async def update_task(
+        self, task_id: str, *, check_task: Callable[[Task], None] | None = None, **fields: Any
+    ) -> Task:
+        """Change a task's definition or schedule; an enabled schedule gets its next_run_at.
+
+        `check_task` is called with the stored task inside the transaction, before anything
+        is changed; it raises to refuse (a permission that depends on the stored fields)."""
         cleaned = validate_task_fields(fields, creating=False)
         now = self.clock()
         database = await self.db()
@@ -263,6 +271,10 @@ class TaskRepository:
             task = await session.get(Task, task_id)
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            if check_task is not None:
+                check_task(task)
+            definition = ("params", "schemas", "inputs")
+            self._check_command_env({k: cleaned.get(k, getattr(task, k)) for k in definition})
             if "dependencies" in cleaned:
                 siblings: list[NodeRef] = []
                 if task.parent_id is not None:
@@ -287,6 +299,14 @@ class TaskRepository:
                 self._apply_schedule(task, schedule_values, now, was_enabled=task.schedule_enabled)
             task.updated_at = now
         return task
+
+    def _check_command_env(self, task: Mapping[str, Any]) -> None:
+        """A task that runs commands may set only the environment variables the operator
+        listed (the executor checks again at run time)."""
+        if names_command_executor(task.get("params"), task.get("schemas")):
+            check_command_env(
+                (task.get("inputs") or {}).get("env"), self.settings.command_env_allowlist
+            )
 
     def _apply_schedule(
         self, task: Task, values: dict[str, Any], now: datetime, *, was_enabled: bool

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+import pytest
 import yaml
 from api_harness import ServiceFactory
 from api_support import free_port, server_env
@@ -162,6 +163,23 @@ def test_serve_refuses_a_taken_port_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     one_error_line(result.stderr, str(port))
     assert "Traceback" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("APFLOW_COMMAND_ALLOWLIST", "echo hello, git 'ls-remote", "No closing quotation"),
+        ("APFLOW_COMMAND_ALLOWLIST", "bin/tool", "a bare name or an absolute path"),
+        ("APFLOW_COMMAND_ENV_ALLOWLIST", "LANG, GIT-SSH", "'GIT-SSH'"),
+    ],
+)
+def test_serve_refuses_malformed_command_allowlists_with_one_line(
+    tmp_path: Path, variable: str, value: str, fragment: str
+) -> None:
+    result = run(tmp_path, "serve", "--port", str(free_port()), **{variable: value})
+    assert result.returncode == 1
+    one_error_line(result.stderr, variable, fragment)
+    assert result.stdout == ""
 
 
 def test_sigterm_stops_serve_with_exit_status_0(tmp_path: Path) -> None:

@@ -76,6 +76,11 @@ REFUSED_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
         "tasks scheduled preview --schedule-type daily",
         ("schedule_expression",),
     ),
+    "command env not in the env allowlist": (
+        "tasks create --name X --executor command_executor"
+        """ --inputs '{"command": ["true"], "env": {"LD_PRELOAD": "/x.so"}}'""",
+        ("inputs.env", "LD_PRELOAD", "APFLOW_COMMAND_ENV_ALLOWLIST"),
+    ),
 }
 
 
@@ -316,6 +321,12 @@ def test_bad_settings_are_refused(cli: Cli) -> None:
     result = cli("tasks", "list", APFLOW_DATABASE_URL="postgresql://postgres@127.0.0.1:1/none")
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, "cannot reach the database")
+    result = cli("tasks", "list", APFLOW_COMMAND_ALLOWLIST="true, git 'ls-remote")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_COMMAND_ALLOWLIST", "No closing quotation")
+    result = cli("tasks", "list", APFLOW_COMMAND_ENV_ALLOWLIST="LANG, LD-PRELOAD")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_COMMAND_ENV_ALLOWLIST", "'LD-PRELOAD'")
 
 
 # ---------------------------------------------------------------------- real processes

@@ -39,6 +39,7 @@ def switches_off(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (
         "APFLOW_ALLOW_COMMAND_EXECUTOR",
         "APFLOW_COMMAND_ALLOWLIST",
+        "APFLOW_COMMAND_ENV_ALLOWLIST",
         "APFLOW_REST_ALLOW_PRIVATE_URLS",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -153,7 +154,10 @@ async def test_command_must_be_a_list_of_strings(command: Any) -> None:
 
 
 @pytest.mark.usefixtures("commands_on")
-async def test_command_env_is_added_and_cwd_is_used(tmp_path: Path) -> None:
+async def test_command_env_is_added_and_cwd_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APFLOW_COMMAND_ENV_ALLOWLIST", "APFLOW_T_X")  # none is allowed unlisted
     result = await command_executor(
         {
             "command": [PY, "-c", "import os; print(os.environ['APFLOW_T_X'], os.getcwd())"],
