@@ -1,0 +1,1 @@
+"""The built-in REST executor: its address policy (addresses.py)."""
