@@ -97,6 +97,9 @@ class Settings:
     lease_seconds: int = 30
     run_history_keep: int = 1000
     rest_allow_private_urls: bool = False
+    rest_max_connections: int = 100
+    rest_max_keepalive: int = 20
+    rest_max_response_bytes: int = 1024 * 1024
     allow_command_executor: bool = False
     command_allowlist: tuple[str, ...] = ()
     jwt_secret: str | None = field(default=None, repr=False)
@@ -136,6 +139,13 @@ class Settings:
         algorithm = env.get("APFLOW_JWT_ALGORITHM") or file.get("jwt_algorithm") or "HS256"
         if algorithm not in JWT_ALGORITHMS:
             raise ConfigError(f"jwt_algorithm must be one of {', '.join(JWT_ALGORITHMS)}")
+        rest_max_connections = _int(env, "APFLOW_REST_MAX_CONNECTIONS", 100, minimum=1)
+        rest_max_keepalive = _int(env, "APFLOW_REST_MAX_KEEPALIVE", 20)
+        if rest_max_keepalive > rest_max_connections:
+            raise ConfigError(
+                f"APFLOW_REST_MAX_KEEPALIVE ({rest_max_keepalive}) must not exceed "
+                f"APFLOW_REST_MAX_CONNECTIONS ({rest_max_connections})"
+            )
         return cls(
             home=home,
             database_url=normalise_database_url(url),
@@ -145,6 +155,9 @@ class Settings:
             lease_seconds=_int(env, "APFLOW_LEASE_SECONDS", 30, minimum=2),
             run_history_keep=_int(env, "APFLOW_RUN_HISTORY_KEEP", 1000, minimum=1),
             rest_allow_private_urls=_flag(env, "APFLOW_REST_ALLOW_PRIVATE_URLS"),
+            rest_max_connections=rest_max_connections,
+            rest_max_keepalive=rest_max_keepalive,
+            rest_max_response_bytes=_int(env, "APFLOW_REST_MAX_RESPONSE_BYTES", 1024**2, minimum=1),
             allow_command_executor=_flag(env, "APFLOW_ALLOW_COMMAND_EXECUTOR"),
             command_allowlist=_list(env, "APFLOW_COMMAND_ALLOWLIST"),
             jwt_secret=env.get("APFLOW_JWT_SECRET") or file.get("jwt_secret"),

@@ -316,6 +316,12 @@ def test_bad_settings_are_refused(cli: Cli) -> None:
     result = cli("tasks", "list", APFLOW_DATABASE_URL="postgresql://postgres@127.0.0.1:1/none")
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, "cannot reach the database")
+    result = cli("tasks", "list", APFLOW_REST_MAX_RESPONSE_BYTES="lots")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_REST_MAX_RESPONSE_BYTES", "lots")
+    result = cli("tasks", "list", APFLOW_REST_MAX_KEEPALIVE="500")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_REST_MAX_KEEPALIVE (500)")
 
 
 # ---------------------------------------------------------------------- real processes
