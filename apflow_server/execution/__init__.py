@@ -1,6 +1,6 @@
 """Execution: executors by name, and running task trees."""
 
-from apflow_server.execution.builtins import ExecutionError
+from apflow_server.execution.errors import ExecutionError
 from apflow_server.execution.registry import (
     ExecutionContext,
     ExecutorRegistry,

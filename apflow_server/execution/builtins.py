@@ -17,13 +17,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from apflow_server.config import Settings
+from apflow_server.execution.errors import ExecutionError as ExecutionError
 from apflow_server.execution.registry import ExecutionContext, Executor
 
 MAX_OUTPUT_CHARS = 64_000
-
-
-class ExecutionError(Exception):
-    """A task failed for a reason worth one clear line in its error field."""
 
 
 async def echo_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:

@@ -242,6 +242,6 @@ class TreeRun:
 
 def _is_expected(exc: Exception) -> bool:
     from apflow_server.core.errors import ApflowError
-    from apflow_server.execution.builtins import ExecutionError
+    from apflow_server.execution.errors import ExecutionError
 
     return isinstance(exc, ExecutionError | ApflowError)
