@@ -7,11 +7,13 @@ from apflow_server.execution.registry import (
     register_executor,
     registry,
 )
+from apflow_server.execution.services import ExecutorServices
 
 __all__ = [
     "ExecutionContext",
     "ExecutionError",
     "ExecutorRegistry",
+    "ExecutorServices",
     "register_executor",
     "registry",
 ]
