@@ -142,6 +142,9 @@ class Settings:
     lease_seconds: int = 30
     run_history_keep: int = 1000
     rest_allow_private_urls: bool = False
+    rest_max_connections: int = 100
+    rest_max_keepalive: int = 20
+    rest_max_response_bytes: int = 1024 * 1024
     allow_command_executor: bool = False
     # argv prefixes: ("git", "ls-remote") allows `git ls-remote ...`; ("git",) allows any git.
     command_allowlist: tuple[tuple[str, ...], ...] = ()
@@ -192,6 +195,13 @@ class Settings:
         algorithm = env.get("APFLOW_JWT_ALGORITHM") or file.get("jwt_algorithm") or "HS256"
         if algorithm not in JWT_ALGORITHMS:
             raise ConfigError(f"jwt_algorithm must be one of {', '.join(JWT_ALGORITHMS)}")
+        rest_max_connections = _int(env, "APFLOW_REST_MAX_CONNECTIONS", 100, minimum=1)
+        rest_max_keepalive = _int(env, "APFLOW_REST_MAX_KEEPALIVE", 20)
+        if rest_max_keepalive > rest_max_connections:
+            raise ConfigError(
+                f"APFLOW_REST_MAX_KEEPALIVE ({rest_max_keepalive}) must not exceed "
+                f"APFLOW_REST_MAX_CONNECTIONS ({rest_max_connections})"
+            )
         return cls(
             home=home,
             database_url=normalise_database_url(url),
@@ -201,6 +211,9 @@ class Settings:
             lease_seconds=_int(env, "APFLOW_LEASE_SECONDS", 30, minimum=2),
             run_history_keep=_int(env, "APFLOW_RUN_HISTORY_KEEP", 1000, minimum=1),
             rest_allow_private_urls=_flag(env, "APFLOW_REST_ALLOW_PRIVATE_URLS"),
+            rest_max_connections=rest_max_connections,
+            rest_max_keepalive=rest_max_keepalive,
+            rest_max_response_bytes=_int(env, "APFLOW_REST_MAX_RESPONSE_BYTES", 1024**2, minimum=1),
             allow_command_executor=_flag(env, "APFLOW_ALLOW_COMMAND_EXECUTOR"),
             command_allowlist=_argv_prefixes(env, "APFLOW_COMMAND_ALLOWLIST"),
             command_env_allowlist=_env_names(env, "APFLOW_COMMAND_ENV_ALLOWLIST"),

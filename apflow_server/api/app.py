@@ -25,6 +25,7 @@ from apflow_server.api.rpc import rpc_endpoint
 from apflow_server.api.services import Services
 from apflow_server.api.webhook import WebhookRateLimit, webhook_trigger
 from apflow_server.config import Settings
+from apflow_server.execution.services import ExecutorServices
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.storage.database import Database
@@ -103,12 +104,15 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         database = Database.from_settings(settings)
         await database.ensure_schema()
+        # The built-in executors' pooled HTTP client lives as long as the app.
+        executor_services = ExecutorServices(settings)
         scheduler = InternalScheduler(
             scheduler_config,
             database=database,
             settings=settings,
             claim=run_scheduler,
             observer=metrics_registry,
+            executor_services=executor_services,
         )
         await scheduler.start()
         app.state.services = Services(
@@ -122,8 +126,11 @@ def create_app(
         try:
             yield
         finally:
-            await scheduler.stop()
-            await database.dispose()
+            try:
+                await scheduler.stop()
+            finally:
+                await executor_services.aclose()
+                await database.dispose()
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)

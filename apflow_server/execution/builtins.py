@@ -1,31 +1,24 @@
-"""The built-in executors: echo, aggregate results, REST and command.
+"""The built-in executors: echo, aggregate results, REST (in rest/) and command.
 
 The REST and command executors reach outside the process, so each has a safety switch that is
-off by default (SPEC §4): private and loopback URLs are refused, and commands are disabled.
+off by default: private and loopback addresses are refused, and commands are disabled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import shutil
-import socket
 from typing import Any
-from urllib.parse import urlsplit
-
-import httpx
 
 from apflow_server.config import Settings
 from apflow_server.core.commands import check_command_env
 from apflow_server.core.errors import ValidationError
+from apflow_server.execution.errors import ExecutionError as ExecutionError
 from apflow_server.execution.registry import ExecutionContext, Executor
+from apflow_server.execution.rest import rest_executor as rest_executor
 
 MAX_OUTPUT_CHARS = 64_000
-
-
-class ExecutionError(Exception):
-    """A task failed for a reason worth one clear line in its error field."""
 
 
 async def echo_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
@@ -36,66 +29,6 @@ async def aggregate_results_executor(
     inputs: dict[str, Any], context: ExecutionContext
 ) -> dict[str, Any]:
     return {**context.dependency_results, **context.child_results}
-
-
-# ---------------------------------------------------------------------- REST
-
-
-def _require(inputs: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    value = inputs.get(key)
-    if not isinstance(value, kind):
-        raise ExecutionError(f"inputs.{key} is missing or of the wrong type")
-    return value
-
-
-async def _refuse_private(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ExecutionError(f"inputs.url must be an http(s) URL, got {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, port, type=socket.SOCK_STREAM
-        )
-    except socket.gaierror as exc:
-        raise ExecutionError(f"cannot resolve {parts.hostname!r}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise ExecutionError(
-                f"{parts.hostname} resolves to the non-public address {address}; "
-                "set APFLOW_REST_ALLOW_PRIVATE_URLS=1 to allow it"
-            )
-
-
-async def rest_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
-    """An HTTP request: url, method (GET), headers, params, json, timeout (30 s).
-
-    Redirects are not followed, so a public URL cannot bounce the request to a private one.
-    """
-    url = _require(inputs, "url", str)
-    method = str(inputs.get("method", "GET")).upper()
-    timeout = float(inputs.get("timeout", 30))
-    if not Settings.from_env().rest_allow_private_urls:
-        await _refuse_private(url)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        try:
-            response = await client.request(
-                method,
-                url,
-                headers=inputs.get("headers"),
-                params=inputs.get("params"),
-                json=inputs.get("json"),
-            )
-        except httpx.HTTPError as exc:
-            raise ExecutionError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text[:MAX_OUTPUT_CHARS]
-    if not response.is_success:
-        raise ExecutionError(f"{method} {url} answered HTTP {response.status_code}")
-    return {"status_code": response.status_code, "headers": dict(response.headers), "body": body}
 
 
 # ---------------------------------------------------------------------- command
@@ -148,12 +81,13 @@ async def command_executor(inputs: dict[str, Any], context: ExecutionContext) ->
     argv = inputs.get("command")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise ExecutionError("inputs.command must be a non-empty list of strings (no shell)")
-    settings = Settings.from_env()
+    # The running service's settings; called on its own (a script, a test), the environment's.
+    settings = context.services.settings if context.services else Settings.from_env()
     program = _resolve_command(argv, settings)
     timeout = inputs.get("timeout")
     extra_env = inputs.get("env")
-    # Also checked when the task is written; checked again here because the results of the
-    # task's dependencies are merged into its inputs at run time.
+    # Also checked when the task is written; checked again here, for tasks written before the
+    # allowlist changed.
     try:
         check_command_env(extra_env, settings.command_env_allowlist)
     except ValidationError as refused:

@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from apflow_server.core.errors import ApflowError
+
+if TYPE_CHECKING:
+    from apflow_server.execution.services import ExecutorServices
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,9 @@ class ExecutionContext:
     # Results of this task's children and dependencies, keyed by task id.
     child_results: dict[str, Any] = field(default_factory=dict)
     dependency_results: dict[str, Any] = field(default_factory=dict)
+    # What the built-ins need from the service running them (its settings, the pooled HTTP
+    # client): set by the scheduler; None when an executor is called by hand.
+    services: ExecutorServices | None = field(default=None, repr=False, compare=False)
 
 
 Executor = Callable[[dict[str, Any], ExecutionContext], Any | Awaitable[Any]]

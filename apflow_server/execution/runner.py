@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
@@ -19,6 +19,9 @@ from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task
 from apflow_server.storage.repository import subtree_of, utcnow
 from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore
+
+if TYPE_CHECKING:
+    from apflow_server.execution.services import ExecutorServices
 
 MAX_BACKOFF_SECONDS = 300.0
 
@@ -60,6 +63,7 @@ class RunExecutor:
         max_retries: int = 3,
         retry_backoff_seconds: float = 1.0,
         max_parallel: int = 8,
+        services: ExecutorServices | None = None,
     ) -> None:
         self.store = store
         self.database = store.database
@@ -69,6 +73,8 @@ class RunExecutor:
         self.max_retries = max_retries
         self.retry_backoff_seconds = retry_backoff_seconds
         self.max_parallel = max_parallel
+        # Handed to every run's executors (context.services); owned by the caller.
+        self.services = services
         self.sink = DatabaseSink(store.database)
 
     def backoff(self, attempt: int) -> float:
@@ -111,6 +117,7 @@ class RunExecutor:
             registry=self.registry,
             sink=self.sink,
             max_parallel=self.max_parallel,
+            services=self.services,
         )
         outcome = await tree.run()
         return outcome.ok, outcome.result, outcome.error

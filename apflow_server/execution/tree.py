@@ -11,10 +11,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from apflow_server.core.commands import COMMAND_EXECUTOR, pin_control_inputs
 from apflow_server.execution.registry import ExecutionContext, ExecutorRegistry
+
+if TYPE_CHECKING:
+    from apflow_server.execution.services import ExecutorServices
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class TreeRun:
         registry: ExecutorRegistry,
         sink: TaskStateSink,
         max_parallel: int = 8,
+        services: ExecutorServices | None = None,
     ) -> None:
         nodes = {spec.id: _Node(spec) for spec in tasks}
         for node in nodes.values():
@@ -106,6 +110,7 @@ class TreeRun:
         self.registry = registry
         self.sink = sink
         self.slots = asyncio.Semaphore(max_parallel)
+        self.services = services
 
     async def run(self) -> NodeOutcome:
         if not self.root.children:  # a single task: no group to orchestrate
@@ -222,6 +227,7 @@ class TreeRun:
                 c.spec.id: c.outcome.result for c in node.children if c.outcome is not None
             },
             dependency_results=dependency_results,
+            services=self.services,
         )
         async with self.slots:
             if mark_started:
@@ -244,6 +250,6 @@ class TreeRun:
 
 def _is_expected(exc: Exception) -> bool:
     from apflow_server.core.errors import ApflowError
-    from apflow_server.execution.builtins import ExecutionError
+    from apflow_server.execution.errors import ExecutionError
 
     return isinstance(exc, ExecutionError | ApflowError)

@@ -25,6 +25,7 @@ from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.registry import registry as default_registry
 from apflow_server.execution.runner import RunExecutor
+from apflow_server.execution.services import ExecutorServices
 from apflow_server.scheduler.base import (
     RunObserver,
     SchedulerConfig,
@@ -72,11 +73,16 @@ class InternalScheduler:
         registry: ExecutorRegistry | None = None,
         claim: bool = True,
         observer: RunObserver | None = None,
+        executor_services: ExecutorServices | None = None,
     ) -> None:
         self.config = config or SchedulerConfig()
         self.settings = settings or Settings.from_env()
         self._database = database
         self._owns_database = database is None
+        # What the built-in executors use (the pooled HTTP client): made from this
+        # scheduler's settings unless its owner (the app) hands one in and closes it itself.
+        self.executor_services = executor_services or ExecutorServices(self.settings)
+        self._owns_executor_services = executor_services is None
         self.registry = registry or default_registry
         # claim=False: run only what is triggered here (an API server without a scheduler).
         self.claiming = claim
@@ -143,6 +149,7 @@ class InternalScheduler:
             max_retries=self.config.max_retries,
             retry_backoff_seconds=self.config.retry_backoff_seconds,
             max_parallel=self.config.max_parallel_per_run,
+            services=self.executor_services,
         )
         self.stats.started_at = utcnow()
         self.stats.state = SchedulerState.RUNNING
@@ -193,6 +200,8 @@ class InternalScheduler:
             if helper is not None:
                 helper.cancel()
                 await asyncio.gather(helper, return_exceptions=True)
+        if self._owns_executor_services:  # no run is left to use its connections
+            await self.executor_services.aclose()
         self.stats.state = SchedulerState.STOPPED
         try:
             await self._beat(force=True)

@@ -327,6 +327,12 @@ def test_bad_settings_are_refused(cli: Cli) -> None:
     result = cli("tasks", "list", APFLOW_COMMAND_ENV_ALLOWLIST="LANG, LD-PRELOAD")
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, "APFLOW_COMMAND_ENV_ALLOWLIST", "'LD-PRELOAD'")
+    result = cli("tasks", "list", APFLOW_REST_MAX_RESPONSE_BYTES="lots")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_REST_MAX_RESPONSE_BYTES", "lots")
+    result = cli("tasks", "list", APFLOW_REST_MAX_KEEPALIVE="500")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_REST_MAX_KEEPALIVE (500)")
 
 
 # ---------------------------------------------------------------------- real processes

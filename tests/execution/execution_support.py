@@ -3,6 +3,7 @@ runs them through an InternalScheduler and reads back tasks and run history."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -73,6 +74,12 @@ class Harness:
         self.settings = settings
         self.repo = TaskRepository(database, settings=settings)
         self.schedulers: list[InternalScheduler] = []
+
+    def use_settings(self, **changes: Any) -> None:
+        """Change the settings the harness's next schedulers run with (the executors read
+        them from their run's context, not from the environment)."""
+        self.settings = dataclasses.replace(self.settings, **changes)
+        self.repo = TaskRepository(self.database, settings=self.settings)
 
     async def scheduler(self, **config: Any) -> InternalScheduler:
         config.setdefault("poll_interval", 60)

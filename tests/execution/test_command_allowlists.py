@@ -288,7 +288,7 @@ async def test_a_dependency_cannot_steer_a_command(
     """A dependency's result is merged into a run's inputs, and the dependency may be written
     by someone who may not write command tasks: what a command runs (command, cwd, env,
     timeout) comes from the command task's stored inputs only."""
-    allow(monkeypatch, "sh")
+    harness.use_settings(allow_command_executor=True, command_allowlist=(("sh",),))
     evil, good = tmp_path / "evil", tmp_path / "good"
     ids = await harness.tree(
         {"name": "root"},

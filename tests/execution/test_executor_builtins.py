@@ -10,7 +10,8 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import pytest
 from execution_support import Harness
 
+from apflow_server.config import Settings
 from apflow_server.core.types import RunStatus
-from apflow_server.execution import ExecutionContext, ExecutionError
+from apflow_server.execution import ExecutionContext, ExecutionError, ExecutorServices
 from apflow_server.execution.builtins import (
     aggregate_results_executor,
     command_executor,
@@ -46,13 +48,28 @@ def switches_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def commands_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def commands_on(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """On for direct calls (the environment) and for the harness's schedulers (their
+    settings, which runs carry in their context)."""
     monkeypatch.setenv("APFLOW_ALLOW_COMMAND_EXECUTOR", "1")
+    if "harness" in request.fixturenames:
+        request.getfixturevalue("harness").use_settings(allow_command_executor=True)
 
 
 @pytest.fixture
 def private_urls_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APFLOW_REST_ALLOW_PRIVATE_URLS", "1")
+
+
+@pytest.fixture
+async def rest_context(tmp_path: Path) -> AsyncIterator[ExecutionContext]:
+    """CONTEXT as a scheduler started now would hand it to rest_executor: with services made
+    from the environment (after the switch fixtures ran), closed after the test."""
+    services = ExecutorServices(Settings.from_env({**os.environ, "APFLOW_HOME": str(tmp_path)}))
+    try:
+        yield replace(CONTEXT, services=services)
+    finally:
+        await services.aclose()
 
 
 def gone(pid: int) -> bool:
@@ -270,9 +287,11 @@ async def test_allowlist_does_not_match_other_binaries_of_the_same_name(
         ("http://[::ffff:127.0.0.1]:9/", "::ffff:127.0.0.1", "::ffff:7f00:1"),
     ],
 )
-async def test_rest_refuses_private_and_loopback_targets(url: str, host: str, address: str) -> None:
+async def test_rest_refuses_private_and_loopback_targets(
+    url: str, host: str, address: str, rest_context: ExecutionContext
+) -> None:
     with pytest.raises(ExecutionError) as refused:
-        await rest_executor({"url": url}, CONTEXT)
+        await rest_executor({"url": url}, rest_context)
     assert str(refused.value) == (
         f"{host} resolves to the non-public address {address}; "
         "set APFLOW_REST_ALLOW_PRIVATE_URLS=1 to allow it"
@@ -280,15 +299,15 @@ async def test_rest_refuses_private_and_loopback_targets(url: str, host: str, ad
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "http:///nohost"])
-async def test_rest_needs_an_http_url(url: str) -> None:
+async def test_rest_needs_an_http_url(url: str, rest_context: ExecutionContext) -> None:
     with pytest.raises(ExecutionError) as refused:
-        await rest_executor({"url": url}, CONTEXT)
+        await rest_executor({"url": url}, rest_context)
     assert str(refused.value) == f"inputs.url must be an http(s) URL, got {url!r}"
 
 
-async def test_rest_needs_a_url() -> None:
+async def test_rest_needs_a_url(rest_context: ExecutionContext) -> None:
     with pytest.raises(ExecutionError) as refused:
-        await rest_executor({"method": "GET"}, CONTEXT)
+        await rest_executor({"method": "GET"}, rest_context)
     assert str(refused.value) == "inputs.url is missing or of the wrong type"
 
 
@@ -346,16 +365,19 @@ def server() -> Iterator[str]:
         httpd.server_close()
 
 
-async def test_rest_refuses_the_local_server_without_the_switch(server: str) -> None:
+async def test_rest_refuses_the_local_server_without_the_switch(
+    server: str, rest_context: ExecutionContext
+) -> None:
     with pytest.raises(ExecutionError) as refused:
-        await rest_executor({"url": f"{server}/echo"}, CONTEXT)
+        await rest_executor({"url": f"{server}/echo"}, rest_context)
     assert "non-public address 127.0.0.1" in str(refused.value)
 
 
 @pytest.mark.usefixtures("private_urls_on")
-async def test_rest_get(server: str) -> None:
+async def test_rest_get(server: str, rest_context: ExecutionContext) -> None:
     result = await rest_executor(
-        {"url": f"{server}/echo", "params": {"q": "a b"}, "headers": {"X-Test": "yes"}}, CONTEXT
+        {"url": f"{server}/echo", "params": {"q": "a b"}, "headers": {"X-Test": "yes"}},
+        rest_context,
     )
     assert result["status_code"] == 200
     assert result["headers"]["content-type"] == "application/json"
@@ -363,9 +385,9 @@ async def test_rest_get(server: str) -> None:
 
 
 @pytest.mark.usefixtures("private_urls_on")
-async def test_rest_post_json(server: str) -> None:
+async def test_rest_post_json(server: str, rest_context: ExecutionContext) -> None:
     result = await rest_executor(
-        {"url": f"{server}/echo", "method": "post", "json": {"n": [1, 2]}}, CONTEXT
+        {"url": f"{server}/echo", "method": "post", "json": {"n": [1, 2]}}, rest_context
     )
     assert result["body"] == {
         "method": "POST",
@@ -376,33 +398,35 @@ async def test_rest_post_json(server: str) -> None:
 
 
 @pytest.mark.usefixtures("private_urls_on")
-async def test_rest_text_body(server: str) -> None:
-    result = await rest_executor({"url": f"{server}/text"}, CONTEXT)
+async def test_rest_text_body(server: str, rest_context: ExecutionContext) -> None:
+    result = await rest_executor({"url": f"{server}/text"}, rest_context)
     assert (result["status_code"], result["body"]) == (200, "plain words")
 
 
 @pytest.mark.usefixtures("private_urls_on")
 @pytest.mark.parametrize("code", [404, 500, 302])
-async def test_rest_non_2xx_fails(server: str, code: int) -> None:
+async def test_rest_non_2xx_fails(server: str, code: int, rest_context: ExecutionContext) -> None:
     url = f"{server}/status/{code}"
     with pytest.raises(ExecutionError) as failed:
-        await rest_executor({"url": url}, CONTEXT)
+        await rest_executor({"url": url}, rest_context)
     assert str(failed.value) == f"GET {url} answered HTTP {code}"
 
 
 @pytest.mark.usefixtures("private_urls_on")
-async def test_rest_does_not_follow_redirects(server: str) -> None:
+async def test_rest_does_not_follow_redirects(server: str, rest_context: ExecutionContext) -> None:
     url = f"{server}/redirect"
     with pytest.raises(ExecutionError) as failed:
-        await rest_executor({"url": url}, CONTEXT)
+        await rest_executor({"url": url}, rest_context)
     assert str(failed.value) == f"GET {url} answered HTTP 302"
 
 
 @pytest.mark.usefixtures("private_urls_on")
-async def test_rest_timeout_and_connection_errors(server: str) -> None:
+async def test_rest_timeout_and_connection_errors(
+    server: str, rest_context: ExecutionContext
+) -> None:
     url = f"{server}/slow"
     with pytest.raises(ExecutionError) as slow:
-        await rest_executor({"url": url, "timeout": 0.2}, CONTEXT)
+        await rest_executor({"url": url, "timeout": 0.2}, rest_context)
     assert str(slow.value).startswith(f"GET {url} failed: ReadTimeout")
 
     # A port nobody listens on (bound, never listening).
@@ -412,7 +436,7 @@ async def test_rest_timeout_and_connection_errors(server: str) -> None:
         unused.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{unused.getsockname()[1]}/"
         with pytest.raises(ExecutionError) as refused:
-            await rest_executor({"url": closed}, CONTEXT)
+            await rest_executor({"url": closed}, rest_context)
     assert str(refused.value).startswith(f"GET {closed} failed: ConnectError")
 
 
@@ -491,7 +515,7 @@ async def test_rest_refusal_and_http_errors_fail_their_tasks(
         "set APFLOW_REST_ALLOW_PRIVATE_URLS=1 to allow it"
     )
 
-    monkeypatch.setenv("APFLOW_REST_ALLOW_PRIVATE_URLS", "1")
+    harness.settings = replace(harness.settings, rest_allow_private_urls=True)
     scheduler = await harness.scheduler()
     _, ok = await harness.run(ids["call"], scheduler)
     assert ok.status is RunStatus.COMPLETED
