@@ -14,6 +14,11 @@ from typing import Any
 
 from apflow_server.core.errors import ValidationError
 
+# A tree is bounded in both directions: its run, its listing and its deletion walk it, and some
+# of those walks are recursive (SQLite cascades a delete at most 1,000 levels deep).
+MAX_TREE_DEPTH = 100
+MAX_TREE_TASKS = 1000
+
 
 @dataclass
 class NodeRef:
@@ -133,24 +138,48 @@ def resolve_dependencies(nodes: Sequence[NodeRef], field_of: Any = None) -> None
 
 
 def _check_acyclic(siblings: Sequence[NodeRef], prefix: Any) -> None:
+    """Refuse a cycle among the siblings' dependencies (depth-first, with an explicit stack:
+    a chain of a thousand dependencies must not exhaust Python's recursion limit)."""
     graph: dict[str, list[str]] = {
         node.id: [dep["id"] for dep in node.dependencies] for node in siblings
     }
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-
-    def visit(task_id: str, path: list[str]) -> None:
-        state[task_id] = 1
-        for target in graph.get(task_id, []):
+    for start in siblings:
+        if start.id in state:
+            continue
+        path = [start.id]
+        stack = [iter(graph.get(start.id, []))]
+        state[start.id] = 1
+        while stack:
+            target = next(stack[-1], None)
+            if target is None:
+                state[path.pop()] = 2
+                stack.pop()
+                continue
             if state.get(target) == 1:
                 cycle = [*path[path.index(target) :], target]
                 names = {node.id: node.name for node in siblings}
                 shown = " -> ".join(names.get(item) or item for item in cycle)
-                node = next(node for node in siblings if node.id == task_id)
+                node = next(node for node in siblings if node.id == path[-1])
                 raise ValidationError(prefix(node), f"dependencies form a cycle: {shown}")
-            if state.get(target) is None:
-                visit(target, [*path, target])
-        state[task_id] = 2
+            if target not in state:
+                state[target] = 1
+                path.append(target)
+                stack.append(iter(graph.get(target, [])))
 
-    for node in siblings:
-        if state.get(node.id) is None:
-            visit(node.id, [node.id])
+
+def depth_of_batch(nodes: Sequence[NodeRef]) -> int:
+    """The number of levels of the subtree a planned batch forms (its root is level 1)."""
+    parents = {node.id: node.parent_id for node in nodes}
+    levels: dict[str, int] = {}
+    for node in nodes:
+        chain = []
+        current: str | None = node.id
+        while current in parents and current not in levels:
+            chain.append(current)
+            current = parents[current]
+        level = levels.get(current, 0) if current is not None else 0
+        for task_id in reversed(chain):
+            level += 1
+            levels[task_id] = level
+    return max(levels.values(), default=0)

@@ -25,7 +25,15 @@ from apflow_server.core.task_fields import (
     parse_instant,
     validate_task_fields,
 )
-from apflow_server.core.trees import NodeRef, batch_label, plan_batch, resolve_dependencies
+from apflow_server.core.trees import (
+    MAX_TREE_DEPTH,
+    MAX_TREE_TASKS,
+    NodeRef,
+    batch_label,
+    depth_of_batch,
+    plan_batch,
+    resolve_dependencies,
+)
 from apflow_server.core.types import RunStatus, RunTrigger, ScheduleType, TaskStatus
 from apflow_server.schedules import Schedule, parse_schedule_type
 from apflow_server.schedules.expressions import IntervalRecurrence
@@ -129,6 +137,8 @@ class TaskRepository:
         read or resolved; it raises to refuse, e.g. when the caller may not touch it."""
         if not isinstance(specs, Sequence) or isinstance(specs, str | bytes) or not specs:
             raise ValidationError("tasks", "must be a non-empty list of tasks")
+        if len(specs) > MAX_TREE_TASKS:
+            raise ValidationError("tasks", f"a tree holds at most {MAX_TREE_TASKS} tasks")
         label = batch_label(len(specs))
         cleaned = [
             _with_prefix(label(i), validate_task_fields, spec, creating=True)
@@ -142,6 +152,8 @@ class TaskRepository:
             given = [spec["id"] for spec in cleaned if spec.get("id")]
             existing = await session.scalars(select(Task.id).where(Task.id.in_(given)))
             nodes = plan_batch(cleaned, existing)
+            if depth_of_batch(nodes) > MAX_TREE_DEPTH:
+                raise ValidationError("tasks", f"a tree is at most {MAX_TREE_DEPTH} levels deep")
             root_index = next(
                 i for i, n in enumerate(nodes) if n.parent_id not in {m.id for m in nodes}
             )
@@ -156,6 +168,17 @@ class TaskRepository:
                     )
                 if check_parent is not None:
                     check_parent(parent)
+                ancestry = await _ancestry(session, parent)
+                if len(ancestry) + depth_of_batch(nodes) > MAX_TREE_DEPTH:
+                    raise ValidationError(
+                        f"{label(root_index)}parent_id",
+                        f"a tree is at most {MAX_TREE_DEPTH} levels deep",
+                    )
+                if await tree_size(session, ancestry[-1].id) + len(nodes) > MAX_TREE_TASKS:
+                    raise ValidationError(
+                        f"{label(root_index)}parent_id",
+                        f"a tree holds at most {MAX_TREE_TASKS} tasks",
+                    )
                 rows = await session.scalars(select(Task).where(Task.parent_id == parent.id))
                 siblings = [_node_of(row) for row in rows]
             resolve_dependencies(
@@ -251,7 +274,7 @@ class TaskRepository:
             task = await session.get(Task, task_id)
             if task is None:
                 raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
-            root = await _root_of(session, task)
+            root = (await _ancestry(session, task))[-1]
             rows = await subtree_of(session, root.id)
         return build_tree(rows, root.id)
 
@@ -666,13 +689,22 @@ async def subtree_of(session: AsyncSession, root_id: str) -> list[Task]:
     return list(await session.scalars(select(Task).where(Task.id.in_(select(tree.c.id)))))
 
 
-async def _root_of(session: AsyncSession, task: Task) -> Task:
-    while task.parent_id is not None:
-        parent = await session.get(Task, task.parent_id)
+async def _ancestry(session: AsyncSession, task: Task) -> list[Task]:
+    """The task and its ancestors, up to its root (last); at most MAX_TREE_DEPTH + 1 of them."""
+    chain = [task]
+    while chain[-1].parent_id is not None and len(chain) <= MAX_TREE_DEPTH:
+        parent = await session.get(Task, chain[-1].parent_id)
         if parent is None:
             break
-        task = parent
-    return task
+        chain.append(parent)
+    return chain
+
+
+async def tree_size(session: AsyncSession, root_id: str) -> int:
+    """How many tasks the tree under `root_id` holds (the root included)."""
+    tree = select(Task.id).where(Task.id == root_id).cte("sized", recursive=True)
+    tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
+    return int(await session.scalar(select(func.count()).select_from(tree)) or 0)
 
 
 def _node_of(task: Task) -> NodeRef:

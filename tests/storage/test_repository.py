@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
 
 from apflow_server.config import Settings
 from apflow_server.core.errors import ConflictError, NotFoundError, ValidationError
+from apflow_server.core.trees import MAX_TREE_DEPTH, MAX_TREE_TASKS
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun, task_to_dict
 from apflow_server.storage.repository import TaskRepository
@@ -600,3 +602,61 @@ async def test_preview_of_a_stored_task_and_of_unsaved_fields(repo: TaskReposito
         with pytest.raises(ValidationError) as caught:
             await repo.preview_schedule(**bad)
         assert caught.value.field == field
+
+
+# ---------------------------------------------------------------------- bounded trees
+
+
+def chain(levels: int, *, root: str = "level0") -> list[dict[str, Any]]:
+    """A tree that is one path: `levels` levels deep."""
+    specs: list[dict[str, Any]] = [{"name": root}]
+    specs += [{"name": f"level{i}", "parent_id": f"level{i - 1}"} for i in range(1, levels)]
+    return specs
+
+
+async def test_a_tree_is_at_most_a_hundred_levels_deep(repo: TaskRepository) -> None:
+    created = await repo.create_tasks(chain(MAX_TREE_DEPTH))
+    with pytest.raises(ValidationError) as too_deep:
+        await repo.create_tasks(chain(MAX_TREE_DEPTH + 1, root="other"))
+    assert too_deep.value.field == "tasks"
+    # one more level under the deepest task of the existing tree
+    with pytest.raises(ValidationError) as under:
+        await repo.create_task(name="deeper", parent_id=created[-1].id)
+    assert under.value.field == "parent_id"
+    assert "100 levels" in under.value.reason
+    assert (await repo.list_tasks(limit=1000)).total == MAX_TREE_DEPTH
+    # the whole tree still reads, and deletes, in one piece
+    tree = await repo.get_tree(created[-1].id)
+    assert tree.task.id == created[0].id
+    assert len(await repo.delete_task(created[0].id)) == MAX_TREE_DEPTH
+
+
+async def test_a_tree_holds_at_most_a_thousand_tasks(repo: TaskRepository) -> None:
+    wide = [{"name": "root"}] + [{"name": f"k{i}", "parent_id": "root"} for i in range(998)]
+    root = (await repo.create_tasks(wide))[0]
+    await repo.create_task(name="the thousandth", parent_id=root.id)
+    with pytest.raises(ValidationError) as full:
+        await repo.create_task(name="one too many", parent_id=root.id)
+    assert full.value.field == "parent_id"
+    with pytest.raises(ValidationError) as batch:
+        await repo.create_tasks(
+            [{"name": "r"}] + [{"name": f"x{i}", "parent_id": "r"} for i in range(1000)]
+        )
+    assert batch.value.field == "tasks"
+    assert (await repo.list_tasks(limit=1000, offset=0)).total == MAX_TREE_TASKS
+
+
+async def test_a_long_chain_of_dependencies_is_checked_without_recursion(
+    repo: TaskRepository,
+) -> None:
+    """Each sibling depends on the next: the cycle check walks 900 links deep."""
+    siblings = [
+        {"name": f"s{i}", "parent_id": "root", "dependencies": [f"s{i + 1}"] if i < 899 else []}
+        for i in range(900)
+    ]
+    created = await repo.create_tasks([{"name": "root"}, *siblings])
+    assert len(created) == 901
+    siblings[-1]["dependencies"] = ["s0"]
+    with pytest.raises(ValidationError) as cycle:
+        await repo.create_tasks([{"name": "root"}, *siblings])
+    assert "cycle" in cycle.value.reason
