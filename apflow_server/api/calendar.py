@@ -20,6 +20,7 @@ from apflow_server.api.auth import Principal, decode_token, principal_of
 from apflow_server.api.services import Services
 from apflow_server.core.compute import off_loop
 from apflow_server.core.errors import ApflowError, ForbiddenError, UnauthenticatedError
+from apflow_server.core.task_fields import check_user_id
 from apflow_server.scheduler.gateway.ical import ICalExporter
 from apflow_server.storage import feed_keys
 
@@ -31,7 +32,7 @@ async def feed_user(request: Request, services: Services) -> str | None:
     """The user whose calendar this request may read (None: every user's, for admins and
     when authentication is off)."""
     settings = services.settings
-    requested = request.query_params.get("user_id") or None
+    requested = check_user_id("user_id", request.query_params.get("user_id") or None)
     api_key = request.query_params.get("api_key") or None
     principal: Principal | None = principal_of(request)
     if api_key is not None:

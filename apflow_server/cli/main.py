@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from apflow_server.core.errors import ApflowError
+from apflow_server.core.task_fields import is_valid_unicode
 
 from . import calendar, gateway  # noqa: F401  (more `scheduler` commands)
 from .configure import config_group
@@ -93,6 +94,13 @@ class ApflowGroup(click.Group):
         windows_expand_args: bool,
         **extra: Any,
     ) -> int:
+        for position, argument in enumerate(sys.argv[1:] if args is None else args, start=1):
+            if not is_valid_unicode(argument):
+                # Python decodes bytes that are not UTF-8 as lone surrogates: no column,
+                # file or JSON document can hold them.
+                shown = argument.encode("utf-8", "backslashreplace").decode()
+                fail(f"argument {position} ({shown}) is not valid UTF-8 text")
+                return EXIT_USAGE
         try:
             result = super().main(
                 args,

@@ -118,10 +118,10 @@ def find_invalid_text(value: Any, path: str) -> str | None:
     lone UTF-16 surrogate such as "\\ud800", which JSON can spell but no UTF-8 text, column
     or document can hold. None when there is none."""
     if isinstance(value, str):
-        return None if _valid_unicode(value) else path
+        return None if is_valid_unicode(value) else path
     if isinstance(value, dict):
         for key, item in value.items():
-            if not _valid_unicode(key):
+            if not is_valid_unicode(key):
                 return path or "params"
             found = find_invalid_text(item, f"{path}.{key}" if path else key)
             if found is not None:
@@ -134,7 +134,7 @@ def find_invalid_text(value: Any, path: str) -> str | None:
     return None
 
 
-def _valid_unicode(text: str) -> bool:
+def is_valid_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -159,7 +159,7 @@ def _identifier(field: str, value: Any) -> str | None:
     return value
 
 
-def _user_id(field: str, value: Any) -> str | None:
+def check_user_id(field: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > 255:
@@ -276,7 +276,7 @@ def _choice(enum: Any) -> Any:
 _CHECKS: dict[str, Any] = {
     "id": _identifier,
     "parent_id": _identifier,
-    "user_id": _user_id,
+    "user_id": check_user_id,
     "name": _name,
     "priority": _int_in(0, 3),
     "inputs": _json_object,

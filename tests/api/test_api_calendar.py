@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import icalendar
+import pytest
 from api_harness import Service, ServiceFactory
 from api_support import JWT_SECRET, admin_token, token
 
@@ -144,3 +145,11 @@ def test_export_ical_method(make_service: ServiceFactory) -> None:
     assert error["code"] == -32003
     error = service.api.fail("tasks.scheduled.export-ical", {"limit": 0}, auth=admin)
     assert error["code"] == -32602 and error["data"]["field"] == "limit"
+
+
+@pytest.mark.parametrize("user_id", ["a\x00b", "x" * 256, " "])
+def test_a_bad_user_id_is_400_not_500(make_service: ServiceFactory, user_id: str) -> None:
+    service = make_service()
+    response = service.http.get("/scheduler/ical", params={"user_id": user_id})
+    assert response.status_code == 400, response.text
+    assert "user_id" in response.json()["error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,26 @@ def test_errors_in_real_processes(process: Process, tmp_path: Path) -> None:
 def test_help_and_version(process: Process) -> None:
     assert process.ok("--version").startswith("apflow ")
     assert "tasks" in process.ok()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [b"tasks", b"create", b"--name", b"\xff\xfe"],
+        [b"tasks", b"get", b"\xff"],
+        [b"tasks", b"list", b"--user-id", b"caf\xe9"],
+    ],
+)
+def test_arguments_that_are_not_utf8_are_a_usage_error(process: Process, argv: list[bytes]) -> None:
+    """Python reads bytes that are not UTF-8 as lone surrogates, which nothing can store."""
+    result = subprocess.run(
+        [process.executable.encode(), *argv],
+        env=process.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert_one_error_line(stderr, "is not valid UTF-8 text")
+    assert process.json("tasks", "list")["total"] == 0
