@@ -21,6 +21,15 @@ from apflow_server.storage.repository import TaskRepository, subtree_of
 MAX_IDEMPOTENCY_KEY = 255
 
 
+def checked_task_id(task_id: Any) -> str:
+    """A task id fit for a query (a NUL reaches no task, and PostgreSQL refuses it)."""
+    if not isinstance(task_id, str) or not task_id:
+        raise ValidationError("task_id", "must be a task id")
+    if "\x00" in task_id:
+        raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+    return task_id
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -31,11 +40,7 @@ class Services:
 
     async def task_for(self, task_id: Any, principal: Principal | None) -> Task:
         """The task, if it exists and the caller may touch it."""
-        if not isinstance(task_id, str) or not task_id:
-            raise ValidationError("task_id", "must be a task id")
-        if "\x00" in task_id:  # no id holds one; PostgreSQL would refuse the query
-            raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
-        task = await self.repository.require_task(task_id)
+        task = await self.repository.require_task(checked_task_id(task_id))
         check_owner(principal, task.user_id)
         return task
 
@@ -54,9 +59,13 @@ class Services:
             not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY
         ):
             raise ValidationError("Idempotency-Key", "must be 1-255 characters")
-        await self.task_for(task_id, principal)
         claimed = await self.scheduler.start_run(
-            task_id, trigger, idempotency_key=idempotency_key, scheduled_for=scheduled_for
+            checked_task_id(task_id),
+            trigger,
+            idempotency_key=idempotency_key,
+            scheduled_for=scheduled_for,
+            # Under the task's row lock, in the transaction that starts the run.
+            check=lambda task: check_owner(principal, task.user_id),
         )
         if claimed is None:
             return {"success": False, "status": "not_due", "task_id": task_id, "run_id": None}

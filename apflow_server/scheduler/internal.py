@@ -36,7 +36,7 @@ from apflow_server.scheduler.listener import ScheduleListener
 from apflow_server.storage import instances, signals
 from apflow_server.storage.database import Database, DatabaseError
 from apflow_server.storage.repository import utcnow
-from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore
+from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore, TaskState
 
 logger = logging.getLogger("apflow_server.scheduler")
 
@@ -237,17 +237,21 @@ class InternalScheduler:
         *,
         idempotency_key: str | None = None,
         scheduled_for: datetime | None = None,
+        check: Callable[[TaskState], None] | None = None,
     ) -> ClaimedRun | None:
         """Start a run here: ad hoc, or (with `scheduled_for`) the named due occurrence.
 
         Returns None when that occurrence is not due (already fired, skipped or missed); a
         run found by its idempotency key comes back `replayed` and is not started again.
+        `check` sees the task under its row lock first, and raises to refuse.
         """
         store = self._require_store()
         if scheduled_for is not None:
-            claimed = await store.claim_occurrence(task_id, scheduled_for)
+            claimed = await store.claim_occurrence(task_id, scheduled_for, check=check)
         else:
-            claimed = await store.start_now(task_id, trigger, idempotency_key=idempotency_key)
+            claimed = await store.start_now(
+                task_id, trigger, idempotency_key=idempotency_key, check=check
+            )
         if claimed is not None and not claimed.replayed:
             self._launch(claimed)
         return claimed

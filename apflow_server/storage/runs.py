@@ -21,6 +21,7 @@ This module holds the SQL that exactly-once rests on. The guarantees and why the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
-from apflow_server.core.errors import ConflictError, NotFoundError
+from apflow_server.core.errors import ApflowError, ConflictError, NotFoundError
 from apflow_server.core.types import (
     MisfirePolicy,
     OverlapPolicy,
@@ -44,6 +45,7 @@ from apflow_server.schedules import Schedule
 from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_of, set_next_run
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
+from apflow_server.storage.group_commit import GroupCommit
 from apflow_server.storage.models import RUNS, TASKS, Task, TaskRun
 from apflow_server.storage.repository import due_filter, prune_runs, utcnow
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
@@ -244,6 +246,7 @@ class RunStore:
         self.settings = settings
         self.instance_id = instance_id
         self.clock = clock
+        self._starts: GroupCommit[StartRequest, ClaimedRun] = GroupCommit(self._start_batch)
 
     @property
     def lease(self) -> timedelta:
@@ -505,43 +508,107 @@ class RunStore:
     # ------------------------------------------------------------------ ad-hoc runs
 
     async def start_now(
-        self, task_id: str, trigger: RunTrigger, *, idempotency_key: str | None = None
+        self,
+        task_id: str,
+        trigger: RunTrigger,
+        *,
+        idempotency_key: str | None = None,
+        check: Callable[[TaskState], None] | None = None,
     ) -> ClaimedRun:
         """Start a run of a task outside its schedule (manual, webhook, API).
 
         While the task runs, its overlap policy decides: `cancel_other` replaces the current
-        run; otherwise the request is refused as a conflict (HTTP 409).
+        run; otherwise the request is refused as a conflict (HTTP 409). `check` is called with
+        the task under its row lock before anything is written, and raises to refuse (the
+        caller's permission). Concurrent starts share one transaction (see group_commit.py).
+        """
+        return await self._starts.submit(StartRequest(task_id, trigger, idempotency_key, check))
+
+    async def _start_batch(
+        self, requests: Sequence[StartRequest]
+    ) -> list[ClaimedRun | BaseException]:
+        """Start the runs of `requests` in one transaction; one outcome per request.
+
+        The tasks are locked in id order (FOR UPDATE; every other writer that locks several
+        task rows locks them in that order too, so batches cannot deadlock with each other or
+        with finishing). A request is decided as if the ones before it had committed: a
+        second trigger of one task finds it running. A task that is part of a tree is decided
+        against the database's state, so the batch's writes so far are flushed first.
         """
         now = self.clock()
-        async with schedule_write(self.database) as session:
-            task = await self._locked_task(session, task_id)
-            if idempotency_key is not None:
-                # Under the task's row lock, so two requests with one key cannot both start.
-                earlier = await session.scalar(
-                    select(TaskRun).where(
-                        TaskRun.task_id == task.id, TaskRun.idempotency_key == idempotency_key
-                    )
+        dialect = self.database.dialect
+        outcomes: list[ClaimedRun | BaseException] = []
+        async with self.database.transaction(write=True) as session:
+            ids = sorted({request.task_id for request in requests})
+            query = (
+                states_query(definition=True)
+                .where(among(TASKS.c.id, ids, dialect))
+                .order_by(TASKS.c.id)
+                .with_for_update()
+            )
+            tasks = {task.id: task for task in await load_states(session, query, definition=True)}
+            replays = await _runs_by_key(session, requests, dialect)
+            pending = _PendingStarts(self, session)
+            for request in requests:
+                try:
+                    outcomes.append(await self._decide_start(request, tasks, replays, pending, now))
+                except ApflowError as refused:
+                    outcomes.append(refused)
+            await pending.flush()
+        return outcomes
+
+    async def _decide_start(
+        self,
+        request: StartRequest,
+        tasks: dict[str, TaskState],
+        replays: dict[tuple[str, str], ClaimedRun],
+        pending: _PendingStarts,
+        now: datetime,
+    ) -> ClaimedRun:
+        task = tasks.get(request.task_id)
+        if task is None:
+            raise NotFoundError(
+                f"task {request.task_id!r} not found", data={"task_id": request.task_id}
+            )
+        if request.check is not None:
+            request.check(task)
+        key = (task.id, request.idempotency_key) if request.idempotency_key else None
+        if key is not None and key in replays:
+            return replays[key]
+        if task.status == IN_PROGRESS:
+            if task.schedule_overlap != OverlapPolicy.CANCEL_OTHER.value:
+                raise ConflictError(
+                    f"task {task.id!r} is already running", data={"task_id": task.id}
                 )
-                if earlier is not None:
-                    return _replayed(earlier)
-            if task.status == IN_PROGRESS:
-                if task.schedule_overlap != OverlapPolicy.CANCEL_OTHER.value:
-                    raise ConflictError(
-                        f"task {task_id!r} is already running", data={"task_id": task_id}
-                    )
-                await self._cancel_current(session, task, now, "cancelled by a newer trigger")
-            busy = await _busy_relative(session, task)
+            await pending.flush()  # the run it cancels may be one this batch started
+            await self._cancel_current(pending.session, task, now, "cancelled by a newer trigger")
+        if task.parent_id is not None or task.snapshot is None:  # part of a tree
+            await pending.flush()
+            busy = await _busy_relative(pending.session, task)
             if busy is not None:
                 raise ConflictError(
-                    f"task {task_id!r} is part of a tree that is running ({busy.name!r}, "
+                    f"task {task.id!r} is part of a tree that is running ({busy.name!r}, "
                     f"{busy.id}); a task runs either alone or with its tree, not both",
                     data={"task_id": busy.id},
                 )
-            started = await self._start(session, task, trigger, None, now, idempotency_key)
-            await write_back(session, [task])
-            return started
+        row = self._run_row(
+            task, request.trigger, None, RunStatus.RUNNING, now, request.idempotency_key
+        )
+        claimed = self._take(task, row["id"], request.trigger, None, now)
+        if task.max_runs is not None and task.run_count >= task.max_runs:
+            set_next_run(task, None)
+        pending.add(row, task)
+        if key is not None:
+            replays[key] = dataclasses.replace(claimed, replayed=True)
+        return claimed
 
-    async def claim_occurrence(self, task_id: str, scheduled_for: datetime) -> ClaimedRun | None:
+    async def claim_occurrence(
+        self,
+        task_id: str,
+        scheduled_for: datetime,
+        *,
+        check: Callable[[TaskState], None] | None = None,
+    ) -> ClaimedRun | None:
         """Fire one named occurrence of a task's schedule, if it is the one due now.
 
         This is how a scheduler in API mode fires through a server: the server claims, with
@@ -551,6 +618,8 @@ class RunStore:
         now = self.clock()
         async with schedule_write(self.database) as session:
             task = await self._locked_task(session, task_id)
+            if check is not None:
+                check(task)
             due = (
                 task.schedule_enabled
                 and task.next_run_at == scheduled_for
@@ -720,6 +789,7 @@ class RunStore:
             owners = (
                 states_query()
                 .where(among(TASKS.c.id, {claimed.task_id for _, claimed, _ in mine}, dialect))
+                .order_by(TASKS.c.id)  # the lock order of every multi-row writer
                 .with_for_update()
             )
             tasks = {task.id: task for task in await load_states(session, owners)}
@@ -863,3 +933,57 @@ async def _busy_relative(session: AsyncSession, task: TaskState) -> Task | None:
     below = below.union_all(select(Task.id).where(Task.parent_id == below.c.id))
     query = select(Task).where(Task.id.in_(select(below.c.id)), Task.status == IN_PROGRESS)
     return await session.scalar(query.limit(1))
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """One ad-hoc start: what `RunStore.start_now` was asked."""
+
+    task_id: str
+    trigger: RunTrigger
+    idempotency_key: str | None = None
+    check: Callable[[TaskState], None] | None = None
+
+
+class _PendingStarts:
+    """The run rows and task states a batch of starts has decided, written together."""
+
+    def __init__(self, store: RunStore, session: AsyncSession) -> None:
+        self.store = store
+        self.session = session
+        self.rows: list[dict[str, Any]] = []
+        self.tasks: dict[str, TaskState] = {}
+
+    def add(self, row: dict[str, Any], task: TaskState) -> None:
+        self.rows.append(row)
+        self.tasks[task.id] = task
+
+    async def flush(self) -> None:
+        """Write what was decided so far, so the next queries see it."""
+        if self.rows:
+            await insert_rows(self.session, RUNS, self.rows, unique=OCCURRENCE)
+            self.rows = []
+        if self.tasks:
+            await write_back(self.session, list(self.tasks.values()))
+            self.tasks = {}
+            self.session.expire_all()  # ORM reads of these rows must see the writes
+
+
+async def _runs_by_key(
+    session: AsyncSession, requests: Sequence[StartRequest], dialect: str
+) -> dict[tuple[str, str], ClaimedRun]:
+    """Earlier runs of the requested tasks under the requested idempotency keys."""
+    keyed = {(r.task_id, r.idempotency_key) for r in requests if r.idempotency_key is not None}
+    if not keyed:
+        return {}
+    rows = await session.scalars(
+        select(TaskRun).where(
+            among(RUNS.c.task_id, {task_id for task_id, _ in keyed}, dialect),
+            among(RUNS.c.idempotency_key, {key for _, key in keyed}, dialect),
+        )
+    )
+    found: dict[tuple[str, str], ClaimedRun] = {}
+    for run in rows:
+        if run.idempotency_key is not None and (run.task_id, run.idempotency_key) in keyed:
+            found[(run.task_id, run.idempotency_key)] = _replayed(run)
+    return found
