@@ -6,6 +6,7 @@ embedding applications can change the environment before they build a service.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -48,6 +49,40 @@ CONFIG_FILE = "config.cli.yaml"
 # Pinned: an HMAC family only, never "none" nor whatever a token header asks for.
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 CONFIG_KEYS = ("jwt_secret", "jwt_algorithm", "admin_auth_token", "api_server_url")
+
+
+# Rate-limit storages by URL scheme: memory (this process only) and the Redis family (shared by
+# replicas), which needs the `redis` extra. limits knows more (memcached, MongoDB, ...), but
+# these are the ones this package declares and tests.
+MEMORY_SCHEME = "memory"
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+REDIS_EXTRA_HINT = "pip install 'apflow-server[redis]'"
+
+
+def _rate_limit_storage(env: Mapping[str, str]) -> str:
+    """APFLOW_RATE_LIMIT_STORAGE, refused now rather than when the first request needs it (the
+    message names the scheme only: the URL may hold a Redis password)."""
+    name = "APFLOW_RATE_LIMIT_STORAGE"
+    value = (env.get(name) or "").strip() or f"{MEMORY_SCHEME}://"
+    scheme, separator, _rest = value.partition("://")
+    if not separator or scheme not in (MEMORY_SCHEME, *REDIS_SCHEMES):
+        shown = f"{scheme}://" if separator else "a value without a scheme"
+        raise ConfigError(
+            f"{name}: unknown storage {shown}: use memory:// (one process) or "
+            "redis://host:6379 (shared; also rediss://, redis+unix://, redis+sentinel://, "
+            "redis+cluster://)"
+        )
+    if scheme in REDIS_SCHEMES and not _importable("redis"):
+        raise ConfigError(f"{name}: {scheme}:// needs the redis extra: {REDIS_EXTRA_HINT}")
+    return value
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
@@ -156,5 +191,5 @@ class Settings:
             webhook_allowed_ips=_networks(env, "APFLOW_WEBHOOK_ALLOWED_IPS"),
             trusted_proxies=_networks(env, "APFLOW_TRUSTED_PROXIES"),
             webhook_rate_limit=_int(env, "APFLOW_WEBHOOK_RATE_LIMIT", 0),
-            rate_limit_storage=env.get("APFLOW_RATE_LIMIT_STORAGE") or "memory://",
+            rate_limit_storage=_rate_limit_storage(env),
         )
