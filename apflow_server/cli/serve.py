@@ -106,15 +106,23 @@ def serve(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if migrate:
-        from .runtime import run_with_database
+    from .runtime import run_with_database
 
-        async def upgrade(database: Database) -> None:
+    async def prepare(database: Database) -> None:
+        # The same check the app's lifespan makes, made here first: a database that cannot be
+        # used (unreachable, refused SSL, not migrated) is then one line, not a traceback
+        # from inside uvicorn.
+        if migrate:
             await database.upgrade()
+        await database.ensure_schema()
 
-        run_with_database(upgrade)
     sock = listening_socket(host, port)
-    app = create_app(settings, run_scheduler=not no_scheduler)
+    try:
+        app = create_app(settings, run_scheduler=not no_scheduler)
+        run_with_database(prepare)
+    except BaseException:
+        sock.close()
+        raise
     # proxy_headers off: X-Forwarded-For is believed only from APFLOW_TRUSTED_PROXIES, by the
     # app itself; uvicorn would otherwise trust it from any loopback peer.
     config = uvicorn.Config(
