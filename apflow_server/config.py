@@ -40,6 +40,14 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return (env.get(name) or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _text(env: Mapping[str, str], file: Mapping[str, str], name: str, key: str) -> str | None:
+    """A free-text setting from the environment, else the config file; blank means unset."""
+    value = env.get(name)
+    if value is None:
+        value = file.get(key)
+    return value.strip() or None if value is not None else None
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
 
@@ -48,7 +56,17 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CONFIG_FILE = "config.cli.yaml"
 # Pinned: an HMAC family only, never "none" nor whatever a token header asks for.
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
-CONFIG_KEYS = ("jwt_secret", "jwt_algorithm", "admin_auth_token", "api_server_url")
+CONFIG_KEYS = (
+    "jwt_secret",
+    "jwt_algorithm",
+    "jwt_audience",
+    "jwt_issuer",
+    "admin_auth_token",
+    "api_server_url",
+)
+# HS256's key is as strong as its entropy: 32 bytes is the hash's own size (RFC 7518 asks HMAC
+# keys to be at least that long), and a short one can be brute-forced from any token.
+MIN_JWT_SECRET_BYTES = 32
 
 
 # Rate-limit storages by URL scheme: memory (this process only) and the Redis family (shared by
@@ -136,6 +154,8 @@ class Settings:
     command_allowlist: tuple[str, ...] = ()
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_algorithm: str = "HS256"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     admin_auth_token: str | None = field(default=None, repr=False)
     api_server_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
@@ -184,6 +204,8 @@ class Settings:
             command_allowlist=_list(env, "APFLOW_COMMAND_ALLOWLIST"),
             jwt_secret=env.get("APFLOW_JWT_SECRET") or file.get("jwt_secret"),
             jwt_algorithm=algorithm,
+            jwt_audience=_text(env, file, "APFLOW_JWT_AUDIENCE", "jwt_audience"),
+            jwt_issuer=_text(env, file, "APFLOW_JWT_ISSUER", "jwt_issuer"),
             admin_auth_token=env.get("APFLOW_ADMIN_AUTH_TOKEN") or file.get("admin_auth_token"),
             api_server_url=env.get("APFLOW_API_SERVER_URL") or file.get("api_server_url"),
             webhook_secret=env.get("APFLOW_WEBHOOK_SECRET") or None,
