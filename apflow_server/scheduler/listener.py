@@ -17,8 +17,6 @@ from apflow_server.storage.signals import CHANNEL
 logger = logging.getLogger(__name__)
 
 
-
-
 class ScheduleListener:
     """Keeps one LISTEN connection open, reconnecting with backoff when it drops."""
 

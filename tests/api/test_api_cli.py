@@ -262,9 +262,10 @@ def test_serve_says_nothing_about_a_secret_of_32_bytes(tmp_path: Path) -> None:
 def claims_of(home: Path, *args: str, **env: str) -> dict[str, object]:
     result = run(home, "config", "gen-token", *args, **env)
     assert result.returncode == 0, result.stderr
-    secret = env.get("APFLOW_JWT_SECRET") or yaml.safe_load(
-        (home / "config.cli.yaml").read_text()
-    )["jwt_secret"]
+    secret = (
+        env.get("APFLOW_JWT_SECRET")
+        or yaml.safe_load((home / "config.cli.yaml").read_text())["jwt_secret"]
+    )
     claims: dict[str, object] = jwt.decode(
         result.stdout.strip(),
         secret,
@@ -339,9 +340,7 @@ def test_a_live_server_checks_exp_audience_and_issuer(tmp_path: Path) -> None:
 
 def test_audience_and_issuer_may_come_from_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "config.cli.yaml").write_text(
-        yaml.safe_dump(
-            {"jwt_secret": "k" * 40, "jwt_audience": "apflow-prod", "jwt_issuer": "ops"}
-        )
+        yaml.safe_dump({"jwt_secret": "k" * 40, "jwt_audience": "apflow-prod", "jwt_issuer": "ops"})
     )
     shown = json.loads(run(tmp_path, "config", "show", "-f", "json").stdout)
     assert (shown["jwt_audience"], shown["jwt_issuer"]) == ("apflow-prod", "ops")

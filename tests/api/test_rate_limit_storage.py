@@ -38,9 +38,7 @@ def redis_unavailable() -> str | None:
     return None
 
 
-needs_redis = pytest.mark.skipif(
-    redis_unavailable() is not None, reason=str(redis_unavailable())
-)
+needs_redis = pytest.mark.skipif(redis_unavailable() is not None, reason=str(redis_unavailable()))
 
 
 def fresh_address() -> str:
