@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -103,6 +104,21 @@ def _importable(module: str) -> bool:
     return True
 
 
+def _public_url(env: Mapping[str, str]) -> str | None:
+    """APFLOW_PUBLIC_URL: where other machines reach this server (what generated CronJobs,
+    crontab lines and webhook URLs call), without a trailing slash."""
+    name = "APFLOW_PUBLIC_URL"
+    value = (env.get(name) or "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL such as https://apflow.example.com")
+    if parts.query or parts.fragment or any(ch.isspace() for ch in value):
+        raise ConfigError(f"{name} must be a plain base URL, without query, fragment or spaces")
+    return value.rstrip("/")
+
+
 def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
     networks = []
     for item in _list(env, name):
@@ -158,6 +174,7 @@ class Settings:
     jwt_issuer: str | None = None
     admin_auth_token: str | None = field(default=None, repr=False)
     api_server_url: str | None = None
+    public_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_tolerance_seconds: int = 300
     webhook_allowed_ips: tuple[Network, ...] = ()
@@ -208,6 +225,7 @@ class Settings:
             jwt_issuer=_text(env, file, "APFLOW_JWT_ISSUER", "jwt_issuer"),
             admin_auth_token=env.get("APFLOW_ADMIN_AUTH_TOKEN") or file.get("admin_auth_token"),
             api_server_url=env.get("APFLOW_API_SERVER_URL") or file.get("api_server_url"),
+            public_url=_public_url(env),
             webhook_secret=env.get("APFLOW_WEBHOOK_SECRET") or None,
             webhook_tolerance_seconds=_int(env, "APFLOW_WEBHOOK_TOLERANCE_SECONDS", 300, 1),
             webhook_allowed_ips=_networks(env, "APFLOW_WEBHOOK_ALLOWED_IPS"),

@@ -86,6 +86,7 @@ def show(output_format: str) -> None:
         "jwt_issuer": settings.jwt_issuer or "(not set)",
         "admin_auth_token": secret(settings.admin_auth_token),
         "api_server_url": settings.api_server_url or "(not set)",
+        "public_url": settings.public_url or "(not set)",
         "webhook_secret": secret(settings.webhook_secret),
         "webhook_allowed_ips": ",".join(map(str, settings.webhook_allowed_ips)) or "(any)",
         "trusted_proxies": ",".join(map(str, settings.trusted_proxies)) or "(none)",
