@@ -17,6 +17,12 @@ from apflow_server.storage.signals import CHANNEL
 logger = logging.getLogger(__name__)
 
 
+def asyncpg_dsn(url: str) -> str:
+    """A DSN that asyncpg opens by itself for a database URL, its libpq SSL options kept
+    (connect_timeout and the startup options need `PostgresTarget.connect_args`)."""
+    return postgres_target(make_url(url)).asyncpg_dsn()
+
+
 class ScheduleListener:
     """Keeps one LISTEN connection open, reconnecting with backoff when it drops."""
 
