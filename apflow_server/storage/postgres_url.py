@@ -12,9 +12,10 @@ where asyncpg expects it:
 - `application_name`, `options`: startup parameters (`server_settings`), as libpq sends them.
 - `connect_timeout`: asyncpg's `timeout`, in seconds.
 
-`host`, `port` and `prepared_statement_cache_size` stay in the URL: SQLAlchemy's asyncpg
-dialect reads them itself (a socket directory, several hosts, its statement cache). Any other
-option is refused by name, before anything connects.
+`ssl` (asyncpg's own keyword, which such URLs used before the libpq names were understood)
+is read as `sslmode`. `host`, `port` and `prepared_statement_cache_size` stay in the URL:
+SQLAlchemy's asyncpg dialect reads them itself (a socket directory, several hosts, its
+statement cache). Any other option is refused by name, before anything connects.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ SSL_OPTIONS = ("sslmode", *SSL_FILES)
 STARTUP_OPTIONS = ("application_name", "options")
 TIMEOUT_OPTION = "connect_timeout"
 SQLALCHEMY_OPTIONS = ("host", "port", "prepared_statement_cache_size")
-UNDERSTOOD = (*SSL_OPTIONS, *STARTUP_OPTIONS, TIMEOUT_OPTION, *SQLALCHEMY_OPTIONS)
+SSLMODE_ALIAS = "ssl"
+UNDERSTOOD = (
+    *SSL_OPTIONS,
+    *STARTUP_OPTIONS,
+    TIMEOUT_OPTION,
+    *SQLALCHEMY_OPTIONS,
+    SSLMODE_ALIAS,
+)
 SETTING = "APFLOW_DATABASE_URL"
 
 
@@ -81,7 +89,10 @@ def postgres_target(url: URL) -> PostgresTarget:
     ssl_query: dict[str, str] = {}
     server_settings: dict[str, str] = {}
     timeout: float | None = None
-    for name, raw in url.query.items():
+    if SSLMODE_ALIAS in url.query and "sslmode" in url.query:
+        raise DatabaseUrlError(f"{SETTING}: give sslmode or ssl, not both")
+    for given, raw in url.query.items():
+        name = "sslmode" if given == SSLMODE_ALIAS else given
         if name not in UNDERSTOOD:
             raise DatabaseUrlError(
                 f"{SETTING}: unknown option {name!r}; understood: {', '.join(UNDERSTOOD)}"

@@ -188,3 +188,17 @@ def test_refusals_are_one_line_from_the_commands(
     assert "Traceback" not in result.stderr + result.stdout
     assert lines[0].startswith("Error: ") and fragment in lines[0], lines[0]
     assert "internal error" not in lines[0]
+
+
+async def test_asyncpgs_own_ssl_option_still_works_as_sslmode(postgres_url: str) -> None:
+    """`?ssl=prefer` went straight to asyncpg.connect(ssl=...) before libpq options were
+    understood; URLs that use it keep working, with the same modes."""
+    assert await scalar(with_options(postgres_url, "ssl=prefer"), "SELECT 1") == 1
+    database = Database(with_options(postgres_url, "ssl=require"))
+    try:
+        with pytest.raises(DatabaseError, match="SSL"):
+            await database.current_revision()
+    finally:
+        await database.dispose()
+    with pytest.raises(ApflowError, match="sslmode"):
+        Database(with_options(postgres_url, "ssl=require&sslmode=disable"))
