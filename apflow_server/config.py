@@ -6,6 +6,7 @@ embedding applications can change the environment before they build a service.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import re
@@ -40,6 +41,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return (env.get(name) or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _text(env: Mapping[str, str], file: Mapping[str, str], name: str, key: str) -> str | None:
+    """A free-text setting from the environment, else the config file; blank means unset."""
+    value = env.get(name)
+    if value is None:
+        value = file.get(key)
+    return value.strip() or None if value is not None else None
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -83,7 +92,66 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CONFIG_FILE = "config.cli.yaml"
 # Pinned: an HMAC family only, never "none" nor whatever a token header asks for.
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
-CONFIG_KEYS = ("jwt_secret", "jwt_algorithm", "admin_auth_token", "api_server_url")
+CONFIG_KEYS = (
+    "jwt_secret",
+    "jwt_algorithm",
+    "jwt_audience",
+    "jwt_issuer",
+    "admin_auth_token",
+    "api_server_url",
+)
+# HS256's key is as strong as its entropy: 32 bytes is the hash's own size (RFC 7518 asks HMAC
+# keys to be at least that long), and a short one can be brute-forced from any token.
+MIN_JWT_SECRET_BYTES = 32
+
+
+# Rate-limit storages by URL scheme: memory (this process only) and the Redis family (shared by
+# replicas), which needs the `redis` extra. limits knows more (memcached, MongoDB, ...), but
+# these are the ones this package declares and tests.
+MEMORY_SCHEME = "memory"
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+REDIS_EXTRA_HINT = "pip install 'apflow-server[redis]'"
+
+
+def _rate_limit_storage(env: Mapping[str, str]) -> str:
+    """APFLOW_RATE_LIMIT_STORAGE, refused now rather than when the first request needs it (the
+    message names the scheme only: the URL may hold a Redis password)."""
+    name = "APFLOW_RATE_LIMIT_STORAGE"
+    value = (env.get(name) or "").strip() or f"{MEMORY_SCHEME}://"
+    scheme, separator, _rest = value.partition("://")
+    if not separator or scheme not in (MEMORY_SCHEME, *REDIS_SCHEMES):
+        shown = f"{scheme}://" if separator else "a value without a scheme"
+        raise ConfigError(
+            f"{name}: unknown storage {shown}: use memory:// (one process) or "
+            "redis://host:6379 (shared; also rediss://, redis+unix://, redis+sentinel://, "
+            "redis+cluster://)"
+        )
+    if scheme in REDIS_SCHEMES and not _importable("redis"):
+        raise ConfigError(f"{name}: {scheme}:// needs the redis extra: {REDIS_EXTRA_HINT}")
+    return value
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _public_url(env: Mapping[str, str]) -> str | None:
+    """APFLOW_PUBLIC_URL: where other machines reach this server (what generated CronJobs,
+    crontab lines and webhook URLs call), without a trailing slash."""
+    name = "APFLOW_PUBLIC_URL"
+    value = (env.get(name) or "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL such as https://apflow.example.com")
+    if parts.query or parts.fragment or any(ch.isspace() for ch in value):
+        raise ConfigError(f"{name} must be a plain base URL, without query, fragment or spaces")
+    return value.rstrip("/")
 
 
 def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
@@ -152,8 +220,11 @@ class Settings:
     command_env_allowlist: tuple[str, ...] = ()
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_algorithm: str = "HS256"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     admin_auth_token: str | None = field(default=None, repr=False)
     api_server_url: str | None = None
+    public_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_tolerance_seconds: int = 300
     webhook_allowed_ips: tuple[Network, ...] = ()
@@ -219,14 +290,17 @@ class Settings:
             command_env_allowlist=_env_names(env, "APFLOW_COMMAND_ENV_ALLOWLIST"),
             jwt_secret=env.get("APFLOW_JWT_SECRET") or file.get("jwt_secret"),
             jwt_algorithm=algorithm,
+            jwt_audience=_text(env, file, "APFLOW_JWT_AUDIENCE", "jwt_audience"),
+            jwt_issuer=_text(env, file, "APFLOW_JWT_ISSUER", "jwt_issuer"),
             admin_auth_token=env.get("APFLOW_ADMIN_AUTH_TOKEN") or file.get("admin_auth_token"),
             api_server_url=env.get("APFLOW_API_SERVER_URL") or file.get("api_server_url"),
+            public_url=_public_url(env),
             webhook_secret=env.get("APFLOW_WEBHOOK_SECRET") or None,
             webhook_tolerance_seconds=_int(env, "APFLOW_WEBHOOK_TOLERANCE_SECONDS", 300, 1),
             webhook_allowed_ips=_networks(env, "APFLOW_WEBHOOK_ALLOWED_IPS"),
             trusted_proxies=_networks(env, "APFLOW_TRUSTED_PROXIES"),
             webhook_rate_limit=_int(env, "APFLOW_WEBHOOK_RATE_LIMIT", 0),
-            rate_limit_storage=env.get("APFLOW_RATE_LIMIT_STORAGE") or "memory://",
+            rate_limit_storage=_rate_limit_storage(env),
             max_batch=_int(env, "APFLOW_MAX_BATCH", 100, minimum=1),
             max_response_bytes=_int(env, "APFLOW_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, 65536),
             max_compute_seconds=_int(env, "APFLOW_MAX_COMPUTE_SECONDS", 2, minimum=1),

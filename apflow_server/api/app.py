@@ -99,6 +99,9 @@ def create_app(
 ) -> Starlette:
     settings = settings or Settings.from_env()
     metrics_registry = Metrics()
+    # Built here, not in the lifespan, so a storage it cannot use is one ConfigError before
+    # the server starts rather than a traceback from inside uvicorn.
+    webhook_rate_limit = WebhookRateLimit(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -122,7 +125,7 @@ def create_app(
             scheduler=scheduler,
             metrics=metrics_registry,
         )
-        app.state.webhook_rate_limit = WebhookRateLimit(settings)
+        app.state.webhook_rate_limit = webhook_rate_limit
         try:
             yield
         finally:

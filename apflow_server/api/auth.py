@@ -1,9 +1,9 @@
 """Who is calling: JWT verification, the JWT middleware, and client addresses.
 
 Tokens are HS256 (or HS384/HS512) with the algorithm pinned by configuration, never taken from
-the token; `exp` is enforced when present; `sub` is the user and `roles` containing `admin`
-makes an admin. A token that is present but invalid is refused outright: no other layer gets a
-chance to accept the request (no fall-through).
+the token; every token must carry `exp` (and `aud`/`iss` when configured); `sub` is the user
+and `roles` containing `admin` makes an admin. A token that is present but invalid is refused
+outright: no other layer gets a chance to accept the request (no fall-through).
 """
 
 from __future__ import annotations
@@ -40,24 +40,47 @@ def issue_token(
     subject: str,
     *,
     roles: Sequence[str] = (),
-    expires_in: int | None = 3600,
+    expires_in: int = 3600,
     algorithm: str = "HS256",
+    audience: str | None = None,
+    issuer: str | None = None,
 ) -> str:
-    claims: dict[str, Any] = {"sub": subject, "roles": list(roles), "iat": int(time.time())}
-    if expires_in is not None:
-        claims["exp"] = int(time.time()) + expires_in
+    """A token the server accepts: it always expires (`expires_in` seconds, at least 1), and
+    carries `aud`/`iss` when the server is configured to require them."""
+    if expires_in < 1:
+        raise ValueError("a token must expire: expires_in must be at least 1 second")
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "roles": list(roles),
+        "iat": now,
+        "exp": now + expires_in,
+    }
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
 def decode_token(token: str, settings: Settings) -> Principal:
     if not settings.jwt_secret:
         raise UnauthenticatedError("bearer tokens are not accepted: no JWT secret is configured")
+    # `exp` is required: a token without one would stay valid forever (docs/decisions.md).
+    # With an audience or issuer configured, pyjwt requires the claim and checks its value.
+    required = ["sub", "exp"]
+    if settings.jwt_audience:
+        required.append("aud")
+    if settings.jwt_issuer:
+        required.append("iss")
     try:
         claims = jwt.decode(
             token,
             settings.jwt_secret,
             algorithms=[settings.jwt_algorithm],
-            options={"require": ["sub"]},
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": required},
         )
     except jwt.ExpiredSignatureError:
         raise UnauthenticatedError("the token has expired") from None

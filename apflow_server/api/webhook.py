@@ -22,7 +22,7 @@ from apflow_server.api import admission
 from apflow_server.api.auth import Principal, client_address, principal_of
 from apflow_server.api.rpc import read_body
 from apflow_server.api.services import Services
-from apflow_server.config import Settings
+from apflow_server.config import ConfigError, Settings
 from apflow_server.core.errors import (
     ApflowError,
     RateLimitedError,
@@ -43,12 +43,17 @@ class WebhookRateLimit:
 
     def __init__(self, settings: Settings) -> None:
         from limits import RateLimitItemPerMinute
+        from limits.errors import ConfigurationError
 
         self.item = RateLimitItemPerMinute(max(settings.webhook_rate_limit, 1))
         self.enabled = settings.webhook_rate_limit > 0
-        self.limiter = Limiter(
-            key_func=lambda request: "", storage_uri=settings.rate_limit_storage
-        ).limiter
+        try:
+            self.limiter = Limiter(
+                key_func=lambda request: "", storage_uri=settings.rate_limit_storage
+            ).limiter
+        except ConfigurationError as exc:  # an unknown scheme, a missing client library
+            reason = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"APFLOW_RATE_LIMIT_STORAGE: {reason}") from None
 
     def hit(self, address: str) -> int | None:
         """Count a request; None when allowed, else the seconds until the window frees."""

@@ -82,8 +82,11 @@ def show(output_format: str) -> None:
         "default_timezone": settings.default_timezone,
         "jwt_secret": secret(settings.jwt_secret),
         "jwt_algorithm": settings.jwt_algorithm,
+        "jwt_audience": settings.jwt_audience or "(not set)",
+        "jwt_issuer": settings.jwt_issuer or "(not set)",
         "admin_auth_token": secret(settings.admin_auth_token),
         "api_server_url": settings.api_server_url or "(not set)",
+        "public_url": settings.public_url or "(not set)",
         "webhook_secret": secret(settings.webhook_secret),
         "webhook_allowed_ips": ",".join(map(str, settings.webhook_allowed_ips)) or "(any)",
         "trusted_proxies": ",".join(map(str, settings.trusted_proxies)) or "(none)",
@@ -97,18 +100,34 @@ def show(output_format: str) -> None:
             output.line(f"{key:22} {value}")
 
 
+# Tokens always expire (the server refuses one without `exp`); ten years is the longest
+# lifetime offered, for machine tokens that are rotated by hand.
+MAX_TOKEN_SECONDS = 10 * 365 * 86400
+
+
+def _lifetime(_ctx: click.Context, _param: click.Parameter, seconds: int) -> int:
+    if not 1 <= seconds <= MAX_TOKEN_SECONDS:
+        raise click.BadParameter(
+            f"{seconds} is not a lifetime: tokens must expire, give 1 to {MAX_TOKEN_SECONDS} "
+            "seconds (10 years)"
+        )
+    return seconds
+
+
 @config_group.command("gen-token")
 @click.option("--subject", default="admin", show_default=True, help="The token's user (sub).")
 @click.option("--role", "roles", multiple=True, help="A role to grant, e.g. admin (repeatable).")
 @click.option(
     "--expires-in",
-    type=click.IntRange(min=0),
+    type=int,
     default=86400,
     show_default=True,
-    help="Seconds until it expires (0: never).",
+    callback=_lifetime,
+    help=f"Seconds until it expires: 1 to {MAX_TOKEN_SECONDS} (10 years).",
 )
 def gen_token(subject: str, roles: tuple[str, ...], expires_in: int) -> None:
-    """Print a JWT signed with the configured secret (run `apflow config init` first)."""
+    """Print a JWT signed with the configured secret (run `apflow config init` first). It
+    carries `exp`, and `aud`/`iss` when APFLOW_JWT_AUDIENCE / APFLOW_JWT_ISSUER are set."""
     settings = Settings.from_env()
     if not settings.jwt_secret:
         raise ConfigError("no JWT secret: run `apflow config init` or set APFLOW_JWT_SECRET")
@@ -120,7 +139,9 @@ def gen_token(subject: str, roles: tuple[str, ...], expires_in: int) -> None:
         settings.jwt_secret,
         subject,
         roles=roles,
-        expires_in=expires_in or None,
+        expires_in=expires_in,
         algorithm=settings.jwt_algorithm,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
     )
     output.line(token)

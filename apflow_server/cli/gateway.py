@@ -21,7 +21,7 @@ from apflow_server.core.types import ScheduleType
 from apflow_server.scheduler.gateway.webhook import (
     DEFAULT_IMAGE,
     DEFAULT_SECRET_ENV,
-    DEFAULT_SIGNER_IMAGE,
+    DEFAULT_SIGNING_IMAGE,
     generate_cron_config,
     generate_kubernetes_cronjob,
     generate_webhook_url,
@@ -34,14 +34,19 @@ from .options import format_option
 from .runtime import run_with_repository
 from .scheduler import scheduler_group
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+# The webhook URL and the crontab line may well run on the server's own host; a Kubernetes
+# pod never does (its 127.0.0.1 is the pod itself), so k8s-cronjob has no such fallback.
+LOCAL_BASE_URL = "http://127.0.0.1:8000"
 
 base_url_option = click.option(
     "--base-url",
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-    help="Where the apflow server is reached from the external scheduler.",
+    help="Where the apflow server is reached from the external scheduler "
+    f"(default: APFLOW_PUBLIC_URL, else {LOCAL_BASE_URL}).",
 )
+
+
+def _base_url(given: str | None, settings: Settings) -> str:
+    return given or settings.public_url or LOCAL_BASE_URL
 
 
 def _load_task(task_id: str) -> Task:
@@ -108,10 +113,11 @@ def _comments(notes: list[str]) -> list[str]:
 )
 @format_option
 def webhook_url(
-    task_id: str, base_url: str, signed: bool, secret_env: str, output_format: str
+    task_id: str, base_url: str | None, signed: bool, secret_env: str, output_format: str
 ) -> None:
     """The webhook URL that triggers a task: POST to it (with --signed: the headers, the
     signed content and a shell snippet that signs with openssl)."""
+    base_url = _base_url(base_url, Settings.from_env())
     described = generate_webhook_url(task_id, base_url, signed, secret_env=secret_env)
     task = _load_task(task_id)
     if output_format == "json":
@@ -154,7 +160,7 @@ def webhook_url(
 @format_option
 def cron_line(
     task_id: str,
-    base_url: str,
+    base_url: str | None,
     secret_env: str | None,
     unsigned: bool,
     timeout: int,
@@ -166,10 +172,11 @@ def cron_line(
     variable, never containing the secret."""
     if unsigned and secret_env:
         raise click.UsageError("--unsigned: not with --secret-env")
-    url = generate_webhook_url(task_id, base_url)["url"]
+    settings = Settings.from_env()
+    url = generate_webhook_url(task_id, _base_url(base_url, settings))["url"]
     task = _load_task(task_id)
     schedule_type, expression = _schedule_of(task)
-    if not unsigned and secret_env is None and Settings.from_env().webhook_secret:
+    if not unsigned and secret_env is None and settings.webhook_secret:
         secret_env = DEFAULT_SECRET_ENV
     entry = generate_cron_config(
         task.id,
@@ -205,11 +212,17 @@ def cron_line(
 
 @scheduler_group.command("k8s-cronjob")
 @click.argument("task_id")
-@base_url_option
+@click.option(
+    "--base-url",
+    help="Where pods reach the apflow server, e.g. https://apflow.example.com or "
+    "http://apflow.apps.svc:8000 (default: APFLOW_PUBLIC_URL; required, since a pod's "
+    "127.0.0.1 is the pod itself).",
+)
 @click.option("--namespace", default="default", show_default=True, help="The CronJob's namespace.")
 @click.option(
     "--secret-name",
-    help="Sign each request with the webhook secret held in this Kubernetes Secret.",
+    help="Sign each request with the webhook secret held in this Kubernetes Secret "
+    "(required when APFLOW_WEBHOOK_SECRET is set here, unless --unsigned).",
 )
 @click.option(
     "--secret-key",
@@ -217,12 +230,15 @@ def cron_line(
     show_default=True,
     help="With --secret-name: the key of the secret in it.",
 )
-@click.option("--image", default=DEFAULT_IMAGE, show_default=True, help="The curl image.")
 @click.option(
-    "--signer-image",
-    default=DEFAULT_SIGNER_IMAGE,
-    show_default=True,
-    help="With --secret-name: the image (with python3) that signs.",
+    "--unsigned",
+    is_flag=True,
+    help="Do not sign the requests (for a server without APFLOW_WEBHOOK_SECRET).",
+)
+@click.option(
+    "--image",
+    help=f"The container image (default: {DEFAULT_IMAGE}; signed: {DEFAULT_SIGNING_IMAGE}, "
+    "which has the sh, openssl and curl the signing needs).",
 )
 @click.option(
     "-f",
@@ -235,16 +251,31 @@ def cron_line(
 )
 def k8s_cronjob(
     task_id: str,
-    base_url: str,
+    base_url: str | None,
     namespace: str,
     secret_name: str | None,
     secret_key: str,
-    image: str,
-    signer_image: str,
+    unsigned: bool,
+    image: str | None,
     output_format: str,
 ) -> None:
     """A Kubernetes CronJob (batch/v1) that triggers the task through the webhook at each
-    occurrence of its schedule, in the task's time zone."""
+    occurrence of its schedule, in the task's time zone; signed at run time from a
+    Kubernetes Secret, never containing the secret."""
+    settings = Settings.from_env()
+    if unsigned and secret_name:
+        raise click.UsageError("--unsigned: not with --secret-name")
+    if not unsigned and secret_name is None and settings.webhook_secret:
+        raise click.UsageError(
+            "the server requires signed webhooks (APFLOW_WEBHOOK_SECRET is set): pass "
+            "--secret-name NAME (a Kubernetes Secret holding it), or --unsigned on purpose"
+        )
+    base_url = base_url or settings.public_url
+    if not base_url:
+        raise click.UsageError(
+            "pass --base-url URL or set APFLOW_PUBLIC_URL: the address pods reach the server "
+            "at (a pod's 127.0.0.1 is the pod itself)"
+        )
     url = generate_webhook_url(task_id, base_url)["url"]
     task = _load_task(task_id)
     schedule_type, expression = _schedule_of(task)
@@ -256,10 +287,9 @@ def k8s_cronjob(
         namespace,
         schedule_type=schedule_type,
         timezone=task.schedule_timezone,
-        secret_name=secret_name,
+        secret_name=None if unsigned else secret_name,
         secret_key=secret_key,
         image=image,
-        signer_image=signer_image,
         anchor_at=_anchor(task),
     )
     notes = _notes(task)
@@ -276,7 +306,7 @@ def k8s_cronjob(
 
 
 class _BlockDumper(yaml.SafeDumper):
-    """safe_dump, with multi-line strings (the signer script) as readable `|` blocks and no
+    """safe_dump, with multi-line strings (the signing script) as readable `|` blocks and no
     `&id001` anchors for repeated values."""
 
     def ignore_aliases(self, data: Any) -> bool:

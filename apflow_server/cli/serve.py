@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from apflow_server.config import ConfigError, Settings
+from apflow_server.config import CONFIG_FILE, MIN_JWT_SECRET_BYTES, ConfigError, Settings
 from apflow_server.storage.database import Database
 
 if TYPE_CHECKING:
@@ -30,6 +30,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def weak_jwt_secret(settings: Settings) -> str | None:
+    """Why the JWT secret is too short to trust, or None (no secret, or long enough). The
+    message gives its length, never the secret."""
+    secret = settings.jwt_secret
+    if not secret or len(secret.encode()) >= MIN_JWT_SECRET_BYTES:
+        return None
+    return (
+        f"APFLOW_JWT_SECRET (or jwt_secret in {CONFIG_FILE}) is {len(secret.encode())} bytes; "
+        f"at least {MIN_JWT_SECRET_BYTES} bytes are required, as `apflow config init` makes"
+    )
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -113,6 +125,9 @@ def serve(
             f"refusing to serve on {host} with the JSON-RPC API unauthenticated: set "
             "APFLOW_JWT_SECRET (or run `apflow config init`), or pass --insecure"
         )
+    short_secret = weak_jwt_secret(settings)
+    if short_secret and not is_loopback(host):
+        raise ConfigError(f"refusing to serve on {host}: {short_secret}")
     settings = with_allowed_hosts(settings, host)
     # Imported here so every other command starts without loading the web stack.
     import uvicorn
@@ -123,15 +138,27 @@ def serve(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if migrate:
-        from .runtime import run_with_database
+    if short_secret:
+        logging.getLogger("apflow_server.serve").warning(
+            "%s (accepted on loopback only)", short_secret
+        )
+    from .runtime import run_with_database
 
-        async def upgrade(database: Database) -> None:
+    async def prepare(database: Database) -> None:
+        # The same check the app's lifespan makes, made here first: a database that cannot be
+        # used (unreachable, refused SSL, not migrated) is then one line, not a traceback
+        # from inside uvicorn.
+        if migrate:
             await database.upgrade()
+        await database.ensure_schema()
 
-        run_with_database(upgrade)
     sock = listening_socket(host, port)
-    app = create_app(settings, run_scheduler=not no_scheduler)
+    try:
+        app = create_app(settings, run_scheduler=not no_scheduler)
+        run_with_database(prepare)
+    except BaseException:
+        sock.close()
+        raise
     # proxy_headers off: X-Forwarded-For is believed only from APFLOW_TRUSTED_PROXIES, by the
     # app itself; uvicorn would otherwise trust it from any loopback peer.
     config = uvicorn.Config(

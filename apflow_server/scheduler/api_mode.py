@@ -56,6 +56,8 @@ def resolve_token(settings: Settings, jwt_secret: str | None) -> ApiToken:
         roles=["admin"],
         expires_in=TOKEN_LIFETIME,
         algorithm=settings.jwt_algorithm,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
     )
     return ApiToken(token, subject, "generated")
 

@@ -11,20 +11,27 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from apflow_server.storage.postgres_url import postgres_target
 from apflow_server.storage.signals import CHANNEL
 
 logger = logging.getLogger(__name__)
 
 
 def asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """A DSN that asyncpg opens by itself for a database URL, its libpq SSL options kept
+    (connect_timeout and the startup options need `PostgresTarget.connect_args`)."""
+    return postgres_target(make_url(url)).asyncpg_dsn()
 
 
 class ScheduleListener:
     """Keeps one LISTEN connection open, reconnecting with backoff when it drops."""
 
     def __init__(self, url: str, on_change: Callable[[], None]) -> None:
-        self.dsn = asyncpg_dsn(url)
+        # The URL's libpq options, as the pooled connections get them (storage.postgres_url).
+        target = postgres_target(make_url(url))
+        self.dsn = target.asyncpg_dsn()
+        self.connect_args = target.connect_args()
+        self.connect_args.pop("dsn", None)  # its SSL options are in self.dsn
         self.on_change = on_change
         self._task: asyncio.Task[None] | None = None
 
@@ -42,7 +49,7 @@ class ScheduleListener:
         while True:
             connection: Any = None
             try:
-                connection = await asyncpg.connect(self.dsn)
+                connection = await asyncpg.connect(self.dsn, **self.connect_args)
                 lost = asyncio.Event()
                 connection.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await connection.add_listener(CHANNEL, lambda *_args: self.on_change())

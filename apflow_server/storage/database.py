@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 
 from apflow_server.config import Settings, normalise_database_url
 from apflow_server.core.errors import ApflowError
+from apflow_server.storage.postgres_url import postgres_target
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -106,14 +107,15 @@ class Database:
             self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=0)
             _install_sqlite_hooks(self.engine)
         elif self.dialect == "postgresql":
+            target = postgres_target(parsed)  # sslmode=..., application_name=..., ...
             self.engine = create_async_engine(
-                self.url,
+                target.url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 # Our statements are short and prepared once. PostgreSQL's generic plan for the
                 # claim assumes a third of the table is due, which crosses jit_above_cost, and
                 # JIT-compiling it took 11 ms for a query that runs in 0.1 ms.
-                connect_args={"server_settings": {"jit": "off"}},
+                connect_args=target.connect_args(server_settings={"jit": "off"}),
             )
             _install_stale_check(self.engine)
         else:

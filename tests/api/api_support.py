@@ -47,6 +47,10 @@ CLEARED = (
     "APFLOW_HOME",
     "APFLOW_JWT_SECRET",
     "APFLOW_JWT_ALGORITHM",
+    "APFLOW_JWT_AUDIENCE",
+    "APFLOW_JWT_ISSUER",
+    "APFLOW_PUBLIC_URL",
+    "APFLOW_RATE_LIMIT_STORAGE",
     "APFLOW_ADMIN_AUTH_TOKEN",
     "APFLOW_API_SERVER_URL",
     "APFLOW_WEBHOOK_SECRET",
@@ -73,10 +77,16 @@ def token(
     secret: str = JWT_SECRET,
     algorithm: str = "HS256",
     expires_in: int | None = 3600,
+    audience: str | list[str] | None = None,
+    issuer: str | None = None,
 ) -> str:
     claims: dict[str, Any] = {"sub": sub, "roles": roles or [], "iat": int(time.time())}
     if expires_in is not None:
         claims["exp"] = int(time.time()) + expires_in
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 

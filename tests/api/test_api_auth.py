@@ -60,6 +60,8 @@ def test_no_token_is_401(secured: Service) -> None:
         bearer("not.a.jwt"),
         bearer(jwt.encode({"roles": ["admin"]}, JWT_SECRET, algorithm="HS256")),
         bearer(jwt.encode({"sub": ""}, JWT_SECRET, algorithm="HS256")),
+        bearer(token("alice", expires_in=None)),
+        bearer(token("alice", audience="apflow")),
         {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
         {"Authorization": "Bearer"},
     ],
@@ -71,6 +73,8 @@ def test_no_token_is_401(secured: Service) -> None:
         "garbage",
         "no-sub",
         "empty-sub",
+        "no-exp",
+        "audience-the-server-does-not-have",
         "basic-auth",
         "empty-bearer",
     ],
@@ -97,9 +101,54 @@ def test_the_pinned_algorithm_is_the_configured_one(make_service: ServiceFactory
     refused(service, bearer(token("alice", algorithm="HS256")))
 
 
-def test_a_token_without_exp_is_accepted_and_a_fresh_one_too(secured: Service) -> None:
-    assert secured.api.call("tasks.list", {}, auth=token("alice", expires_in=None))["total"] == 0
+def test_a_token_without_exp_is_refused_naming_exp(secured: Service) -> None:
+    """Tokens must expire (docs/decisions.md): one without `exp` would be valid forever."""
+    error = refused(secured, bearer(token("alice", expires_in=None)))
+    assert error["message"].startswith("invalid token: ") and "exp" in error["message"]
     assert secured.api.call("tasks.list", {}, auth=token("alice", expires_in=5))["total"] == 0
+
+
+# ---------------------------------------------------------------------- audience and issuer
+
+AUDIENCE, ISSUER = "apflow-production", "https://login.example.com"
+
+
+@pytest.fixture
+def scoped(make_protocol_service: ServiceFactory) -> Service:
+    return make_protocol_service(jwt_secret=JWT_SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
+
+
+def test_with_audience_and_issuer_configured_a_matching_token_is_accepted(scoped: Service) -> None:
+    good = token("alice", audience=AUDIENCE, issuer=ISSUER)
+    assert scoped.api.call("tasks.list", {}, auth=good)["total"] == 0
+    among = token("alice", audience=["other", AUDIENCE], issuer=ISSUER)
+    assert scoped.api.call("tasks.list", {}, auth=among)["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("claims", "named"),
+    [
+        ({"issuer": ISSUER}, "aud"),
+        ({"audience": "apflow-staging", "issuer": ISSUER}, "audience"),
+        ({"audience": AUDIENCE}, "iss"),
+        ({"audience": AUDIENCE, "issuer": "https://evil.example.com"}, "issuer"),
+        ({"audience": AUDIENCE, "issuer": ISSUER, "expires_in": None}, "exp"),
+    ],
+    ids=["no-aud", "other-aud", "no-iss", "other-iss", "no-exp"],
+)
+def test_with_audience_and_issuer_configured_others_are_refused(
+    scoped: Service, claims: dict[str, Any], named: str
+) -> None:
+    error = refused(scoped, bearer(token("alice", **claims)))
+    assert named in error["message"].lower(), error
+
+
+def test_the_webhook_checks_audience_and_issuer_too(scoped: Service) -> None:
+    task = scoped.api.as_user(token("alice", audience=AUDIENCE, issuer=ISSUER)).create()
+    wrong = token("alice", audience="apflow-staging", issuer=ISSUER)
+    assert scoped.api.webhook(task["id"], auth=wrong).status == 401
+    right = token("alice", audience=AUDIENCE, issuer=ISSUER)
+    assert scoped.api.webhook(task["id"], auth=right).status == 202
 
 
 def test_an_expired_token_is_refused_with_a_clear_message(secured: Service) -> None:

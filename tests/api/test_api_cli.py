@@ -259,3 +259,130 @@ def test_gen_token_without_a_secret_is_one_line(tmp_path: Path) -> None:
     one_error_line(result.stderr, "secret")
     assert result.stdout == ""
     assert not (tmp_path / "config.cli.yaml").exists()
+
+
+# ---------------------------------------------------------------------- JWT hygiene
+
+SHORT_SECRET = "s" * 31  # one byte under the minimum
+
+
+def test_serve_refuses_a_short_jwt_secret_on_a_public_address(tmp_path: Path) -> None:
+    for secret in ("x", SHORT_SECRET):
+        result = run(
+            tmp_path, "serve", "--host", "0.0.0.0", "--port", "0", APFLOW_JWT_SECRET=secret
+        )
+        assert result.returncode == 1, result.stderr
+        line = one_error_line(result.stderr, "APFLOW_JWT_SECRET", "32 bytes", "0.0.0.0")
+        assert secret not in line.replace("APFLOW_JWT_SECRET", "")
+        assert result.stdout == ""
+
+
+def test_serve_warns_once_about_a_short_jwt_secret_on_loopback(tmp_path: Path) -> None:
+    serve = Serve(tmp_path, "--no-scheduler", APFLOW_JWT_SECRET=SHORT_SECRET)
+    try:
+        serve.wait_ready()
+    finally:
+        code = serve.terminate()
+    assert code == 0, serve.output
+    warnings = [line for line in serve.output.splitlines() if "APFLOW_JWT_SECRET" in line]
+    assert len(warnings) == 1, serve.output
+    assert "WARNING" in warnings[0] and "32 bytes" in warnings[0]
+    assert SHORT_SECRET not in serve.output
+
+
+def test_serve_says_nothing_about_a_secret_of_32_bytes(tmp_path: Path) -> None:
+    serve = Serve(tmp_path, "--host", "0.0.0.0", "--no-scheduler", APFLOW_JWT_SECRET="é" * 16)
+    try:
+        serve.wait_ready()
+    finally:
+        serve.terminate()
+    assert "APFLOW_JWT_SECRET" not in serve.output
+
+
+def claims_of(home: Path, *args: str, **env: str) -> dict[str, object]:
+    result = run(home, "config", "gen-token", *args, **env)
+    assert result.returncode == 0, result.stderr
+    secret = (
+        env.get("APFLOW_JWT_SECRET")
+        or yaml.safe_load((home / "config.cli.yaml").read_text())["jwt_secret"]
+    )
+    claims: dict[str, object] = jwt.decode(
+        result.stdout.strip(),
+        secret,
+        algorithms=["HS256"],
+        options={"verify_aud": False, "verify_exp": False},  # exp: compared below
+    )
+    return claims
+
+
+def test_gen_token_always_sets_exp_within_one_second_and_ten_years(tmp_path: Path) -> None:
+    assert run(tmp_path, "config", "init").returncode == 0
+    default = claims_of(tmp_path)
+    assert default["exp"] == default["iat"] + 86400  # type: ignore[operator]
+    shortest = claims_of(tmp_path, "--expires-in", "1")
+    assert shortest["exp"] == shortest["iat"] + 1  # type: ignore[operator]
+    longest = claims_of(tmp_path, "--expires-in", str(10 * 365 * 86400))
+    assert longest["exp"] == longest["iat"] + 10 * 365 * 86400  # type: ignore[operator]
+    for refused in ("0", "-5", str(10 * 365 * 86400 + 1)):
+        result = run(tmp_path, "config", "gen-token", "--expires-in", refused)
+        assert result.returncode == 2, (refused, result.stderr)
+        one_error_line(result.stderr, "--expires-in", "1", "10 years")
+        assert result.stdout == ""
+
+
+def test_gen_token_puts_in_the_configured_audience_and_issuer(tmp_path: Path) -> None:
+    claims = claims_of(
+        tmp_path,
+        "--subject",
+        "ops",
+        APFLOW_JWT_SECRET="k" * 40,
+        APFLOW_JWT_AUDIENCE="apflow-production",
+        APFLOW_JWT_ISSUER="apflow-cli",
+    )
+    assert claims["aud"] == "apflow-production" and claims["iss"] == "apflow-cli"
+    plain = claims_of(tmp_path, APFLOW_JWT_SECRET="k" * 40)
+    assert "aud" not in plain and "iss" not in plain
+
+
+def test_a_live_server_checks_exp_audience_and_issuer(tmp_path: Path) -> None:
+    secret = "k" * 40
+    scope = {"APFLOW_JWT_AUDIENCE": "apflow-production", "APFLOW_JWT_ISSUER": "apflow-cli"}
+    serve = Serve(tmp_path, "--no-scheduler", APFLOW_JWT_SECRET=secret, **scope)
+    listing = {"jsonrpc": "2.0", "method": "tasks.list", "id": 1}
+    url = f"http://127.0.0.1:{serve.port}/tasks/"
+
+    def call(value: str) -> httpx.Response:
+        return httpx.post(url, json=listing, headers={"Authorization": f"Bearer {value}"})
+
+    try:
+        serve.wait_ready()
+        issued = run(tmp_path, "config", "gen-token", APFLOW_JWT_SECRET=secret, **scope)
+        assert call(issued.stdout.strip()).json()["result"]["total"] == 0
+        now = int(time.time())
+        forever = jwt.encode(
+            {"sub": "a", "aud": "apflow-production", "iss": "apflow-cli"}, secret, "HS256"
+        )
+        refused = call(forever)
+        assert refused.status_code == 401
+        assert "exp" in refused.json()["error"]["message"]
+        elsewhere = jwt.encode(
+            {"sub": "a", "aud": "apflow-staging", "iss": "apflow-cli", "exp": now + 60},
+            secret,
+            "HS256",
+        )
+        assert call(elsewhere).status_code == 401
+        unscoped = run(tmp_path, "config", "gen-token", APFLOW_JWT_SECRET=secret)
+        assert call(unscoped.stdout.strip()).status_code == 401
+    finally:
+        serve.terminate()
+    assert "Traceback" not in serve.output
+
+
+def test_audience_and_issuer_may_come_from_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "config.cli.yaml").write_text(
+        yaml.safe_dump({"jwt_secret": "k" * 40, "jwt_audience": "apflow-prod", "jwt_issuer": "ops"})
+    )
+    shown = json.loads(run(tmp_path, "config", "show", "-f", "json").stdout)
+    assert (shown["jwt_audience"], shown["jwt_issuer"]) == ("apflow-prod", "ops")
+    overridden = run(tmp_path, "config", "show", "-f", "json", APFLOW_JWT_AUDIENCE="other")
+    assert json.loads(overridden.stdout)["jwt_audience"] == "other"

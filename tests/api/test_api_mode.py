@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from api_support import (
     JWT_SECRET,
@@ -309,3 +310,45 @@ async def test_an_api_scheduler_with_a_refused_token_does_not_start(live: Live) 
     with pytest.raises(ApiError):
         await scheduler.start()
     assert scheduler.state is SchedulerState.ERROR
+
+
+def test_the_signed_admin_token_carries_exp_audience_and_issuer(tmp_path: Path) -> None:
+    """A server that requires `aud` and `iss`: the API-mode scheduler signs its own admin
+    token with them (and an `exp`), and it is accepted."""
+    scope = {"APFLOW_JWT_AUDIENCE": "apflow-production", "APFLOW_JWT_ISSUER": "apflow-scheduler"}
+    env = server_env(
+        tmp_path,
+        APFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'scoped.db'}",
+        APFLOW_JWT_SECRET=JWT_SECRET,
+        **scope,
+    )
+    server = ServerProcess(env, "--no-scheduler")
+    try:
+        server.wait_ready()
+        settings = Settings.from_env({**env, "APFLOW_API_SERVER_URL": server.url})
+        api_token = resolve_token(settings, settings.jwt_secret)
+        claims = jwt.decode(
+            api_token.value, JWT_SECRET, algorithms=["HS256"], audience="apflow-production"
+        )
+        assert claims["iss"] == "apflow-scheduler" and claims["exp"] > time.time()
+
+        async def start_and_stop(settings: Settings) -> None:
+            scheduler = ApiScheduler(
+                SchedulerConfig(poll_interval=0.5),
+                settings,
+                resolve_token(settings, settings.jwt_secret),
+            )
+            await scheduler.start()
+            assert scheduler.state is SchedulerState.RUNNING
+            await scheduler.stop()
+
+        asyncio.run(start_and_stop(settings))
+        # The same scheduler without the audience: its token is refused, it does not start.
+        unscoped = Settings.from_env(
+            {**env, "APFLOW_API_SERVER_URL": server.url, "APFLOW_JWT_AUDIENCE": ""}
+        )
+        with pytest.raises(ApiError):
+            asyncio.run(start_and_stop(unscoped))
+    finally:
+        code = server.stop()
+    assert_stopped_gracefully(server, code)

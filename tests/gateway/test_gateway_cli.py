@@ -20,6 +20,7 @@ CLEARED = (
     "APFLOW_DEFAULT_TIMEZONE",
     "APFLOW_WEBHOOK_SECRET",
     "APFLOW_JWT_SECRET",
+    "APFLOW_PUBLIC_URL",
     "COLUMNS",
 )
 SECRET = "cli-webhook-secret-value"
@@ -184,21 +185,28 @@ def test_schedules_without_a_cron_equivalent_are_refused(
     cli: Cli, kind: str, expression: str, why: str
 ) -> None:
     task_id = cli.task("--schedule-type", kind, "--schedule-expression", expression)
+    cli.env["APFLOW_PUBLIC_URL"] = "https://apflow.example.com"
     for command in ("cron-line", "k8s-cronjob"):
         cli.fails(1, "scheduler", command, task_id, names=(why,))
 
 
 def test_unknown_tasks_and_tasks_without_a_schedule(cli: Cli) -> None:
     task_id = cli.task()
+    cli.env["APFLOW_PUBLIC_URL"] = "https://apflow.example.com"
     for command in ("cron-line", "k8s-cronjob"):
         cli.fails(1, "scheduler", command, task_id, names=("no schedule",))
         cli.fails(1, "scheduler", command, "missing-id", names=("not found",))
     cli.fails(2, "scheduler", "k8s-cronjob")  # no ID
 
 
+PUBLIC = "https://apflow.example.com"
+
+
 def test_k8s_cronjob(cli: Cli) -> None:
     task_id = daily(cli)
-    out = cli.ok("scheduler", "k8s-cronjob", task_id, "--namespace", "batch")
+    out = cli.ok(
+        "scheduler", "k8s-cronjob", task_id, "--namespace", "batch", APFLOW_PUBLIC_URL=PUBLIC
+    )
     assert "&id" not in out  # no YAML anchors
     manifest = yaml.safe_load(out)
     kubernetes_validate.validate(manifest, "1.30.0", strict=True)
@@ -208,6 +216,7 @@ def test_k8s_cronjob(cli: Cli) -> None:
     assert manifest["spec"]["timeZone"] == "Europe/Paris"
     pod = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert "initContainers" not in pod
+    assert pod["containers"][0]["args"][-1] == f"{PUBLIC}/webhook/trigger/{task_id}"
 
     signed = cli.json(
         "scheduler",
@@ -224,21 +233,100 @@ def test_k8s_cronjob(cli: Cli) -> None:
     )
     kubernetes_validate.validate(signed, kubernetes_validate.utils.latest_version(), strict=True)
     pod = signed["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    ref = pod["initContainers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
+    (trigger,) = pod["containers"]
+    ref = trigger["env"][0]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "apflow-hmac", "key": "key"}
-    assert pod["containers"][0]["image"] == "example.org/curl:1"
-    assert pod["containers"][0]["args"][-1].startswith("https://apflow.internal/webhook/trigger/")
+    assert trigger["image"] == "example.org/curl:1"
+    assert trigger["command"][:2] == ["sh", "-c"]
+    script = trigger["command"][2]
+    assert script.endswith(f" https://apflow.internal/webhook/trigger/{task_id}")
     cli.fails(
-        1, "scheduler", "k8s-cronjob", task_id, "--namespace", "Not_Valid", names=("namespace",)
+        1,
+        "scheduler",
+        "k8s-cronjob",
+        task_id,
+        "--namespace",
+        "Not_Valid",
+        "--base-url",
+        PUBLIC,
+        names=("namespace",),
     )
+
+
+def test_k8s_cronjob_refuses_without_a_public_url(cli: Cli) -> None:
+    """A pod's 127.0.0.1 is the pod itself: the server's address must be given."""
+    task_id = daily(cli)
+    line = cli.fails(2, "scheduler", "k8s-cronjob", task_id, names=("--base-url",))
+    assert "APFLOW_PUBLIC_URL" in line
+    shown = yaml.safe_load(
+        cli.ok("scheduler", "k8s-cronjob", task_id, APFLOW_PUBLIC_URL=PUBLIC + "/")
+    )
+    assert shown["metadata"]["annotations"]["apflow-server/webhook-url"] == (
+        f"{PUBLIC}/webhook/trigger/{task_id}"
+    )
+    chosen = yaml.safe_load(
+        cli.ok(
+            "scheduler",
+            "k8s-cronjob",
+            task_id,
+            "--base-url",
+            "https://other.example.com",
+            APFLOW_PUBLIC_URL=PUBLIC,
+        )
+    )
+    assert chosen["metadata"]["annotations"]["apflow-server/webhook-url"].startswith(
+        "https://other.example.com/"
+    )
+
+
+def test_k8s_cronjob_with_a_webhook_secret_signs_or_refuses(cli: Cli) -> None:
+    task_id = daily(cli)
+    common = ("scheduler", "k8s-cronjob", task_id, "--base-url", PUBLIC)
+    result = cli(*common, APFLOW_WEBHOOK_SECRET=SECRET)
+    assert result.exit_code == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "--secret-name" in line and "--unsigned" in line
+    signed = yaml.safe_load(
+        cli.ok(*common, "--secret-name", "apflow-webhook", APFLOW_WEBHOOK_SECRET=SECRET)
+    )
+    (trigger,) = signed["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert trigger["env"][0]["valueFrom"]["secretKeyRef"] == {
+        "name": "apflow-webhook",
+        "key": "webhook-secret",
+    }
+    assert SECRET not in yaml.safe_dump(signed)
+    unsigned = yaml.safe_load(cli.ok(*common, "--unsigned", APFLOW_WEBHOOK_SECRET=SECRET))
+    (curl,) = unsigned["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert curl["command"] == ["curl"] and "env" not in curl
+    both = cli(*common, "--unsigned", "--secret-name", "s", APFLOW_WEBHOOK_SECRET=SECRET)
+    assert both.exit_code == 2 and "--unsigned" in both.stderr
+    assert len(both.stderr.splitlines()) == 1
+
+
+def test_the_public_url_setting_is_the_default_of_the_other_generators(cli: Cli) -> None:
+    task_id = daily(cli)
+    shown = cli.json("scheduler", "webhook-url", task_id, APFLOW_PUBLIC_URL=PUBLIC)
+    assert shown["url"] == f"{PUBLIC}/webhook/trigger/{task_id}"
+    entry = cli.ok("scheduler", "cron-line", task_id, APFLOW_PUBLIC_URL=PUBLIC)
+    assert entry.rstrip().endswith(f"{PUBLIC}/webhook/trigger/{task_id}")
+    local = cli.json("scheduler", "webhook-url", task_id)
+    assert local["url"] == f"http://127.0.0.1:8000/webhook/trigger/{task_id}"
+
+
+@pytest.mark.parametrize("value", ["apflow.example.com", "ftp://x", "https://x/?a=1", "https://"])
+def test_a_public_url_that_is_not_one_is_refused(cli: Cli, value: str) -> None:
+    result = cli("scheduler", "webhook-url", "x", APFLOW_PUBLIC_URL=value)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert "APFLOW_PUBLIC_URL" in line
 
 
 def test_k8s_cronjob_notes_are_yaml_comments(cli: Cli) -> None:
     task_id = daily(cli, "--schedule-enabled")
-    out = cli.ok("scheduler", "k8s-cronjob", task_id)
+    out = cli.ok("scheduler", "k8s-cronjob", task_id, APFLOW_PUBLIC_URL=PUBLIC)
     assert out.startswith("# Note: the internal scheduler also fires this task")
     assert yaml.safe_load(out)["kind"] == "CronJob"
-    result = cli("scheduler", "k8s-cronjob", task_id, "-f", "json")
+    result = cli("scheduler", "k8s-cronjob", task_id, "-f", "json", APFLOW_PUBLIC_URL=PUBLIC)
     assert result.exit_code == 0
     assert json.loads(result.stdout)["kind"] == "CronJob"
     assert result.stderr.startswith("Note: the internal scheduler")

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
-import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import pytest
 from apflow_server.config import Settings
 from apflow_server.scheduler.gateway import signatures
 from apflow_server.scheduler.gateway.webhook import (
-    SIGNER_SCRIPT,
+    DEFAULT_SIGNING_IMAGE,
     WebhookConfig,
     cronjob_name,
     escape_cron_command,
     generate_cron_config,
     generate_kubernetes_cronjob,
     generate_webhook_url,
+    signing_statements,
 )
 from apflow_server.schedules.to_cron import CronConversionError
 
@@ -255,70 +257,171 @@ def test_cronjob_without_secret_passes_strict_validation() -> None:
     assert container["resources"]["requests"] and container["resources"]["limits"]
 
 
-def test_cronjob_with_secret_signs_from_a_kubernetes_secret() -> None:
-    manifest = generate_kubernetes_cronjob(
-        TASK,
+def signed_cronjob(task_id: str = TASK, url: str = URL, **extra: Any) -> dict[str, Any]:
+    return generate_kubernetes_cronjob(
+        task_id,
         "Report",
         "1,15 06:30",
-        URL,
+        url,
         "jobs",
         schedule_type="monthly",
         timezone="America/New_York",
         secret_name="apflow-webhook",
         secret_key="hmac",
-        image="registry.local/curl:8",
+        **extra,
     )
+
+
+def pod_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return pod
+
+
+def test_cronjob_with_secret_signs_from_a_kubernetes_secret() -> None:
+    manifest = signed_cronjob()
     validate(manifest)
     assert manifest["spec"]["schedule"] == "30 6 1,15 * *"
     assert manifest["spec"]["timeZone"] == "America/New_York"
-    pod = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod = pod_of(manifest)
     assert pod["restartPolicy"] == "Never"  # each retry is a fresh pod with a fresh signature
-    (signer,) = pod["initContainers"]
-    secret_env = [e for e in signer["env"] if e["name"] == "APFLOW_WEBHOOK_SECRET"]
-    assert secret_env == [
+    assert "initContainers" not in pod and "volumes" not in pod
+    (trigger,) = pod["containers"]
+    assert trigger["env"] == [
         {
             "name": "APFLOW_WEBHOOK_SECRET",
             "valueFrom": {"secretKeyRef": {"name": "apflow-webhook", "key": "hmac"}},
         }
     ]
-    assert signer["command"][:2] == ["python3", "-c"]
-    (curl,) = pod["containers"]
-    assert curl["image"] == "registry.local/curl:8"
-    assert curl["args"][-3:] == ["-H", "@/var/run/apflow/headers", URL]
-    for container in (signer, curl):
-        assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # The crontab line's own statements sign it, in an image with sh, openssl and curl.
+    assert trigger["image"] == DEFAULT_SIGNING_IMAGE
+    assert trigger["command"][:2] == ["sh", "-c"]
+    script = trigger["command"][2]
+    for statement in signing_statements(TASK):
+        assert statement in script.splitlines()
+    assert script.splitlines()[-1].endswith(shlex.quote(URL))
+    assert SECRET not in script
+    assert trigger["securityContext"]["readOnlyRootFilesystem"] is True
+    assert trigger["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    own_image = signed_cronjob(image="registry.local/curl-openssl:3")
+    assert pod_of(own_image)["containers"][0]["image"] == "registry.local/curl-openssl:3"
 
 
-def test_the_signer_writes_the_headers_the_server_verifies(tmp_path: Path) -> None:
-    headers = tmp_path / "headers"
-    task_id = "task with spaces ü"
+def stub_curl(folder: Path) -> Path:
+    """A `curl` that writes its arguments, one per line, where $CURL_ARGS says."""
+    folder.mkdir(exist_ok=True)
+    stub = folder / "curl"
+    stub.write_text('#!/bin/sh\nfor arg in "$@"; do printf \'%s\\n\' "$arg"; done > "$CURL_ARGS"\n')
+    stub.chmod(0o755)
+    return stub
+
+
+def run_trigger_container(
+    manifest: dict[str, Any], tmp_path: Path, secret: str | None
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The trigger container's command as the pod runs it: its `sh -c` script, the secret
+    in the variable its secretKeyRef feeds, curl replaced by the stub."""
+    (trigger,) = pod_of(manifest)["containers"]
+    args_file = tmp_path / "curl-args"
+    args_file.unlink(missing_ok=True)
+    stub_curl(tmp_path / "bin")
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "CURL_ARGS": str(args_file)}
+    if secret is not None:
+        (variable,) = (e["name"] for e in trigger["env"] if "valueFrom" in e)
+        env[variable] = secret
     result = subprocess.run(
-        [sys.executable, "-c", SIGNER_SCRIPT],
-        env=clean_env(
-            APFLOW_WEBHOOK_SECRET=SECRET,
-            APFLOW_TASK_ID=task_id,
-            APFLOW_HEADERS_FILE=str(headers),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
+        trigger["command"], env=env, capture_output=True, text=True, timeout=20, check=False
     )
+    sent = args_file.read_text().splitlines() if args_file.exists() else []
+    return result, sent
+
+
+def header(sent: list[str], name: str) -> str:
+    values = [sent[i + 1] for i, word in enumerate(sent[:-1]) if word == "-H"]
+    (value,) = (v.split(": ", 1)[1] for v in values if v.split(": ", 1)[0] == name)
+    return value
+
+
+@needs_openssl
+@pytest.mark.parametrize("task_id", [TASK, "nightly.report.v2", "daily-report", "a:b_c"])
+def test_the_trigger_container_sends_a_signature_the_server_accepts(
+    tmp_path: Path, task_id: str
+) -> None:
+    url = generate_webhook_url(task_id, "https://apflow.example.com")["url"]
+    result, sent = run_trigger_container(signed_cronjob(task_id, url), tmp_path, SECRET)
     assert result.returncode == 0, result.stderr
-    lines = headers.read_text().splitlines()
-    assert [line.split(": ")[0] for line in lines] == ["X-Webhook-Timestamp", "X-Webhook-Signature"]
-    timestamp = lines[0].split(": ")[1]
-    assert lines[1].split(": ")[1] == signatures.sign(SECRET, timestamp, task_id)
-    empty = subprocess.run(
-        [sys.executable, "-c", SIGNER_SCRIPT],
-        env=clean_env(APFLOW_WEBHOOK_SECRET="", APFLOW_TASK_ID="t", APFLOW_HEADERS_FILE="x"),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
+    assert sent[-1] == url
+    assert sent[sent.index("-X") + 1] == "POST" and sent[sent.index("-d") + 1] == ""
+    timestamp = header(sent, "X-Webhook-Timestamp")
+    signature = header(sent, "X-Webhook-Signature")
+    signatures.verify(  # raises when the server would refuse it
+        SECRET,
+        timestamp=timestamp,
+        signature=signature,
+        task_id=task_id,
+        body=b"",
+        now=time.time(),
+        tolerance_seconds=300,
     )
-    assert empty.returncode != 0 and "empty" in empty.stderr
+    with pytest.raises(signatures.SignatureError):
+        signatures.verify(
+            "another-secret",
+            timestamp=timestamp,
+            signature=signature,
+            task_id=task_id,
+            body=b"",
+            now=time.time(),
+            tolerance_seconds=300,
+        )
+
+
+@needs_openssl
+def test_the_trigger_container_stops_before_calling_without_the_secret(tmp_path: Path) -> None:
+    for secret in (None, ""):
+        result, sent = run_trigger_container(signed_cronjob(), tmp_path, secret)
+        assert result.returncode != 0
+        assert "APFLOW_WEBHOOK_SECRET" in result.stderr and "not set" in result.stderr
+        assert sent == []
+
+
+def kubernetes_expand(text: str, env: dict[str, str]) -> str:
+    """What the kubelet does to a container's command before running it: `$(NAME)` becomes
+    the variable's value when NAME is defined (else stays as written), `$$` becomes `$`
+    (Kubernetes' third_party/forked/golang/expansion, ported)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "$" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(":
+                close = text.find(")", i + 2)
+                if close != -1:
+                    name = text[i + 2 : close]
+                    out.append(env.get(name, f"$({name})"))
+                    i = close + 1
+                    continue
+            out.append("$" + nxt)
+            i += 2
+            continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def test_kubernetes_variable_expansion_leaves_the_script_as_written() -> None:
+    (trigger,) = pod_of(signed_cronjob("nightly.report.v2"))["containers"]
+    defined = {e["name"]: "the-value-of-" + e["name"] for e in trigger["env"]}
+    for word in trigger["command"]:
+        assert kubernetes_expand(word, defined) == word
+    assert kubernetes_expand("a $$(X) $(X) $(Y) $", {"X": "1"}) == "a $(X) 1 $(Y) $"
+
+
+def test_a_url_kubernetes_would_rewrite_is_refused() -> None:
+    with pytest.raises(ValueError, match="webhook_url"):
+        signed_cronjob(url="https://apflow.example.com/x$$y/webhook/trigger/t")
 
 
 AWKWARD_NAMES = [

@@ -3,8 +3,8 @@
 
 The crontab line is run the way cron runs it: the job line's command after cron's `%`
 processing (`\\%` becomes `%`, an unescaped `%` would end the command), by `sh -c`, with a
-cron-like minimal environment holding the secret. The Kubernetes Job is run the way its pod
-would: the signer init container's script, then the curl container's command line."""
+cron-like minimal environment holding the secret. The Kubernetes CronJob's container is run
+the way its pod would: its `sh -c` script with the secret in its environment."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import pytest
 
 from apflow_server.scheduler.gateway.webhook import (
     generate_cron_config,
-    generate_kubernetes_cronjob,
     generate_webhook_url,
 )
 
@@ -269,45 +268,63 @@ def test_the_cli_cron_line_works_as_installed(live: Live) -> None:
     assert live.wait_finished(before + 1)[-1] == ("webhook", "completed")
 
 
-def test_the_kubernetes_job_steps_trigger_the_task_once(live: Live, tmp_path: Path) -> None:
-    manifest = generate_kubernetes_cronjob(
+def test_the_kubernetes_trigger_container_triggers_the_task_once(live: Live) -> None:
+    """The CronJob as `apflow scheduler k8s-cronjob` prints it, its container's `sh -c` script
+    run as the pod would (the secret in the variable its secretKeyRef feeds), with real curl
+    and openssl against the live server."""
+    shown = live.apflow(
+        "scheduler",
+        "k8s-cronjob",
         live.task_id,
-        "Cron Trigger",
-        "0 9 * * *",
-        url_of(live),
-        secret_name="apflow-webhook",
-        timezone="Europe/Paris",
+        "--secret-name",
+        "apflow-webhook",
+        "--base-url",
+        live.base_url,
+        "-f",
+        "json",
     )
+    assert shown.returncode == 0, shown.stderr
+    manifest = json.loads(shown.stdout)
+    assert SECRET not in shown.stdout
     pod = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    (signer,) = pod["initContainers"]
-    (curl,) = pod["containers"]
-    headers = tmp_path / "headers"
+    (trigger,) = pod["containers"]
     env = cron_env()
-    for item in signer["env"]:
-        if "valueFrom" in item:
-            assert item["valueFrom"]["secretKeyRef"]["name"] == "apflow-webhook"
-            env[item["name"]] = SECRET  # what the kubelet reads from the Secret
-        else:
-            env[item["name"]] = item["value"]
-    env["APFLOW_HEADERS_FILE"] = str(headers)
-    command = [sys.executable if word == "python3" else word for word in signer["command"]]
-    fresh_second()
-    signed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
-    assert signed.returncode == 0, signed.stderr
-    mounted = signer["volumeMounts"][0]["mountPath"]
-    curl_line = [
-        f"@{headers}" if word.startswith(f"@{mounted}/") else word
-        for word in [*curl["command"], *curl["args"]]
-    ]
+    for item in trigger.get("env", []):
+        assert item["valueFrom"]["secretKeyRef"]["name"] == "apflow-webhook"
+        env[item["name"]] = SECRET  # what the kubelet reads from the Secret
+    assert trigger["command"][:2] == ["sh", "-c"]
     before = len(live.runs())
-    result = subprocess.run(curl_line, capture_output=True, text=True, timeout=60)
+    fresh_second()
+    result = subprocess.run(
+        trigger["command"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "triggered"
     assert live.wait_finished(before + 1)[-1] == ("webhook", "completed")
-    # The same signature again is a replay: refused, nothing runs.
-    again = subprocess.run(curl_line, capture_output=True, text=True, timeout=60)
-    assert again.returncode != 0 and "401" in again.stderr
+    # Without the secret it stops before calling; with a wrong one the server refuses it.
+    unset = subprocess.run(
+        trigger["command"], env=cron_env(), capture_output=True, text=True, timeout=60
+    )
+    assert unset.returncode != 0 and "not set" in unset.stderr
+    fresh_second()
+    wrong = subprocess.run(
+        trigger["command"],
+        env={**env, "APFLOW_WEBHOOK_SECRET": "not-the-secret"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode != 0 and "401" in wrong.stderr
     assert len(live.runs()) == before + 1
+
+
+def test_the_cli_refuses_an_unsigned_cronjob_for_a_server_that_wants_signatures(
+    live: Live,
+) -> None:
+    shown = live.apflow("scheduler", "k8s-cronjob", live.task_id, "--base-url", live.base_url)
+    assert shown.returncode == 2 and shown.stdout == ""
+    (line,) = shown.stderr.splitlines()
+    assert "--secret-name" in line and "--unsigned" in line
 
 
 def test_the_cron_emulation_cuts_at_an_unescaped_percent() -> None:

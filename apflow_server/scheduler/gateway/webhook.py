@@ -47,14 +47,13 @@ if TYPE_CHECKING:
 
 DEFAULT_SECRET_ENV = "APFLOW_WEBHOOK_SECRET"  # noqa: S105  (a variable name, not a secret)
 DEFAULT_IMAGE = "curlimages/curl:8.10.1"
-# The signer needs an HMAC tool and a clock; curlimages/curl has no openssl, so a Job signs in
-# an init container (any image with python3 works) and hands curl the headers in a file.
-DEFAULT_SIGNER_IMAGE = "python:3.12-alpine"
+# A signed trigger runs the crontab line's own shell statements, which need sh, date, sed,
+# openssl and curl in one image; curlimages/curl has no openssl. The official buildpack-deps
+# curl image has all of them (Debian's ca-certificates brings openssl).
+DEFAULT_SIGNING_IMAGE = "buildpack-deps:bookworm-curl"
 DEFAULT_CURL_TIMEOUT = 30
 # Kubernetes appends 11 characters to a CronJob's name for its Jobs; names stay within 52.
 MAX_CRONJOB_NAME = 52
-HEADERS_DIR = "/var/run/apflow"
-HEADERS_FILE = f"{HEADERS_DIR}/headers"
 # A user and group id that no image's root is: runAsNonRoot needs a numeric user.
 RUN_AS_ID = 65532
 
@@ -62,20 +61,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
-
-# Run by the signer init container: the signature of SPEC §7 for an empty body, written as
-# curl `-H @file` headers. Inputs come from the environment, so nothing is interpolated.
-SIGNER_SCRIPT = """\
-import hashlib, hmac, os, time
-secret = os.environ["APFLOW_WEBHOOK_SECRET"].encode()
-if not secret:
-    raise SystemExit("APFLOW_WEBHOOK_SECRET is empty")
-ts = str(int(time.time()))
-message = (ts + "." + os.environ["APFLOW_TASK_ID"] + ".").encode()
-sig = hmac.new(secret, message, hashlib.sha256).hexdigest()
-with open(os.environ["APFLOW_HEADERS_FILE"], "w") as headers:
-    headers.write("X-Webhook-Timestamp: " + ts + "\\nX-Webhook-Signature: " + sig + "\\n")
-"""
 
 
 class GatewayInputError(ValidationError, ValueError):
@@ -275,8 +260,7 @@ def generate_kubernetes_cronjob(
     timezone: str = "UTC",
     secret_name: str | None = None,
     secret_key: str = "webhook-secret",  # noqa: S107  (a key name in the Secret)
-    image: str = DEFAULT_IMAGE,
-    signer_image: str = DEFAULT_SIGNER_IMAGE,
+    image: str | None = None,
     anchor_at: datetime | None = None,
     timeout_seconds: int = DEFAULT_CURL_TIMEOUT,
     starting_deadline_seconds: int = 300,
@@ -288,28 +272,31 @@ def generate_kubernetes_cronjob(
     `spec.schedule` is the schedule converted for Kubernetes (robfig/cron) and read in
     `spec.timeZone`; `concurrencyPolicy: Forbid`, `startingDeadlineSeconds` (an occurrence
     the controller could not start within it is skipped), three successful and failed Jobs
-    kept. The Job's pod runs `curl -fsS` in `image` as a non-root user with a read-only root
-    filesystem, no privilege escalation and no capabilities; `restartPolicy: Never`, so each
-    retry (`backoff_limit`) is a fresh pod with a fresh signature.
+    kept. The Job's pod runs `curl -fsS` as a non-root user with a read-only root filesystem,
+    no privilege escalation and no capabilities; `restartPolicy: Never`, so each retry
+    (`backoff_limit`) is a fresh pod with a fresh signature.
 
-    With `secret_name`, requests are signed: an init container (`signer_image`, any image
-    with python3) reads the secret from the Kubernetes Secret `secret_name`, key
-    `secret_key` (env valueFrom.secretKeyRef), signs "{timestamp}.{task_id}." at run time and
-    writes the two headers into an in-memory volume, which curl sends with `-H @file`. The
-    Secret must hold exactly the server's APFLOW_WEBHOOK_SECRET (no trailing newline:
+    Without `secret_name` the container is curl alone (`image`, default curlimages/curl).
+    With it, requests are signed: the container (`image`, default buildpack-deps'
+    bookworm-curl, which has sh, openssl and curl) runs `sh -c` with the same statements as
+    the crontab line (`signing_statements`), reading the secret from APFLOW_WEBHOOK_SECRET,
+    which Kubernetes fills from key `secret_key` of the Secret `secret_name`. The Secret must
+    hold exactly the server's APFLOW_WEBHOOK_SECRET (no trailing newline:
     `kubectl create secret generic NAME --from-literal=webhook-secret=...`)."""
     zone, expression = _convert(
         schedule_type, schedule_expression, timezone, anchor_at, target="kubernetes"
     )
     _check_task_id(task_id)
     _check_url(webhook_url)
+    if "$" in webhook_url:  # the kubelet rewrites $(NAME) and $$ in a container's command
+        raise GatewayInputError("webhook_url", "must not contain '$' in a Kubernetes command")
     _check_timeout(timeout_seconds)
     if not _DNS_LABEL.match(namespace):
         raise GatewayInputError("namespace", f"{namespace!r} is not a DNS-1123 label")
-    for name, value in (("image", image), ("signer_image", signer_image)):
-        if not value or any(ch.isspace() for ch in value):
-            raise GatewayInputError(name, f"{value!r} is not an image reference")
     signed = secret_name is not None
+    image = image or (DEFAULT_SIGNING_IMAGE if signed else DEFAULT_IMAGE)
+    if any(ch.isspace() for ch in image):
+        raise GatewayInputError("image", f"{image!r} is not an image reference")
     if secret_name is not None and (
         len(secret_name) > 253 or not _DNS_SUBDOMAIN.match(secret_name)
     ):
@@ -329,18 +316,38 @@ def generate_kubernetes_cronjob(
         "apflow-server/schedule": f"{schedule_type} {schedule_expression} ({zone.key})",
         "apflow-server/webhook-url": webhook_url,
     }
-    args = ["-fsS", "--max-time", str(timeout_seconds), "-X", "POST", "-d", ""]
-    if signed:
-        args += ["-H", f"@{HEADERS_FILE}"]
     trigger: dict[str, Any] = {
         "name": "trigger",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["curl"],
-        "args": [*args, webhook_url],
-        "resources": _resources(),
-        "securityContext": _container_security(),
     }
+    if signed:
+        # No `$(NAME)` of a defined variable and no `$$` in it, so the kubelet's expansion
+        # leaves the script as written (the URL was checked for `$` above).
+        curl = _curl_words(webhook_url, signed=True, timeout=timeout_seconds, quiet=False)
+        statements = signing_statements(task_id, DEFAULT_SECRET_ENV)
+        script = "\n".join(["set -eu", *statements, " ".join(curl)])
+        trigger["command"] = ["sh", "-c", script]
+        trigger["env"] = [
+            {
+                "name": DEFAULT_SECRET_ENV,
+                "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}},
+            }
+        ]
+    else:
+        trigger["command"] = ["curl"]
+        trigger["args"] = [
+            "-fsS",
+            "--max-time",
+            str(timeout_seconds),
+            "-X",
+            "POST",
+            "-d",
+            "",
+            webhook_url,
+        ]
+    trigger["resources"] = _resources()
+    trigger["securityContext"] = _container_security()
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -352,32 +359,6 @@ def generate_kubernetes_cronjob(
         },
         "containers": [trigger],
     }
-    if signed:
-        volume = {"name": "signed-headers", "mountPath": HEADERS_DIR}
-        trigger["volumeMounts"] = [{**volume, "readOnly": True}]
-        pod_spec["initContainers"] = [
-            {
-                "name": "sign",
-                "image": signer_image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["python3", "-c", SIGNER_SCRIPT],
-                "env": [
-                    {
-                        "name": "APFLOW_WEBHOOK_SECRET",
-                        "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}},
-                    },
-                    {"name": "APFLOW_TASK_ID", "value": signed_task_id(task_id)},
-                    {"name": "APFLOW_HEADERS_FILE", "value": HEADERS_FILE},
-                    {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
-                ],
-                "volumeMounts": [volume],
-                "resources": _resources(),
-                "securityContext": _container_security(),
-            }
-        ]
-        pod_spec["volumes"] = [
-            {"name": "signed-headers", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
-        ]
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
