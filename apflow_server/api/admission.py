@@ -15,13 +15,13 @@ from apflow_server.core.errors import ApflowError, ForbiddenError, RateLimitedEr
 
 
 class RateLimit(Protocol):
-    def hit(self, address: str) -> int | None:
+    async def hit(self, address: str) -> int | None:
         """Count a request; None when allowed, else the seconds until the window frees."""
 
 
-def refusal(limit: RateLimit, settings: Settings, client_ip: str) -> ApflowError | None:
+async def refusal(limit: RateLimit, settings: Settings, client_ip: str) -> ApflowError | None:
     """Why a webhook request from `client_ip` is refused before authentication, or None."""
-    retry_after = limit.hit(client_ip)
+    retry_after = await limit.hit(client_ip)
     if retry_after is not None:
         return RateLimitedError(
             "rate limit exceeded", data={"reason": "rate_limited", "retry_after": retry_after}

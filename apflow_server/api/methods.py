@@ -49,7 +49,7 @@ class CallContext:
     # The compute time this HTTP request may use, shared by the calls of a batch.
     budget: Budget = UNLIMITED
     # The webhook route's rate limit and IP allowlist, for tasks.webhook.trigger.
-    admit_webhook: Callable[[], ApflowError | None] | None = None
+    admit_webhook: Callable[[], Awaitable[ApflowError | None]] | None = None
 
     def user_scope(self, requested: Any) -> str | None:
         """The user filter a listing may use: anyone's for admins (and with auth off),
@@ -321,12 +321,18 @@ async def scheduled_preview(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 
 async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
-    if ctx.admit_webhook is not None:
-        refused = ctx.admit_webhook()
+    scheduled_for: datetime | None = params.get("scheduled_for")
+    if scheduled_for is not None:
+        # Firing a named due occurrence is how an API-mode scheduler works through a server:
+        # a scheduler's operation (an admin's), not a webhook, so not the webhook's limits.
+        principal = ctx.principal
+        if principal is not None and not principal.is_admin:
+            raise ForbiddenError("scheduled_for: only an admin (a scheduler) may fire occurrences")
+    elif ctx.admit_webhook is not None:
+        refused = await ctx.admit_webhook()
         if refused is not None:
             raise refused
     asynchronous = params.get("async_execution")
-    scheduled_for: datetime | None = params.get("scheduled_for")
     return await ctx.services.trigger(
         params["task_id"],
         ctx.principal,

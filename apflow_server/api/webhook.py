@@ -10,6 +10,8 @@ accepting, the request is refused.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,13 +35,23 @@ from apflow_server.core.types import RunTrigger, WebhookVerifyContext
 from apflow_server.scheduler.gateway import hooks, signatures
 from apflow_server.storage import replays
 
+logger = logging.getLogger(__name__)
+
 STATUS_OF_CODE = {-32602: 400, -32001: 401, -32003: 403, -32004: 404, -32009: 409}
 REASON_OF_STATUS = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found"}
 
 
 class WebhookRateLimit:
     """Requests per minute per client address, on slowapi's limiter and storage
-    (memory by default, APFLOW_RATE_LIMIT_STORAGE such as a Redis URL to share it)."""
+    (memory by default, APFLOW_RATE_LIMIT_STORAGE such as a Redis URL to share it).
+
+    A shared storage is a network call: it runs in a worker thread with short socket
+    timeouts, so a slow Redis cannot hold the event loop, and when the storage cannot answer
+    the request is let through (with a warning at most once a minute): the limit throttles
+    guessing, it must not take the webhook down with it.
+    """
+
+    TIMEOUT_SECONDS = 0.5
 
     def __init__(self, settings: Settings) -> None:
         from limits import RateLimitItemPerMinute
@@ -47,17 +59,44 @@ class WebhookRateLimit:
 
         self.item = RateLimitItemPerMinute(max(settings.webhook_rate_limit, 1))
         self.enabled = settings.webhook_rate_limit > 0
+        self.remote = not settings.rate_limit_storage.startswith("memory://")
+        options: dict[str, Any] = {}
+        if self.remote:
+            options = {
+                "socket_timeout": self.TIMEOUT_SECONDS,
+                "socket_connect_timeout": self.TIMEOUT_SECONDS,
+            }
         try:
             self.limiter = Limiter(
-                key_func=lambda request: "", storage_uri=settings.rate_limit_storage
+                key_func=lambda request: "",
+                storage_uri=settings.rate_limit_storage,
+                storage_options=options,
             ).limiter
         except ConfigurationError as exc:  # an unknown scheme, a missing client library
             reason = str(exc).strip().splitlines()[0]
             raise ConfigError(f"APFLOW_RATE_LIMIT_STORAGE: {reason}") from None
+        self._warned_at = 0.0
 
-    def hit(self, address: str) -> int | None:
+    async def hit(self, address: str) -> int | None:
         """Count a request; None when allowed, else the seconds until the window frees."""
-        if not self.enabled or self.limiter.hit(self.item, "webhook", address):
+        if not self.enabled:
+            return None
+        if not self.remote:
+            return self._hit(address)
+        try:
+            return await asyncio.to_thread(self._hit, address)
+        except Exception as exc:
+            if time.monotonic() - self._warned_at > 60:
+                self._warned_at = time.monotonic()
+                logger.warning(
+                    "the rate-limit storage cannot be reached (%s); webhook requests are "
+                    "not limited until it answers again",
+                    type(exc).__name__,
+                )
+            return None
+
+    def _hit(self, address: str) -> int | None:
+        if self.limiter.hit(self.item, "webhook", address):
             return None
         reset_at, _remaining = self.limiter.get_window_stats(self.item, "webhook", address)
         return max(1, int(reset_at - time.time()) + 1)
@@ -137,7 +176,7 @@ async def webhook_trigger(request: Request) -> Response:
     settings = services.settings
     task_id = request.path_params["task_id"]
     client_ip = client_address(request, settings.trusted_proxies)
-    refused = admission.refusal(request.app.state.webhook_rate_limit, settings, client_ip)
+    refused = await admission.refusal(request.app.state.webhook_rate_limit, settings, client_ip)
     if isinstance(refused, RateLimitedError):
         response = _refusal(services, 429, "rate_limited", refused.message)
         response.headers["Retry-After"] = str(refused.data["retry_after"])

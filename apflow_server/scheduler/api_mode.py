@@ -15,7 +15,9 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +44,9 @@ class ApiToken:
     value: str
     subject: str
     source: str  # config (admin_auth_token) or generated (signed with jwt_secret)
+    # A generated token is signed again before it expires (monotonic seconds), by `renew`.
+    renew_at: float | None = None
+    renew: Callable[[], ApiToken] | None = field(default=None, repr=False, compare=False)
 
 
 def resolve_token(settings: Settings, jwt_secret: str | None) -> ApiToken:
@@ -59,7 +64,11 @@ def resolve_token(settings: Settings, jwt_secret: str | None) -> ApiToken:
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
     )
-    return ApiToken(token, subject, "generated")
+    # Signed again a day before it expires: a scheduler runs for longer than a token lives.
+    renew_at = time.monotonic() + TOKEN_LIFETIME - 86400
+    return ApiToken(
+        token, subject, "generated", renew_at, lambda: resolve_token(settings, jwt_secret)
+    )
 
 
 def _subject_of(token: str) -> str:
@@ -138,6 +147,12 @@ class ApiScheduler:
 
     async def call(self, method: str, params: dict[str, Any]) -> Any:
         assert self._client is not None
+        token = self.token
+        if token.renew is not None and token.renew_at is not None:
+            if time.monotonic() >= token.renew_at:
+                self.token = token.renew()
+                self._client.headers["Authorization"] = f"Bearer {self.token.value}"
+                logger.info("scheduler %s signed a fresh API token", self.instance_id)
         self._ids += 1
         request = {"jsonrpc": "2.0", "method": method, "params": params, "id": self._ids}
         try:

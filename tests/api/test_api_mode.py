@@ -14,7 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -352,3 +352,32 @@ def test_the_signed_admin_token_carries_exp_audience_and_issuer(tmp_path: Path) 
     finally:
         code = server.stop()
     assert_stopped_gracefully(server, code)
+
+
+def test_a_generated_token_is_signed_again_before_it_expires(live: Live) -> None:
+    """A scheduler outlives its week-long token: it signs a fresh one when due, instead of
+    being refused from then on."""
+    env = server_env(live.home, APFLOW_JWT_SECRET=JWT_SECRET)
+    settings = Settings.from_env({**env, "APFLOW_API_SERVER_URL": live.server.url})
+    fresh = resolve_token(settings, settings.jwt_secret)
+    expired = replace(
+        fresh,
+        value=token("scheduler@test", ["admin"], expires_in=-60),
+        renew_at=0.0,  # due now
+    )
+
+    async def poll_once() -> Any:
+        scheduler = ApiScheduler(SchedulerConfig(), settings, expired)
+        scheduler._client = httpx.AsyncClient(
+            timeout=30, headers={"Authorization": f"Bearer {expired.value}"}
+        )
+        try:
+            due = await scheduler.call("tasks.scheduled.due", {"limit": 1})
+            return due, scheduler.token
+        finally:
+            await scheduler._client.aclose()
+
+    due, now_used = asyncio.run(poll_once())
+    assert "items" in due
+    assert now_used.value != expired.value and now_used.renew_at is not None
+    assert now_used.renew_at > time.monotonic() + 5 * 86400

@@ -645,3 +645,24 @@ def test_the_hook_registration_is_public() -> None:
     import apflow_server
 
     assert apflow_server.register_webhook_verify_hook is register_webhook_verify_hook
+
+
+def test_firing_a_due_occurrence_is_a_schedulers_operation(
+    make_protocol_service: ServiceFactory,
+) -> None:
+    """`scheduled_for` is what an API-mode scheduler sends: admins only, and not a webhook,
+    so not counted by the webhook's limit."""
+    service = make_protocol_service(jwt_secret=JWT_SECRET, webhook_rate_limit=1)
+    owner = service.api.as_user(token("alice"))
+    task = owner.create(
+        schedule_type="interval",
+        schedule_expression="60",
+        schedule_start_at="2020-01-01T00:00:00Z",
+        schedule_enabled=True,
+    )
+    due = {"task_id": task["id"], "scheduled_for": task["next_run_at"]}
+    assert owner.fail("tasks.webhook.trigger", due)["code"] == -32003
+    admin = service.api.as_user(admin_token())
+    for _ in range(3):  # past the webhook limit of one a minute
+        reply = admin.rpc("tasks.webhook.trigger", due)
+        assert reply.status == 200 and "result" in reply.body, reply.body

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import logging
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,18 @@ def test_an_app_built_from_settings_by_hand_refuses_the_storage_before_serving(
         create_app(settings)
     assert caught.value.message.startswith("APFLOW_RATE_LIMIT_STORAGE: ")
     assert "\n" not in caught.value.message
+
+
+def test_an_unreachable_storage_lets_requests_through_with_a_warning(
+    make_protocol_service: ServiceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit throttles guessing; a Redis outage must not take the webhook down with it."""
+    pytest.importorskip("redis")
+    service = make_protocol_service(
+        webhook_rate_limit=1, rate_limit_storage="redis://127.0.0.1:1/0"
+    )
+    with caplog.at_level(logging.WARNING, logger="apflow_server.api.webhook"):
+        statuses = [service.api.webhook("missing").status for _ in range(3)]
+    assert statuses == [404, 404, 404]  # answered, not limited: the limit is one a minute
+    warnings = [r for r in caplog.records if "rate-limit storage" in r.getMessage()]
+    assert len(warnings) == 1  # once a minute, not once a request
