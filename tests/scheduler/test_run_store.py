@@ -3,6 +3,7 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from apflow_server.config import Settings
-from apflow_server.core.errors import ConflictError
+from apflow_server.core.errors import ConflictError, NotFoundError
 from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun
@@ -433,3 +434,91 @@ async def test_claim_occurrence_fires_only_the_due_occurrence_once(
     assert await store.claim_occurrence(task.id, T0 + MINUTE) is None  # already fired
     await store.finish(run, RunResult(RunStatus.COMPLETED))
     assert await store.claim_occurrence(task.id, T0 + MINUTE) is None
+
+
+# ---------------------------------------------------------------------- concurrent starts
+
+
+async def started_runs(database: Database, task_ids: set[str]) -> list[TaskRun]:
+    async with database.transaction() as session:
+        runs = await session.scalars(select(TaskRun).where(TaskRun.task_id.in_(task_ids)))
+        return list(runs)
+
+
+async def test_concurrent_starts_share_transactions_and_each_starts_once(
+    repo: TaskRepository, store: RunStore, database: Database
+) -> None:
+    tasks = [await repo.create_task(name=f"t{i}") for i in range(60)]
+    claimed = await asyncio.gather(
+        *(store.start_now(task.id, RunTrigger.WEBHOOK) for task in tasks)
+    )
+    assert sorted(c.task_id for c in claimed) == sorted(t.id for t in tasks)
+    assert len({c.run_id for c in claimed}) == 60
+    runs = await started_runs(database, {t.id for t in tasks})
+    assert Counter(run.task_id for run in runs) == Counter({t.id: 1 for t in tasks})
+    assert {run.id for run in runs} == {c.run_id for c in claimed}
+    assert {run.status for run in runs} == {RunStatus.RUNNING.value}
+    # fewer transactions than requests: the first went alone, the rest together
+    assert len(store._starts.batch_sizes) < 60
+    assert max(store._starts.batch_sizes) > 1
+
+
+async def test_concurrent_starts_of_one_task_start_it_once(
+    repo: TaskRepository, store: RunStore, database: Database
+) -> None:
+    task = await repo.create_task(name="popular")
+    outcomes = await asyncio.gather(
+        *(store.start_now(task.id, RunTrigger.WEBHOOK) for _ in range(20)),
+        return_exceptions=True,
+    )
+    started = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(started) == 1
+    assert len(refused) == 19 and all(isinstance(r, ConflictError) for r in refused)
+    assert len(await started_runs(database, {task.id})) == 1
+
+
+async def test_concurrent_starts_with_one_idempotency_key_return_one_run(
+    repo: TaskRepository, store: RunStore, database: Database
+) -> None:
+    task = await repo.create_task(name="keyed")
+    claimed = await asyncio.gather(
+        *(store.start_now(task.id, RunTrigger.WEBHOOK, idempotency_key="k") for _ in range(20))
+    )
+    assert len({c.run_id for c in claimed}) == 1
+    assert sum(not c.replayed for c in claimed) == 1
+    assert len(await started_runs(database, {task.id})) == 1
+
+
+async def test_a_tree_and_its_child_started_together_run_one_of_them(
+    repo: TaskRepository, store: RunStore, database: Database
+) -> None:
+    root, child = await repo.create_tasks([{"name": "root"}, {"name": "kid", "parent_id": "root"}])
+    outcomes = await asyncio.gather(
+        store.start_now(root.id, RunTrigger.MANUAL),
+        store.start_now(child.id, RunTrigger.MANUAL),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 1
+    assert len(await started_runs(database, {root.id, child.id})) == 1
+
+
+async def test_a_refused_start_does_not_refuse_its_batch(
+    repo: TaskRepository, store: RunStore, database: Database
+) -> None:
+    tasks = [await repo.create_task(name=f"t{i}") for i in range(10)]
+
+    def only_even(task: object) -> None:
+        if getattr(task, "id", "") in {t.id for t in tasks[1::2]}:
+            raise ConflictError("not this one")
+
+    outcomes = await asyncio.gather(
+        *(store.start_now(t.id, RunTrigger.API, check=only_even) for t in tasks),
+        store.start_now("no-such-task", RunTrigger.API),
+        return_exceptions=True,
+    )
+    started = {o.task_id for o in outcomes if not isinstance(o, BaseException)}
+    assert started == {t.id for t in tasks[::2]}
+    assert isinstance(outcomes[-1], NotFoundError)
+    runs = await started_runs(database, {t.id for t in tasks})
+    assert {run.task_id for run in runs} == started
