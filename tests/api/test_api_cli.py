@@ -291,7 +291,14 @@ def test_serve_warns_once_about_a_short_jwt_secret_on_loopback(tmp_path: Path) -
 
 
 def test_serve_says_nothing_about_a_secret_of_32_bytes(tmp_path: Path) -> None:
-    serve = Serve(tmp_path, "--host", "0.0.0.0", "--no-scheduler", APFLOW_JWT_SECRET="é" * 16)
+    serve = Serve(
+        tmp_path,
+        "--host",
+        "0.0.0.0",
+        "--no-scheduler",
+        APFLOW_JWT_SECRET="é" * 16,
+        APFLOW_ALLOWED_HOSTS="127.0.0.1",
+    )
     try:
         serve.wait_ready()
     finally:
