@@ -39,7 +39,9 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.util import datetime_to_utc_timestamp
 
 
-def seed(url: str, count: int, due: datetime, spread: float, grace: int | None) -> None:
+def seed(
+    url: str, count: int, due: datetime, spread: float, grace: int | None, sink: str | None = None
+) -> None:
     """Bulk-insert `count` jobs exactly as SQLAlchemyJobStore.add_job would store them (the
     same row: id, next_run_time, pickled job state), in one transaction."""
     store = SQLAlchemyJobStore(url=url)
@@ -51,10 +53,11 @@ def seed(url: str, count: int, due: datetime, spread: float, grace: int | None) 
         job = Job(
             owner,
             id=uuid.uuid4().hex,
-            func="peer_jobs:record",
+            func="peer_jobs:get" if sink else "peer_jobs:record",
             trigger=DateTrigger(run_date=when, timezone=UTC),
             executor="default",
-            args=(index, when.timestamp()),
+            args=(index, when.timestamp())
+            + ((peer_jobs.hit_url(sink, index, when.timestamp()),) if sink else ()),
             kwargs={},
             name=f"burst-{index}",
             misfire_grace_time=grace,
@@ -87,11 +90,12 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--out", help="write the raw samples here (JSON)")
+    parser.add_argument("--sink", help="the real-work job: GET this sink (bench/sink.py)")
     args = parser.parse_args()
     grace = None if args.misfire_grace == "none" else int(args.misfire_grace)
 
     due = (datetime.now(UTC) + timedelta(seconds=args.lead + 2)).replace(microsecond=0)
-    seed(args.url, args.tasks, due, args.spread, grace)
+    seed(args.url, args.tasks, due, args.spread, grace, args.sink)
     if datetime.now(UTC) >= due:
         raise SystemExit("seeding took longer than --lead; raise it")
 

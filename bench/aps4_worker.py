@@ -40,6 +40,7 @@ async def main() -> None:
     parser.add_argument("--seed-concurrency", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--out", help="write the raw samples here (JSON)")
+    parser.add_argument("--sink", help="the real-work job: GET this sink (bench/sink.py)")
     args = parser.parse_args()
     lead = args.lead if args.lead is not None else 4.0 + 0.0025 * args.tasks
 
@@ -53,11 +54,14 @@ async def main() -> None:
         async def add(index: int) -> None:
             when = due + timedelta(seconds=args.spread * index / args.tasks)
             async with gate:
+                job_args: list[object] = [index, when.timestamp()]
+                if args.sink:
+                    job_args.append(peer_jobs.hit_url(args.sink, index, when.timestamp()))
                 await scheduler.add_schedule(
-                    peer_jobs.record,
+                    peer_jobs.aget if args.sink else peer_jobs.record,
                     DateTrigger(when),
                     id=f"burst-{index}",
-                    args=[index, when.timestamp()],
+                    args=job_args,
                 )
 
         await asyncio.gather(*(add(index) for index in range(args.tasks)))

@@ -21,8 +21,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy import func, insert, select
@@ -57,9 +59,18 @@ async def drop_pg(name: str) -> None:
     await connection.close()
 
 
-async def seed(database: Database, count: int, due: datetime, spread: float = 0.0) -> None:
+async def seed(
+    database: Database,
+    count: int,
+    due: datetime,
+    spread: float = 0.0,
+    *,
+    executor: str = "echo_executor",
+    inputs_of: Callable[[int, datetime], dict[str, Any]] = lambda index, when: {"n": index},
+) -> None:
     """Bulk-insert `count` enabled once-schedules due at `due` (over `spread` seconds when
-    given); the repository's validation is not what this measures."""
+    given), each running `executor` with `inputs_of(index, instant)`; the repository's
+    validation is not what this measures."""
     now = datetime.now(UTC)
 
     def when(index: int) -> datetime:
@@ -71,8 +82,8 @@ async def seed(database: Database, count: int, due: datetime, spread: float = 0.
             "name": f"burst-{index}",
             "status": "pending",
             "priority": 2,
-            "inputs": {"n": index},
-            "params": {"executor_id": "echo_executor"},
+            "inputs": inputs_of(index, when(index)),
+            "params": {"executor_id": executor},
             "schemas": {},
             "dependencies": [],
             "progress": 0.0,

@@ -9,8 +9,10 @@ apflow's (start minus scheduled instant), from the job's own clock readings.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 SAMPLES: list[tuple[int, float, float, float]] = []  # (index, scheduled, started, ended)
 FULL_SAMPLES_UP_TO = 2000
@@ -20,6 +22,49 @@ def record(index: int, scheduled: float) -> None:
     """The trivial job: note the start, the scheduled instant and the end."""
     started = time.time()
     SAMPLES.append((index, scheduled, started, time.time()))
+
+
+_HTTP_LOCK = threading.Lock()
+_HTTP_CLIENT: Any = None
+_ASYNC_CLIENTS: dict[Any, Any] = {}
+
+
+def get(index: int, scheduled: float, url: str) -> None:
+    """The real-work job, threaded: a GET with one httpx client shared by every job (pooled,
+    keep-alive), as a well-written APScheduler 3 job would do it; then note the times."""
+    global _HTTP_CLIENT
+    import httpx
+
+    started = time.time()
+    with _HTTP_LOCK:
+        if _HTTP_CLIENT is None:
+            _HTTP_CLIENT = httpx.Client(
+                timeout=30, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)
+            )
+    _HTTP_CLIENT.get(url).raise_for_status()
+    SAMPLES.append((index, scheduled, started, time.time()))
+
+
+async def aget(index: int, scheduled: float, url: str) -> None:
+    """The real-work job, async: a GET with one httpx.AsyncClient per event loop."""
+    import asyncio
+
+    import httpx
+
+    started = time.time()
+    loop = asyncio.get_running_loop()
+    client = _ASYNC_CLIENTS.get(loop)
+    if client is None:
+        client = _ASYNC_CLIENTS[loop] = httpx.AsyncClient(
+            timeout=30, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        )
+    (await client.get(url)).raise_for_status()
+    SAMPLES.append((index, scheduled, started, time.time()))
+
+
+def hit_url(sink: str, index: int, scheduled: float) -> str:
+    """The sink URL one job calls: the sink records the index, the due instant and arrival."""
+    return f"{sink}/hit?i={index}&due={scheduled:.6f}"
 
 
 def percentile(values: list[float], fraction: float) -> float:
