@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from apflow_server.config import Settings
 from apflow_server.core.errors import NotFoundError
 from apflow_server.scheduler.gateway.ical import (
     DEFAULT_CALENDAR_NAME,
@@ -19,7 +20,7 @@ from apflow_server.storage.models import FeedKey
 from apflow_server.storage.repository import TaskRepository, utcnow
 
 from . import output
-from .gateway import base_url_option
+from .gateway import base_url_of, base_url_option
 from .options import format_option
 from .runtime import run_with_repository
 from .scheduler import scheduler_group
@@ -69,7 +70,7 @@ def feed_key(
     label: str | None,
     listing: bool,
     revoke_id: str | None,
-    base_url: str,
+    base_url: str | None,
     output_format: str,
 ) -> None:
     """Issue a calendar feed key for a user (shown once; only its hash is stored), list the
@@ -83,7 +84,7 @@ def feed_key(
     elif user_id is None:
         raise click.UsageError("--user-id is required to issue a key")
     else:
-        _issue_key(user_id, label, base_url, output_format)
+        _issue_key(user_id, label, base_url_of(base_url, Settings.from_env()), output_format)
 
 
 def _list_keys(user_id: str | None, output_format: str) -> None:

@@ -45,7 +45,8 @@ base_url_option = click.option(
 )
 
 
-def _base_url(given: str | None, settings: Settings) -> str:
+def base_url_of(given: str | None, settings: Settings) -> str:
+    """--base-url, else APFLOW_PUBLIC_URL, else the local default."""
     return given or settings.public_url or LOCAL_BASE_URL
 
 
@@ -117,7 +118,7 @@ def webhook_url(
 ) -> None:
     """The webhook URL that triggers a task: POST to it (with --signed: the headers, the
     signed content and a shell snippet that signs with openssl)."""
-    base_url = _base_url(base_url, Settings.from_env())
+    base_url = base_url_of(base_url, Settings.from_env())
     described = generate_webhook_url(task_id, base_url, signed, secret_env=secret_env)
     task = _load_task(task_id)
     if output_format == "json":
@@ -173,7 +174,7 @@ def cron_line(
     if unsigned and secret_env:
         raise click.UsageError("--unsigned: not with --secret-env")
     settings = Settings.from_env()
-    url = generate_webhook_url(task_id, _base_url(base_url, settings))["url"]
+    url = generate_webhook_url(task_id, base_url_of(base_url, settings))["url"]
     task = _load_task(task_id)
     schedule_type, expression = _schedule_of(task)
     if not unsigned and secret_env is None and settings.webhook_secret:
