@@ -90,6 +90,8 @@ def _env_names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CONFIG_FILE = "config.cli.yaml"
+# Room for rest_executor's 1 MiB response body and its headers.
+DEFAULT_MAX_RESULT_BYTES = 2 * 1024 * 1024
 # Pinned: an HMAC family only, never "none" nor whatever a token header asks for.
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 CONFIG_KEYS = (
@@ -236,6 +238,8 @@ class Settings:
     max_batch: int = 100
     max_response_bytes: int = 16 * 1024 * 1024
     max_compute_seconds: int = 2
+    # The largest result a task may store (JSON bytes); results flow into dependents.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     # Host names the HTTP service answers to (None: the loopback names; see api/browsers.py)
     # and the web origins allowed to call it from a browser (CORS; none by default).
     allowed_hosts: tuple[str, ...] | None = None
@@ -304,6 +308,7 @@ class Settings:
             max_batch=_int(env, "APFLOW_MAX_BATCH", 100, minimum=1),
             max_response_bytes=_int(env, "APFLOW_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, 65536),
             max_compute_seconds=_int(env, "APFLOW_MAX_COMPUTE_SECONDS", 2, minimum=1),
+            max_result_bytes=_int(env, "APFLOW_MAX_RESULT_BYTES", DEFAULT_MAX_RESULT_BYTES, 1024),
             allowed_hosts=_list(env, "APFLOW_ALLOWED_HOSTS") or None,
             cors_origins=_origins(env, "APFLOW_CORS_ORIGINS"),
         )

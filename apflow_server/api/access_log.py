@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
-CREDENTIAL_PARAMETERS = ("api_key", "apikey", "token", "access_token", "key", "secret", "jwt")
-_CREDENTIAL = re.compile(
-    r"(?P<name>(?:^|[?&;])(?:" + "|".join(CREDENTIAL_PARAMETERS) + r"))=(?P<value>[^&;#\s]*)",
-    re.IGNORECASE,
+CREDENTIAL_PARAMETERS = frozenset(
+    {"api_key", "apikey", "token", "access_token", "key", "secret", "jwt"}
 )
 
 
 def redact(target: str) -> str:
-    """`target` (a path with its query) with credential values replaced by `[redacted]`."""
-    if "=" not in target:
+    """`target` (a path with its query) with the values of credential parameters replaced by
+    `[redacted]`. Names are compared as the application reads them (percent-decoded, any
+    case), so `api%5Fkey=...` is redacted as `api_key=...` is."""
+    path, separator, query = target.partition("?")
+    if not separator or "=" not in query:
         return target
-    return _CREDENTIAL.sub(lambda match: f"{match['name']}=[redacted]", target)
+    pairs = re.split(r"([&;])", query)
+    for index in range(0, len(pairs), 2):
+        name, equals, _value = pairs[index].partition("=")
+        if equals and unquote_plus(name).strip().lower() in CREDENTIAL_PARAMETERS:
+            pairs[index] = f"{name}=[redacted]"
+    return f"{path}?{''.join(pairs)}"
 
 
 class RedactCredentials(logging.Filter):

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apflow_server.config import Network, Settings
 from apflow_server.core.errors import ForbiddenError, UnauthenticatedError
+from apflow_server.core.task_fields import is_valid_unicode
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,16 @@ def decode_token(token: str, settings: Settings) -> Principal:
         raise UnauthenticatedError(f"invalid token: {exc}") from None
     subject = claims.get("sub")
     roles = claims.get("roles") or []
-    if not isinstance(subject, str) or not subject or "\x00" in subject:
-        raise UnauthenticatedError("invalid token: sub must be a non-empty string")
+    # The subject becomes a user_id: held to the same rules (1-255 characters, no NUL, valid
+    # Unicode), so a strange one is refused here rather than failing a query later.
+    if (
+        not isinstance(subject, str)
+        or not subject.strip()
+        or len(subject) > 255
+        or "\x00" in subject
+        or not is_valid_unicode(subject)
+    ):
+        raise UnauthenticatedError("invalid token: sub must be a user id of 1-255 characters")
     if isinstance(roles, str):
         roles = [roles]
     if not isinstance(roles, list):

@@ -91,6 +91,10 @@ def show(output_format: str) -> None:
         "webhook_allowed_ips": ",".join(map(str, settings.webhook_allowed_ips)) or "(any)",
         "trusted_proxies": ",".join(map(str, settings.trusted_proxies)) or "(none)",
         "webhook_rate_limit": settings.webhook_rate_limit,
+        # the scheme only: a Redis URL may hold its password
+        "rate_limit_storage": settings.rate_limit_storage.partition("://")[0] + "://",
+        "allowed_hosts": ",".join(settings.allowed_hosts or ()) or "(loopback names)",
+        "cors_origins": ",".join(settings.cors_origins) or "(none)",
         "auth": "on" if settings.auth_enabled else "off",
     }
     if output_format == "json":

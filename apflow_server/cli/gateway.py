@@ -266,17 +266,21 @@ def k8s_cronjob(
     settings = Settings.from_env()
     if unsigned and secret_name:
         raise click.UsageError("--unsigned: not with --secret-name")
-    if not unsigned and secret_name is None and settings.webhook_secret:
-        raise click.UsageError(
-            "the server requires signed webhooks (APFLOW_WEBHOOK_SECRET is set): pass "
-            "--secret-name NAME (a Kubernetes Secret holding it), or --unsigned on purpose"
-        )
     base_url = base_url or settings.public_url
+    missing = []  # every missing choice in one line, not one per attempt
     if not base_url:
-        raise click.UsageError(
+        missing.append(
             "pass --base-url URL or set APFLOW_PUBLIC_URL: the address pods reach the server "
             "at (a pod's 127.0.0.1 is the pod itself)"
         )
+    if not unsigned and secret_name is None and settings.webhook_secret:
+        missing.append(
+            "the server requires signed webhooks (APFLOW_WEBHOOK_SECRET is set): pass "
+            "--secret-name NAME (a Kubernetes Secret holding it), or --unsigned on purpose"
+        )
+    if missing:
+        raise click.UsageError("; and ".join(missing))
+    assert base_url is not None
     url = generate_webhook_url(task_id, base_url)["url"]
     task = _load_task(task_id)
     schedule_type, expression = _schedule_of(task)

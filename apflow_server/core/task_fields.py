@@ -203,11 +203,37 @@ def _json_object(field: str, value: Any) -> dict[str, Any]:
     for key in ("executor_id", "method"):  # how an executor is named (params / schemas)
         if key in value and not isinstance(value[key], str):
             raise ValidationError(f"{field}.{key}", "must be the name of an executor")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValidationError(field, f"must nest at most {MAX_JSON_DEPTH} levels deep")
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         raise ValidationError(field, "must contain only JSON values") from None
     return dict(value)
+
+
+# Stored JSON (inputs, params, schemas, results) nests at most this deep: reading and writing
+# JSON recurses, and a value nested a thousand levels deep could be stored but never read back.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """How many levels of objects and arrays `value` nests (0 for a scalar), counted without
+    recursion, so any depth can be measured."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _dependencies(field: str, value: Any) -> list[dict[str, Any]]:

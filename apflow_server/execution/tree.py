@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from apflow_server.config import DEFAULT_MAX_RESULT_BYTES
 from apflow_server.core.commands import COMMAND_EXECUTOR, pin_control_inputs
+from apflow_server.core.errors import ApflowError
+from apflow_server.core.task_fields import MAX_JSON_DEPTH, json_depth
+from apflow_server.execution.errors import ExecutionError
 from apflow_server.execution.registry import ExecutionContext, ExecutorRegistry
 
 if TYPE_CHECKING:
@@ -63,12 +67,21 @@ def executor_name(spec: TaskSpec, has_children: bool) -> str | None:
     return AGGREGATE if has_children else None
 
 
-def jsonable(value: Any) -> Any:
-    """Executor results are stored as JSON: anything else is converted, never rejected."""
+def stored_result(value: Any, max_bytes: int) -> Any:
+    """An executor's result as it will be stored: JSON (anything else is converted), at most
+    `max_bytes` of it and MAX_JSON_DEPTH levels deep, else the task fails saying why. Bounded
+    because results flow into dependents (an aggregate of aggregates doubles at every step)."""
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ExecutionError(f"the result nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(json.dumps(value, default=str, allow_nan=False))
+        text = json.dumps(value, default=str, allow_nan=False)
     except (TypeError, ValueError):
         return str(value)
+    if len(text) > max_bytes:
+        raise ExecutionError(
+            f"the result is {len(text)} bytes of JSON, over the {max_bytes} allowed"
+        )
+    return json.loads(text)
 
 
 def merge_inputs(inputs: dict[str, Any], dependency_results: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +124,9 @@ class TreeRun:
         self.sink = sink
         self.slots = asyncio.Semaphore(max_parallel)
         self.services = services
+        self.max_result_bytes = (
+            services.settings.max_result_bytes if services else DEFAULT_MAX_RESULT_BYTES
+        )
 
     async def run(self) -> NodeOutcome:
         if not self.root.children:  # a single task: no group to orchestrate
@@ -245,11 +261,12 @@ class TreeRun:
                     logger.warning("task %s failed", spec.id, exc_info=True)
                     message = f"{type(exc).__name__}: {message}"
                 return NodeOutcome(False, error=message)
-        return NodeOutcome(True, result=jsonable(result))
+        try:
+            stored = stored_result(result, self.max_result_bytes)
+        except ExecutionError as refused:
+            return NodeOutcome(False, error=str(refused))
+        return NodeOutcome(True, result=stored)
 
 
 def _is_expected(exc: Exception) -> bool:
-    from apflow_server.core.errors import ApflowError
-    from apflow_server.execution.errors import ExecutionError
-
     return isinstance(exc, ExecutionError | ApflowError)

@@ -99,6 +99,13 @@ class Schedule:
         schedule = cls(
             kind, expression.strip(), zone, _PARSERS[kind](expression), start, end, anchor
         )
+        if kind is ScheduleType.ONCE:
+            try:  # a wall-clock instant at the ends of the range may have no UTC reading
+                schedule.once_instant()
+            except OverflowError:
+                raise ValidationError(
+                    FIELD, "the instant must lie between the years 1 and 9999 in UTC"
+                ) from None
         schedule._check_fires()
         return schedule
 

@@ -221,11 +221,14 @@ def test_feed_keys_and_tokens_never_reach_the_access_log(
         assert calendar.get("/scheduler/ical", params={"api_key": ALICE}).status_code == 200
         bogus = "apflow_fk_" + "x" * 40
         calendar.get("/scheduler/ical", params={"user_id": "alice", "api_key": bogus})
+        encoded = token("alice", expires_in=7200)  # another token, its name percent-encoded
+        assert calendar.get(f"/scheduler/ical?api%5Fkey={encoded}").status_code == 200
     time.sleep(0.2)  # the access line is written after the response
     log = server.output
     assert "/scheduler/ical?api_key=[redacted]" in log
     assert ALICE not in log
     assert bogus not in log
+    assert encoded not in log
 
 
 def test_forged_tokens_are_rate_limited_before_they_are_read(tmp_path: Path) -> None:

@@ -18,6 +18,16 @@ from api_support import JWT_SECRET, WEBHOOK_SECRET, admin_token, signature, toke
 BIG = 2**63  # one past the largest BIGINT
 NUL = "a\u0000b"
 
+
+def nested(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return {"deep": value}
+
+
+DEEP = nested(950)  # parses, but used to fail when written: RecursionError
+
 # (method, params, what used to go wrong)
 RPC_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("tasks.list", {"offset": BIG}, "offset beyond BIGINT reaches the database"),
@@ -103,6 +113,33 @@ RPC_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("tasks.create", {"name": "x", "inputs": {"k": "a\u0000b"}}, "NUL inside JSON (jsonb)"),
     ("tasks.create", {"name": "x", "inputs": {"k": float("inf")}}, "Infinity in JSON (jsonb)"),
     ("tasks.create", {"name": "x", "inputs": {"k": float("nan")}}, "NaN in JSON (jsonb)"),
+    (
+        "tasks.scheduled.preview",
+        {"schedule_type": "once", "schedule_expression": "9999-12-31T23:59:59-23:59"},
+        "OverflowError: a once instant after year 9999 in UTC",
+    ),
+    (
+        "tasks.create",
+        {
+            "name": "x",
+            "schedule_type": "once",
+            "schedule_expression": "0001-01-01T00:00:00",
+            "schedule_timezone": "Etc/GMT-14",
+        },
+        "OverflowError: a wall-clock once instant before year 1 in UTC (disabled)",
+    ),
+    (
+        "tasks.create",
+        {
+            "name": "x",
+            "schedule_type": "once",
+            "schedule_expression": "9999-12-31T23:59:59",
+            "schedule_timezone": "Etc/GMT+12",
+            "schedule_enabled": True,
+        },
+        "OverflowError: a wall-clock once instant after year 9999 in UTC (enabled)",
+    ),
+    ("tasks.create", {"name": "x", "inputs": DEEP}, "RecursionError: inputs nested 950 deep"),
     ("tasks.create", {"name": "ok", "max_runs": 5}, "control: a valid request"),
 ]
 
@@ -191,3 +228,27 @@ def test_a_lone_surrogate_is_refused_naming_the_field(
     assert error["code"] == -32602
     assert error["data"]["field"] == field
     assert service.api.call("tasks.list", {})["total"] == 0
+
+
+@pytest.mark.parametrize(("levels", "accepted"), [(63, True), (64, False), (500, False)])
+def test_json_fields_nest_at_most_64_levels(
+    make_service: ServiceFactory, levels: int, accepted: bool
+) -> None:
+    service = make_service(run_scheduler=False)
+    reply = service.api.rpc("tasks.create", {"name": "deep", "inputs": nested(levels)})
+    if accepted:
+        task = reply.result
+        assert service.api.call("tasks.get", {"task_id": task["id"]})["inputs"] == nested(levels)
+    else:
+        assert (reply.error["code"], reply.error["data"]["field"]) == (-32602, "inputs")
+        assert service.api.call("tasks.list", {})["total"] == 0
+
+
+@pytest.mark.parametrize("subject", ["\ud800", "x" * 256, "   "])
+def test_a_jwt_subject_that_is_no_user_id_is_401(
+    make_service: ServiceFactory, subject: str
+) -> None:
+    service = make_service(run_scheduler=False, jwt_secret=JWT_SECRET)
+    reply = service.api.rpc("tasks.list", {}, auth=token(subject))
+    assert reply.status == 401, reply.body
+    assert "sub" in reply.body["error"]["message"]

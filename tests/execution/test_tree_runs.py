@@ -11,7 +11,9 @@ from typing import Any
 import support
 from execution_support import Harness
 
+from apflow_server import register_executor
 from apflow_server.core.types import RunStatus
+from apflow_server.execution import ExecutionContext
 from apflow_server.storage.runs import RunResult
 
 BOOM = "boom"
@@ -683,3 +685,63 @@ async def test_timeout_bounds_retries_too(harness: Harness) -> None:
     assert outcome == RunResult(RunStatus.TIMEOUT, None, error, 2)
     (run,) = await harness.runs(ids["root"])
     assert (run.status, run.attempt, run.error) == ("timeout", 2, error)
+
+
+# ---------------------------------------------------------------------- bounded results
+
+
+async def test_results_that_double_at_every_step_stop_at_the_cap(harness: Harness) -> None:
+    """Aggregates of aggregates double at every level; each result is capped, so the chain
+    fails at the level that would pass it, naming the size, instead of filling memory."""
+    harness.use_settings(max_result_bytes=20_000)
+    specs: list[dict[str, Any]] = [
+        {"name": "root"},
+        {
+            "name": "a0",
+            "parent_id": "root",
+            "params": {"executor_id": "echo_executor"},
+            "inputs": {"pad": "x" * 1000},
+        },
+        {
+            "name": "b0",
+            "parent_id": "root",
+            "params": {"executor_id": "echo_executor"},
+            "inputs": {"pad": "y" * 1000},
+        },
+    ]
+    for level in range(1, 8):
+        for side in "ab":
+            specs.append(
+                {
+                    "name": f"{side}{level}",
+                    "parent_id": "root",
+                    "params": {"executor_id": "aggregate_results_executor"},
+                    "dependencies": [f"a{level - 1}", f"b{level - 1}"],
+                }
+            )
+    ids = await harness.tree(*specs)
+    _, outcome = await harness.run(ids["root"])
+    assert outcome.status is RunStatus.FAILED
+    levels = [await harness.task(ids[f"a{level}"]) for level in range(8)]
+    statuses = [task.status for task in levels]
+    first_failed = statuses.index("failed")  # about 1 KB at level 0, doubling
+    assert first_failed >= 3 and statuses[:first_failed] == ["completed"] * first_failed
+    assert "over the 20000 allowed" in (levels[first_failed].error or "")
+    assert statuses[first_failed:] == ["failed"] * (8 - first_failed)  # never ran
+
+
+@register_executor("test_deep_result")
+def deep_result(inputs: dict[str, Any], context: ExecutionContext) -> Any:
+    value: Any = "bottom"
+    for _ in range(int(inputs["levels"])):
+        value = [value]
+    return value
+
+
+async def test_a_result_nested_too_deep_fails_its_task(harness: Harness) -> None:
+    ids = await harness.tree(
+        {"name": "deep", "params": {"executor_id": "test_deep_result"}, "inputs": {"levels": 200}}
+    )
+    _, outcome = await harness.run(ids["deep"])
+    assert outcome.status is RunStatus.FAILED
+    assert outcome.error is not None and "deeper than 64 levels" in outcome.error

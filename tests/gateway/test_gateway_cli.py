@@ -330,3 +330,12 @@ def test_k8s_cronjob_notes_are_yaml_comments(cli: Cli) -> None:
     assert result.exit_code == 0
     assert json.loads(result.stdout)["kind"] == "CronJob"
     assert result.stderr.startswith("Note: the internal scheduler")
+
+
+def test_k8s_cronjob_names_every_missing_choice_at_once(cli: Cli) -> None:
+    """Without a public URL and without a signing choice, one line says both."""
+    task_id = daily(cli)
+    result = cli("scheduler", "k8s-cronjob", task_id, APFLOW_WEBHOOK_SECRET=SECRET)
+    assert result.exit_code == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert "--base-url" in line and "--secret-name" in line and "--unsigned" in line
