@@ -213,7 +213,7 @@ class Settings:
     run_history_keep: int = 1000
     rest_allow_private_urls: bool = False
     rest_max_connections: int = 100
-    rest_max_keepalive: int = 20
+    rest_max_keepalive: int = 100
     rest_max_response_bytes: int = 1024 * 1024
     allow_command_executor: bool = False
     # argv prefixes: ("git", "ls-remote") allows `git ls-remote ...`; ("git",) allows any git.
@@ -271,7 +271,7 @@ class Settings:
         if algorithm not in JWT_ALGORITHMS:
             raise ConfigError(f"jwt_algorithm must be one of {', '.join(JWT_ALGORITHMS)}")
         rest_max_connections = _int(env, "APFLOW_REST_MAX_CONNECTIONS", 100, minimum=1)
-        rest_max_keepalive = _int(env, "APFLOW_REST_MAX_KEEPALIVE", 20)
+        rest_max_keepalive = _int(env, "APFLOW_REST_MAX_KEEPALIVE", 100)
         if rest_max_keepalive > rest_max_connections:
             raise ConfigError(
                 f"APFLOW_REST_MAX_KEEPALIVE ({rest_max_keepalive}) must not exceed "

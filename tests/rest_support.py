@@ -1,9 +1,10 @@
 """Helpers of the rest_executor tests: a loopback HTTP/1.1 server that records every TCP
 connection it accepts (by the client's port) and when it closes, a resolver to monkeypatch in
-place of socket.getaddrinfo, and a recorder of the addresses httpcore connects to."""
+place of socket.getaddrinfo, and a recorder of the addresses the REST transport connects to."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
@@ -15,7 +16,6 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpcore
 import pytest
 
 # Stands for any public address. No connection to it ever leaves the machine: the `connects`
@@ -101,6 +101,12 @@ class RecordingHandler(BaseHTTPRequestHandler):
             self._reply(200, getattr(self, "body_for_tests", b""), "application/json")
         elif parts[0] == "status":
             self._reply(int(parts[1]), b"{}")
+        elif parts[0] == "set-cookie":  # a server that hands its caller a session cookie
+            self.send_response(200)
+            self.send_header("Set-Cookie", f"session={parts[1]}; Path=/")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
         else:
             body = {
                 "method": self.command,
@@ -201,30 +207,17 @@ def install_resolver(monkeypatch: pytest.MonkeyPatch) -> Resolver:
 
 
 def record_connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The host of every TCP connection httpcore opens, as it was asked to connect to it.
-    Connections to PUBLIC fail at once, so nothing leaves the machine."""
+    """The address of every TCP connection opened (asyncio.open_connection, which the REST
+    transport opens its sockets with), as it was asked to connect to it. Connections to
+    PUBLIC fail at once, so nothing leaves the machine."""
     seen: list[str] = []
-    real = httpcore.AnyIOBackend.connect_tcp
+    real = asyncio.open_connection
 
-    async def connect_tcp(
-        self: httpcore.AnyIOBackend,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def open_connection(host: str, port: int, **options: Any) -> Any:
         seen.append(host)
         if host == PUBLIC:
-            raise httpcore.ConnectError("no connection leaves the machine in these tests")
-        return await real(
-            self,
-            host,
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
+            raise OSError("no connection leaves the machine in these tests")
+        return await real(host, port, **options)
 
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_tcp)
+    monkeypatch.setattr(asyncio, "open_connection", open_connection)
     return seen

@@ -7,6 +7,7 @@ it stops."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,6 +34,7 @@ from apflow_server.config import Settings
 from apflow_server.core.types import RunStatus
 from apflow_server.execution import ExecutionContext, ExecutionError, ExecutorServices
 from apflow_server.execution.builtins import rest_executor
+from apflow_server.execution.rest.transport import GuardedTransport
 
 CONTEXT = ExecutionContext(
     task_id="t1", task_name="t", run_id="r1", user_id=None, params={}, attempt=1
@@ -189,12 +191,17 @@ async def test_the_switch_lifts_the_guard(rest: Rest, server: RecordingServer) -
 # ---------------------------------------------------------------------- one client
 
 
-async def test_runs_make_one_client_and_one_tls_context(
+async def test_runs_share_one_transport_and_one_tls_context(
     rest: Rest, server: RecordingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client and its TLS context (tens of milliseconds of CPU) were made for every run."""
-    made = {"clients": 0, "tls": 0}
-    client_init, tls_context = httpx.AsyncClient.__init__, ssl.create_default_context
+    made = {"transports": 0, "tls": 0, "clients": 0}
+    transport_init, tls_context = GuardedTransport.__init__, ssl.create_default_context
+    client_init = httpx.AsyncClient.__init__
+
+    def counting_transport(self: GuardedTransport, *args: Any, **kwargs: Any) -> None:
+        made["transports"] += 1
+        transport_init(self, *args, **kwargs)
 
     def counting_client(self: httpx.AsyncClient, *args: Any, **kwargs: Any) -> None:
         made["clients"] += 1
@@ -204,12 +211,24 @@ async def test_runs_make_one_client_and_one_tls_context(
         made["tls"] += 1
         return tls_context(*args, **kwargs)
 
+    monkeypatch.setattr(GuardedTransport, "__init__", counting_transport)
     monkeypatch.setattr(httpx.AsyncClient, "__init__", counting_client)
     monkeypatch.setattr(ssl, "create_default_context", counting_tls)
     for _ in range(3):
         await rest({"url": f"{server.url}/c"}, rest_allow_private_urls=True)
-    assert made == {"clients": 1, "tls": 1}
+    assert made == {"transports": 1, "tls": 1, "clients": 0}
     assert len(server.connections) == 1
+
+
+async def test_a_cookie_one_task_received_is_not_sent_by_another(
+    rest: Rest, server: RecordingServer
+) -> None:
+    """Runs share one pool of connections, never a cookie jar: a session cookie set in
+    answer to one user's task must not go out with another user's request."""
+    await rest({"url": f"{server.url}/set-cookie/alice-session"}, rest_allow_private_urls=True)
+    later = await rest({"url": f"{server.url}/echo"}, rest_allow_private_urls=True)
+    assert "Cookie" not in later["body"]["headers"]
+    assert "alice-session" not in json.dumps(later["body"])
 
 
 # ---------------------------------------------------------------------- inputs

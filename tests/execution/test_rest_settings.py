@@ -20,7 +20,7 @@ def test_defaults(tmp_path: Path) -> None:
         chosen.rest_max_connections,
         chosen.rest_max_keepalive,
         chosen.rest_max_response_bytes,
-    ) == (False, 100, 20, 1048576)
+    ) == (False, 100, 100, 1048576)
 
 
 def test_values(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from apflow_server import __version__
 from apflow_server.config import Settings
 from apflow_server.execution.errors import ExecutionError
 from apflow_server.execution.rest.inputs import RestRequest, parse_request
@@ -28,10 +29,20 @@ if TYPE_CHECKING:
 
 # How long an idle pooled connection is kept before it is closed.
 KEEPALIVE_SECONDS = 5.0
+# What every request says of itself (a task's own headers override them). No
+# Accept-Encoding: a compressed body could expand far past the size cap before it is counted.
+DEFAULT_HEADERS = {"User-Agent": f"apflow-server/{__version__}", "Accept": "*/*"}
+TIMEOUT_PHASES = ("connect", "read", "write", "pool")
 
 
 class RestExecutor:
-    """The REST executor of one service: its guard, its caps and its pooled clients."""
+    """The REST executor of one service: its guard, its caps and its pooled transports.
+
+    Requests go straight to the guarded transport, not through an `httpx.AsyncClient`: a
+    client shared by every run would keep a cookie jar shared by every task, so a cookie one
+    task's server set would be sent with another user's request (and the client's cookie,
+    redirect and auth machinery was a tenth of the CPU of a burst of calls).
+    """
 
     def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.allow_private = settings.rest_allow_private_urls
@@ -42,56 +53,60 @@ class RestExecutor:
             keepalive_expiry=KEEPALIVE_SECONDS,
         )
         self._ssl_context = ssl_context
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._transports: dict[asyncio.AbstractEventLoop, GuardedTransport] = {}
 
-    def client(self) -> httpx.AsyncClient:
-        """The pooled client of the running event loop, made on first use."""
+    def transport(self) -> GuardedTransport:
+        """The pooled transport of the running event loop, made on first use (its connections
+        and locks belong to the loop they were made on)."""
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None or client.is_closed:
-            for old in [other for other in self._clients if other.is_closed()]:
-                del self._clients[old]  # their sockets went with their loop
+        transport = self._transports.get(loop)
+        if transport is None:
+            for old in [other for other in self._transports if other.is_closed()]:
+                del self._transports[old]  # their sockets went with their loop
             if self._ssl_context is None:  # made once: a TLS context costs tens of ms
                 self._ssl_context = httpx.create_ssl_context()
-            client = httpx.AsyncClient(
-                transport=GuardedTransport(
-                    allow_private=self.allow_private,
-                    limits=self.limits,
-                    ssl_context=self._ssl_context,
-                ),
-                follow_redirects=False,  # a public URL must not bounce the request inside
-                trust_env=False,  # no proxy from the environment: it would connect unchecked
+            transport = GuardedTransport(
+                allow_private=self.allow_private,
+                limits=self.limits,
+                ssl_context=self._ssl_context,
             )
-            self._clients[loop] = client
-        return client
+            self._transports[loop] = transport
+        return transport
 
     async def aclose(self) -> None:
-        """Close the pooled clients (those of other loops on their own loop)."""
+        """Close the pooled transports (those of other loops on their own loop)."""
         loop = asyncio.get_running_loop()
-        clients, self._clients = self._clients, {}
-        for owner, client in clients.items():
+        transports, self._transports = self._transports, {}
+        for owner, transport in transports.items():
             if owner is loop:
-                await client.aclose()
+                await transport.aclose()
             elif owner.is_running():
-                asyncio.run_coroutine_threadsafe(client.aclose(), owner)
+                asyncio.run_coroutine_threadsafe(transport.aclose(), owner)
 
     async def __call__(self, inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
         request = parse_request(inputs)
-        client = self.client()
+        outgoing = httpx.Request(
+            request.method,
+            request.url,
+            headers={**DEFAULT_HEADERS, **request.headers},
+            params=request.params,
+            json=request.json,
+            # no redirects are followed: a public URL must not bounce the request inside
+            extensions={"timeout": dict.fromkeys(TIMEOUT_PHASES, request.timeout)},
+        )
         try:
-            async with client.stream(
-                request.method,
-                request.url,
-                headers=request.headers,
-                params=request.params,
-                json=request.json,
-                timeout=request.timeout,
-            ) as response:
-                if not response.is_success:
-                    raise ExecutionError(f"{request.label} answered HTTP {response.status_code}")
-                body = await self._read_body(response, request)
+            response = await self.transport().handle_async_request(outgoing)
         except httpx.HTTPError as exc:
             raise ExecutionError(f"{request.label} failed: {type(exc).__name__}: {exc}") from None
+        response.request = outgoing
+        try:
+            if not response.is_success:
+                raise ExecutionError(f"{request.label} answered HTTP {response.status_code}")
+            body = await self._read_body(response, request)
+        except httpx.HTTPError as exc:
+            raise ExecutionError(f"{request.label} failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            await response.aclose()
         return {
             "status_code": response.status_code,
             "headers": dict(response.headers),

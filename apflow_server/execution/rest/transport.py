@@ -6,8 +6,9 @@ address of the answer is checked, and the connection is opened to a checked addr
 httpcore network backend (`GuardedNetworkBackend`). TLS still verifies, and sends as SNI, the
 name from the URL: httpcore takes those from the request, not from the socket.
 
-`GuardedTransport` puts httpx's request and response objects on an httpcore connection pool
-that uses this backend (httpx's own transport offers no way to choose the backend).
+`GuardedTransport` puts httpx's request and response objects on a pool of httpcore
+connections that use this backend (pool.py; httpx's own transport offers no way to choose the
+backend).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from ipaddress import ip_address
+from typing import Any
 
 import httpcore
 import httpx
 
 from apflow_server.execution.errors import ExecutionError
 from apflow_server.execution.rest.addresses import IPAddress, non_public_reason
+from apflow_server.execution.rest.pool import ConnectionPool
 
 ALLOW_SETTING = "APFLOW_REST_ALLOW_PRIVATE_URLS"
 
@@ -62,7 +65,6 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 
     def __init__(self, *, allow_private: bool) -> None:
         self.allow_private = allow_private
-        self._sockets = httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -91,12 +93,8 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
             if remaining is not None and remaining <= 0:
                 raise httpcore.ConnectTimeout(f"connecting to {host!r} took too long")
             try:
-                return await self._sockets.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=remaining,
-                    local_address=local_address,
-                    socket_options=socket_options,
+                return await AsyncioStream.connect(
+                    str(address), port, remaining, local_address, socket_options
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
@@ -112,6 +110,101 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class AsyncioStream(httpcore.AsyncNetworkStream):
+    """A connection on asyncio's own streams, for httpcore.
+
+    httpcore's AnyIO stream does the same through AnyIO, whose typed-attribute lookups
+    httpcore's pool makes for every pooled connection on every request (whether an idle one
+    was closed by its server): a fifth of the CPU of a burst of calls. Here that question is
+    two attribute reads.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        port: int,
+        timeout: float | None,  # noqa: ASYNC109 - the remaining share of the connect timeout
+        local_address: str | None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None,
+    ) -> AsyncioStream:
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    address,
+                    port,
+                    local_addr=(local_address, 0) if local_address else None,
+                )
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"connecting to {address} took too long") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from None
+        sock = writer.get_extra_info("socket")
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        return cls(reader, writer)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError:
+            raise httpcore.ReadTimeout("the server sent nothing in time") from None
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from None
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if not buffer:
+            return
+        try:
+            self._writer.write(buffer)
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            raise httpcore.WriteTimeout("the server took nothing in time") from None
+        except (OSError, RuntimeError) as exc:  # RuntimeError: written after close
+            raise httpcore.WriteError(str(exc)) from None
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:  # already broken: closed all the same
+            pass
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncioStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError:
+            await self.aclose()
+            raise httpcore.ConnectTimeout("the TLS handshake took too long") from None
+        except (ssl.SSLError, OSError) as exc:
+            await self.aclose()
+            raise httpcore.ConnectError(str(exc)) from None
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # idle, yet the server closed it (or sent something)
+            return self._reader.at_eof() or self._writer.transport.is_closing()
+        names = {
+            "ssl_object": "ssl_object",
+            "client_addr": "sockname",
+            "server_addr": "peername",
+            "socket": "socket",
+        }
+        return self._writer.get_extra_info(names[info]) if info in names else None
 
 
 # httpcore's errors as httpx's, most specific first (what httpx's own transport does).
@@ -160,18 +253,17 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 with keep-alive over an httpcore pool whose connections pass the guard."""
+    """HTTP/1.1 with keep-alive over a pool (pool.py) whose connections pass the guard."""
 
     def __init__(
         self, *, allow_private: bool, limits: httpx.Limits, ssl_context: ssl.SSLContext
     ) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
+        assert limits.max_connections is not None and limits.keepalive_expiry is not None
+        self._pool = ConnectionPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
+            max_keepalive=limits.max_keepalive_connections or 0,
             keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
             network_backend=GuardedNetworkBackend(allow_private=allow_private),
         )
 
