@@ -28,28 +28,42 @@ Writer = Callable[[Sequence[Request]], Awaitable[Sequence[Result | BaseException
 
 
 class GroupCommit(Generic[Request, Result]):
-    def __init__(self, write: Writer[Request, Result], *, max_batch: int = 200) -> None:
+    """`writers` batches may be in flight at once (1 writes strictly one after another): more
+    overlap the round trips of one transaction with those of the next, so a request waits
+    for about one transaction rather than for the one before it and then its own."""
+
+    def __init__(
+        self, write: Writer[Request, Result], *, max_batch: int = 200, writers: int = 1
+    ) -> None:
         self._write = write
         self.max_batch = max_batch
+        self.writers = writers
         self._waiting: list[tuple[Request, asyncio.Future[Result]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writing = 0  # writers running; one leaves in the same step it finds no work
+        self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         # How many requests each batch held (the last few thousand): for tests and benchmarks.
         self.batch_sizes: list[int] = []
 
     async def submit(self, request: Request) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((request, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
+        if self._writing < self.writers:
+            self._writing += 1
+            writer = asyncio.create_task(self._drain())
+            self._tasks.add(writer)
+            writer.add_done_callback(self._tasks.discard)
         return await future
 
     async def _drain(self) -> None:
-        while self._waiting:
-            batch = self._waiting[: self.max_batch]
-            del self._waiting[: self.max_batch]
-            self.batch_sizes.append(len(batch))
-            del self.batch_sizes[:-4096]
-            await self._write_batch(batch)
+        try:
+            while self._waiting:
+                batch = self._waiting[: self.max_batch]
+                del self._waiting[: self.max_batch]
+                self.batch_sizes.append(len(batch))
+                del self.batch_sizes[:-4096]
+                await self._write_batch(batch)
+        finally:
+            self._writing -= 1
 
     async def _write_batch(self, batch: list[tuple[Request, asyncio.Future[Result]]]) -> None:
         requests = [request for request, _ in batch]

@@ -246,7 +246,10 @@ class RunStore:
         self.settings = settings
         self.instance_id = instance_id
         self.clock = clock
-        self._starts: GroupCommit[StartRequest, ClaimedRun] = GroupCommit(self._start_batch)
+        # SQLite runs one writer at a time anyway; PostgreSQL overlaps a few transactions.
+        self._starts: GroupCommit[StartRequest, ClaimedRun] = GroupCommit(
+            self._start_batch, writers=1 if database.is_sqlite else 4
+        )
 
     @property
     def lease(self) -> timedelta:

@@ -98,3 +98,18 @@ async def test_a_caller_that_gives_up_does_not_break_the_batch() -> None:
     with pytest.raises(asyncio.CancelledError):
         await impatient
     assert recorder.batches == [[0], [1, 2]]  # written all the same: it was already queued
+
+
+async def test_with_two_writers_a_second_request_does_not_wait_for_the_first() -> None:
+    recorder = Recorder(delay=0.05)
+    commit = GroupCommit(recorder.write, writers=2)
+    first = asyncio.create_task(commit.submit(0))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(commit.submit(1))
+    await asyncio.sleep(0.01)
+    third = [asyncio.create_task(commit.submit(n)) for n in (2, 3)]
+    started = asyncio.get_running_loop().time()
+    assert await second == "done 1"
+    assert asyncio.get_running_loop().time() - started < 0.05  # did not queue behind the first
+    await asyncio.gather(first, *third)
+    assert recorder.batches == [[0], [1], [2, 3]]
