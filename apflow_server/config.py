@@ -259,7 +259,7 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(env.get("APFLOW_HOME") or Path.home() / ".apflow").expanduser()
         url = env.get("APFLOW_DATABASE_URL") or f"sqlite+aiosqlite:///{home / 'apflow.db'}"
-        from apflow_server.schedules.timezones import get_zone
+        from apflow_server.core.zones import get_zone
 
         file = load_config_file(home)
         zone_name = env.get("APFLOW_DEFAULT_TIMEZONE") or "UTC"

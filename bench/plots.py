@@ -9,6 +9,9 @@ docs/benchmark-lateness.png    lateness CDF, 1,000 one-shot jobs over 60 s: apfl
 docs/benchmark-throughput.png  runs per second, 10,000 jobs due at once: apflow with one and
                                with two scheduler processes, APScheduler 3 (and 4)
 docs/benchmark-api.png         requests per second of bench/api.py's scenarios
+docs/benchmark-http-lateness.png    real work (bench/http_work.py): lateness at the HTTP sink,
+                               1,000 calls over 60 s, apflow's rest_executor against APScheduler
+docs/benchmark-http-throughput.png  calls per second at the sink, 10,000 calls due at once
 
 Prints one JSON line: the files written and the numbers drawn.
 """
@@ -145,6 +148,81 @@ def api_plot(results: Path, out: Path) -> dict[str, Any]:
     return drawn
 
 
+HTTP_LATENESS = [
+    ("http-lateness-apflow-sqlite.json", "apflow rest_executor, SQLite", "tab:blue", "-"),
+    ("http-lateness-apflow-postgresql.json", "apflow rest_executor, PostgreSQL", "tab:blue", "--"),
+    ("http-lateness-aps3-postgresql.json", "APScheduler 3 + httpx, PostgreSQL", "tab:orange", "-"),
+    ("http-lateness-aps4-postgresql.json", "APScheduler 4 (alpha) + httpx", "tab:red", ":"),
+]
+HTTP_BURST = [
+    ("http-burst-apflow-postgresql.json", "apflow\n1 process", "tab:blue"),
+    ("http-burst-apflow-postgresql-2p.json", "apflow\n2 processes", "tab:cyan"),
+    ("http-burst-aps3-postgresql.json", "APScheduler 3\n+ httpx", "tab:orange"),
+    ("http-burst-aps4-postgresql.json", "APScheduler 4 (alpha)\n+ httpx", "tab:red"),
+]
+
+
+def http_lateness_plot(results: Path, out: Path) -> dict[str, Any]:
+    """Lateness as the HTTP sink saw it: arrival minus the scheduled instant."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    drawn, tasks = {}, 0
+    for name, label, color, style in HTTP_LATENESS:
+        data = load(results, name)
+        if data is None:
+            continue
+        figures = data["figures"]
+        tasks = figures["tasks"]
+        xs = sorted(max((arrival - due) * 1000, 0.01) for _, due, arrival in data["records"])
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        p50, p99 = figures["lateness_p50_ms"], figures["lateness_p99_ms"]
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color=color,
+            linestyle=style,
+            label=f"{label}  (p50 {p50:g} ms, p99 {p99:g} ms)",
+        )
+        drawn[name] = {"p50_ms": p50, "p99_ms": p99, "max_ms": figures["lateness_max_ms"]}
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("lateness at the receiver: arrival - scheduled instant (ms, log scale)")
+    ax.set_ylabel(f"share of the {tasks:,} HTTP calls")
+    ax.set_title(f"Scheduled HTTP calls, {tasks:,} spread over 60 s, by the receiver's clock")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def http_throughput_plot(results: Path, out: Path) -> dict[str, Any]:
+    labels, values, colors, drawn, tasks = [], [], [], {}, 0
+    for name, label, color in HTTP_BURST:
+        data = load(results, name)
+        if data is None:
+            continue
+        tasks = data["figures"]["tasks"]
+        rate = data["figures"]["calls_per_second"]
+        labels.append(label)
+        values.append(rate)
+        colors.append(color)
+        drawn[name] = rate
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    bars = ax.bar(labels, values, color=colors)
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+    ax.set_ylabel(f"calls per second at the sink until all {tasks:,} arrived")
+    ax.set_title(f"Burst of HTTP calls: {tasks:,} due at the same instant, PostgreSQL")
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
@@ -155,6 +233,8 @@ def main() -> None:
         ("benchmark-lateness.png", lateness_plot),
         ("benchmark-throughput.png", throughput_plot),
         ("benchmark-api.png", api_plot),
+        ("benchmark-http-lateness.png", http_lateness_plot),
+        ("benchmark-http-throughput.png", http_throughput_plot),
     ):
         drawn = draw(args.results, args.docs / name)
         if drawn:

@@ -25,11 +25,12 @@ from apflow_server.api.rpc import rpc_endpoint
 from apflow_server.api.services import Services
 from apflow_server.api.webhook import WebhookRateLimit, webhook_trigger
 from apflow_server.config import Settings
+from apflow_server.core.clock import utcnow
 from apflow_server.execution.services import ExecutorServices
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.storage.database import Database
-from apflow_server.storage.repository import TaskRepository, due_filter, utcnow
+from apflow_server.storage.repository import TaskRepository, due_filter
 
 logger = logging.getLogger(__name__)
 

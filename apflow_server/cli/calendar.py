@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from apflow_server.config import Settings
+from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import NotFoundError
 from apflow_server.scheduler.gateway.ical import (
     DEFAULT_CALENDAR_NAME,
@@ -17,7 +18,7 @@ from apflow_server.scheduler.gateway.ical import (
 )
 from apflow_server.storage import feed_keys
 from apflow_server.storage.models import FeedKey
-from apflow_server.storage.repository import TaskRepository, utcnow
+from apflow_server.storage.repository import TaskRepository
 
 from . import output
 from .gateway import base_url_of, base_url_option

@@ -22,6 +22,7 @@ from rich.logging import RichHandler
 from rich.status import Status
 
 from apflow_server.config import Settings
+from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.types import RunStatus, RunTrigger, TaskStatus
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
@@ -29,7 +30,7 @@ from apflow_server.scheduler.base import SchedulerState
 from apflow_server.storage.database import Database
 from apflow_server.storage.instances import instances, is_live
 from apflow_server.storage.models import SchedulerInstance, Task, TaskRun
-from apflow_server.storage.repository import TaskNode, TaskRepository, utcnow
+from apflow_server.storage.repository import TaskNode, TaskRepository
 from apflow_server.storage.runs import RunStore
 
 from . import daemon, output

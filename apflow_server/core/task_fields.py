@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apflow_server.core.errors import ValidationError
-from apflow_server.core.types import MisfirePolicy, OverlapPolicy
-from apflow_server.schedules import parse_schedule_type
-from apflow_server.schedules.timezones import get_zone
+from apflow_server.core.types import MisfirePolicy, OverlapPolicy, parse_schedule_type
+from apflow_server.core.zones import get_zone
 
 SCHEDULE_FIELDS = frozenset(
     {

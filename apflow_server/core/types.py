@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from apflow_server.core.errors import ValidationError
+
 
 class TaskStatus(StrEnum):
     PENDING = "pending"
@@ -22,6 +24,15 @@ class ScheduleType(StrEnum):
     DAILY = "daily"
     WEEKLY = "weekly"
     MONTHLY = "monthly"
+
+
+def parse_schedule_type(value: object) -> ScheduleType:
+    """A schedule type from its name (any case, spaces around it ignored)."""
+    try:
+        return ScheduleType(str(value).strip().lower())
+    except ValueError:
+        names = ", ".join(t.value for t in ScheduleType)
+        raise ValidationError("schedule_type", f"must be one of {names}") from None
 
 
 class MisfirePolicy(StrEnum):

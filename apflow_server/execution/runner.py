@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 
+from apflow_server.core.clock import utcnow
 from apflow_server.core.types import RunStatus, TaskStatus
 from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.tree import TreeRun
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task
-from apflow_server.storage.repository import subtree_of, utcnow
+from apflow_server.storage.repository import subtree_of
 from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore
 
 if TYPE_CHECKING:

@@ -25,10 +25,10 @@ import httpx
 
 from apflow_server.api.auth import issue_token
 from apflow_server.config import Settings
+from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState, SchedulerStats
 from apflow_server.scheduler.internal import new_instance_id
-from apflow_server.storage.repository import utcnow
 
 logger = logging.getLogger("apflow_server.scheduler")
 

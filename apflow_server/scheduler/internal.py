@@ -8,6 +8,7 @@ schedule changes (in this process, or through LISTEN/NOTIFY on PostgreSQL).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import os
@@ -15,12 +16,13 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from apflow_server.config import Settings
+from apflow_server.core.clock import utcnow
 from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.registry import registry as default_registry
@@ -35,7 +37,6 @@ from apflow_server.scheduler.base import (
 from apflow_server.scheduler.listener import ScheduleListener
 from apflow_server.storage import instances, signals
 from apflow_server.storage.database import Database, DatabaseError
-from apflow_server.storage.repository import utcnow
 from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore, TaskState
 
 logger = logging.getLogger("apflow_server.scheduler")
@@ -45,6 +46,9 @@ TRANSIENT_ERRORS = (OperationalError, DBAPIError, OSError, ConnectionError, Data
 # With nothing claimable although something is due (rows locked by another scheduler), wait
 # this long rather than spinning.
 MIN_SLEEP = 0.05
+# Occurrences due this soon are claimed now and started at their instant: claiming is a
+# transaction of a few milliseconds, which would otherwise make every run that much late.
+CLAIM_AHEAD = timedelta(milliseconds=50)
 MAX_KEPT_OUTCOMES = 1000
 # Most outcomes recorded in one transaction.
 FINISH_BATCH = 200
@@ -316,7 +320,7 @@ class InternalScheduler:
         claimed: list[ClaimedRun] = []
         free = self.config.max_concurrent_tasks - len(self._active)
         if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
-            claimed = await self.store.claim_due(free, self.config.user_id)
+            claimed = await self.store.claim_due(free, self.config.user_id, ahead=CLAIM_AHEAD)
             for run in claimed:
                 self._launch(run)
         if self.claiming:  # after claiming: what is due comes first
@@ -333,7 +337,7 @@ class InternalScheduler:
         self.stats.next_wake_at = wake_at
         if wake_at is None or self.state is not SchedulerState.RUNNING:
             return self.config.poll_interval  # a change wakes us
-        delay = (wake_at - utcnow()).total_seconds()
+        delay = (wake_at - CLAIM_AHEAD - utcnow()).total_seconds()
         if delay <= 0:
             return 0.0 if claimed else MIN_SLEEP
         return min(delay, self.config.poll_interval)
@@ -341,8 +345,6 @@ class InternalScheduler:
     # ------------------------------------------------------------------ runs
 
     def _launch(self, claimed: ClaimedRun) -> None:
-        if self.observer is not None:
-            self.observer.run_started(claimed)
         self._outcome_future(claimed.run_id)
         task = asyncio.create_task(self._execute(claimed), name=f"run-{claimed.run_id}")
         self._active[claimed.run_id] = _Active(claimed, task)
@@ -366,6 +368,14 @@ class InternalScheduler:
             else:
                 future.set_result(outcome)
 
+    async def _on_time(self, claimed: ClaimedRun) -> None:
+        """Wait for the start instant of a run claimed ahead of it."""
+        early = (claimed.started_at - utcnow()).total_seconds()
+        if early > 0:
+            await asyncio.sleep(early)
+        if self.observer is not None:
+            self.observer.run_started(claimed)
+
     async def _execute(self, claimed: ClaimedRun) -> None:
         assert self.executor is not None and self.store is not None
         current: ClaimedRun | None = claimed
@@ -373,6 +383,11 @@ class InternalScheduler:
             while current is not None:
                 active = self._active[current.run_id]
                 try:
+                    if current is claimed:
+                        await self._on_time(current)
+                        # what the history records: when it really started
+                        current = dataclasses.replace(current, started_at=utcnow())
+                        claimed = current
                     outcome = await self.executor.execute(current)
                 except asyncio.CancelledError:
                     if active.lost:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterBadDateError
 
 from apflow_server.core.errors import ValidationError
-from apflow_server.core.types import ScheduleType
+from apflow_server.core.types import ScheduleType, parse_schedule_type
 from apflow_server.schedules.expressions import (
     FIELD,
     IntervalRecurrence,
@@ -54,14 +54,6 @@ _PARSERS: dict[ScheduleType, Callable[[str], Recurrence]] = {
     ScheduleType.WEEKLY: parse_weekly,
     ScheduleType.MONTHLY: parse_monthly,
 }
-
-
-def parse_schedule_type(value: object) -> ScheduleType:
-    try:
-        return ScheduleType(str(value).strip().lower())
-    except ValueError:
-        names = ", ".join(t.value for t in ScheduleType)
-        raise ValidationError("schedule_type", f"must be one of {names}") from None
 
 
 @dataclass(frozen=True)

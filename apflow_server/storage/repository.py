@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
+from apflow_server.core.clock import Clock, utcnow
 from apflow_server.core.commands import check_command_env, names_command_executor
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import ConflictError, NotFoundError, ValidationError
@@ -34,8 +35,14 @@ from apflow_server.core.trees import (
     plan_batch,
     resolve_dependencies,
 )
-from apflow_server.core.types import RunStatus, RunTrigger, ScheduleType, TaskStatus
-from apflow_server.schedules import Schedule, parse_schedule_type
+from apflow_server.core.types import (
+    RunStatus,
+    RunTrigger,
+    ScheduleType,
+    TaskStatus,
+    parse_schedule_type,
+)
+from apflow_server.schedules import Schedule
 from apflow_server.schedules.expressions import IntervalRecurrence
 from apflow_server.schedules.plan import (
     due_time,
@@ -52,11 +59,6 @@ from apflow_server.storage.signals import schedule_write
 
 MAX_PAGE = 1000
 MAX_OFFSET = 1_000_000_000
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
+from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError, ConflictError, NotFoundError
 from apflow_server.core.types import (
     MisfirePolicy,
@@ -47,7 +48,7 @@ from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
 from apflow_server.storage.models import RUNS, TASKS, Task, TaskRun
-from apflow_server.storage.repository import due_filter, prune_runs, utcnow
+from apflow_server.storage.repository import due_filter, prune_runs
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
 logger = logging.getLogger(__name__)
@@ -138,18 +139,37 @@ WRITTEN_COLUMNS = (
 # The history's unique key: one row per occurrence of a task (uq_task_runs_occurrence).
 OCCURRENCE = ("task_id", "scheduled_for")
 # What finishing records on a run.
-FINISHED_RUN_COLUMNS = ("status", "finished_at", "result", "error", "attempt", "lease_expires_at")
+# What finishing records on a run; started_at too, since a run claimed ahead of its instant
+# starts when its process launches it, which the claim could only plan.
+FINISHED_RUN_COLUMNS = (
+    "status",
+    "started_at",
+    "finished_at",
+    "result",
+    "error",
+    "attempt",
+    "lease_expires_at",
+)
 
 
-def states_query(*, definition: bool = False) -> Select[Any]:
-    """Select task states (with their definitions when they are to be run); add the filter
-    and the lock."""
+def _states_select(definition: bool) -> Select[Any]:
     columns: list[ColumnElement[Any]] = [TASKS.c[name] for name in STATE_COLUMNS]
     if definition:
         child = TASKS.alias("child")
         has_children = select(child.c.id).where(child.c.parent_id == TASKS.c.id).exists()
         columns += [TASKS.c[name] for name in DEFINITION_COLUMNS] + [has_children]
     return select(*columns)
+
+
+# Built once: a select of 30 columns and an aliased subquery cost more to construct than the
+# claim's SQL takes to run (statements are immutable; `.where()` returns a new one).
+_STATES = {definition: _states_select(definition) for definition in (False, True)}
+
+
+def states_query(*, definition: bool = False) -> Select[Any]:
+    """Select task states (with their definitions when they are to be run); add the filter
+    and the lock."""
+    return _STATES[definition]
 
 
 async def load_states(
@@ -257,14 +277,22 @@ class RunStore:
 
     # ------------------------------------------------------------------ claiming
 
-    async def claim_due(self, limit: int, user_id: str | None = None) -> list[ClaimedRun]:
-        """Claim up to `limit` runs: due occurrences first, then waiting manual triggers."""
+    async def claim_due(
+        self, limit: int, user_id: str | None = None, *, ahead: timedelta = timedelta(0)
+    ) -> list[ClaimedRun]:
+        """Claim up to `limit` runs: due occurrences first, then waiting manual triggers.
+
+        With `ahead`, occurrences due within that much of now are claimed too: their runs
+        start (`started_at`) at their due instant, and the caller launches them then. Claiming
+        takes a transaction (milliseconds); claiming a little early lets a run start on time
+        instead of that much late. Exactly once is unchanged: the claim is the same."""
         if limit <= 0:
             return []
         now = self.clock()
         claimed: list[ClaimedRun] = []
         async with self.database.transaction(write=True) as session:
-            loaded = await load_states(session, claim_query(now, user_id, limit), definition=True)
+            query = claim_query(now + ahead, user_id, limit)
+            loaded = await load_states(session, query, definition=True)
             claimed = await self._settle(session, loaded, now)
             room = limit - len(claimed)
             if room > 0:
@@ -323,9 +351,13 @@ class RunStore:
             RunStatus.MISSED,
             now,
         )
+        # An occurrence claimed ahead of its due instant starts at that instant.
+        starts = {d.task.id: max(now, d.task.due_at or now) for d in decisions}
         fired = [d for d in decisions if d.fire is not None]
         inserted = await self._insert_runs(
-            session, [(d.task, d.fire) for d in fired if d.fire is not None], now
+            session,
+            [(d.task, d.fire, starts[d.task.id]) for d in fired if d.fire is not None],
+            now,
         )
         claimed: list[ClaimedRun] = []
         for decision in decisions:
@@ -337,7 +369,8 @@ class RunStore:
             if run_id is None:
                 logger.info("occurrence %s of task %s was already recorded", occurrence, task.id)
             else:
-                claimed.append(self._take(task, run_id, RunTrigger.SCHEDULE, occurrence, now))
+                start = starts[task.id]
+                claimed.append(self._take(task, run_id, RunTrigger.SCHEDULE, occurrence, start))
             # After _take: run_count includes this run, so max_runs ends the schedule in time.
             set_next_run(task, fire_after(decision.schedule, task, occurrence))
         return claimed
@@ -353,7 +386,7 @@ class RunStore:
         then: datetime | None = None,
     ) -> ClaimedRun | None:
         """Start the run of one occurrence and move the schedule past it (to `then` if given)."""
-        run_id = (await self._insert_runs(session, [(task, occurrence)], now)).get(task.id)
+        run_id = (await self._insert_runs(session, [(task, occurrence, now)], now)).get(task.id)
         claimed = None
         if run_id is None:
             logger.info("occurrence %s of task %s was already recorded", occurrence, task.id)
@@ -363,15 +396,21 @@ class RunStore:
         return claimed
 
     async def _insert_runs(
-        self, session: AsyncSession, fires: Sequence[tuple[TaskState, datetime]], now: datetime
+        self,
+        session: AsyncSession,
+        fires: Sequence[tuple[TaskState, datetime, datetime]],
+        now: datetime,
     ) -> dict[str, str]:
-        """Insert the running rows of fired occurrences in one statement; task id -> run id for
-        those inserted (an occurrence already recorded is skipped by the unique key)."""
+        """Insert the running rows of fired occurrences (task, occurrence, start) in one
+        statement; task id -> run id for those inserted (an occurrence already recorded is
+        skipped by the unique key)."""
         if not fires:
             return {}
         rows = [
-            self._run_row(task, RunTrigger.SCHEDULE, occurrence, RunStatus.RUNNING, now)
-            for task, occurrence in fires
+            self._run_row(
+                task, RunTrigger.SCHEDULE, occurrence, RunStatus.RUNNING, now, started=start
+            )
+            for task, occurrence, start in fires
         ]
         inserted = await insert_rows(
             session, RUNS, rows, unique=OCCURRENCE, returning=("task_id", "id")
@@ -427,6 +466,8 @@ class RunStore:
         status: RunStatus,
         now: datetime,
         idempotency_key: str | None = None,
+        *,
+        started: datetime | None = None,
     ) -> dict[str, Any]:
         running = status is RunStatus.RUNNING
         return {
@@ -435,7 +476,7 @@ class RunStore:
             "user_id": task.user_id,
             "trigger": trigger.value,
             "scheduled_for": occurrence,
-            "started_at": now if running else None,
+            "started_at": (started or now) if running else None,
             "finished_at": None if running else now,
             "status": status.value,
             "attempt": 1 if running else 0,
@@ -780,6 +821,7 @@ class RunStore:
                 {
                     "id": claimed.run_id,
                     "status": outcome.status.value,
+                    "started_at": claimed.started_at,
                     "finished_at": now,
                     "result": outcome.result,
                     "error": outcome.error,

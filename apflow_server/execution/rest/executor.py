@@ -87,7 +87,7 @@ class RestExecutor:
         request = parse_request(inputs)
         outgoing = httpx.Request(
             request.method,
-            request.url,
+            request.target,
             headers={**DEFAULT_HEADERS, **request.headers},
             params=request.params,
             json=request.json,

@@ -29,6 +29,7 @@ _SCALARS = (str, int, float, bool, type(None))
 @dataclass(frozen=True)
 class RestRequest:
     url: str
+    target: httpx.URL  # the url, parsed once
     method: str
     headers: dict[str, str]
     params: dict[str, Any] | None
@@ -49,8 +50,10 @@ def parse_request(inputs: dict[str, Any]) -> RestRequest:
         value = inputs.get(key)
         return default if value is None else value
 
+    target = _url(inputs.get("url"))
     return RestRequest(
-        url=_url(inputs.get("url")),
+        url=str(inputs["url"]),
+        target=target,
         method=_method(given("method", "GET")),
         headers=_headers(given("headers")),
         params=_params(given("params")),
@@ -64,7 +67,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _url(value: Any) -> str:
+def _url(value: Any) -> httpx.URL:
     if not isinstance(value, str):
         raise ExecutionError("inputs.url is missing or of the wrong type")
     refused = ExecutionError(f"inputs.url must be an http(s) URL, got {_shown(value)}")
@@ -77,7 +80,7 @@ def _url(value: Any) -> str:
     host = url.raw_host.decode("ascii", errors="replace")
     if not _HOST_NAME.fullmatch(host) and not _is_ipv6_literal(host):
         raise refused
-    return value
+    return url
 
 
 def _is_ipv6_literal(host: str) -> bool:
