@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from apflow_server.core.version import __version__
 
 __all__ = ["__version__", "register_executor", "register_webhook_verify_hook"]
 
 if TYPE_CHECKING:
     from apflow_server.execution.registry import register_executor
-    from apflow_server.scheduler.gateway.hooks import register_webhook_verify_hook
+    from apflow_server.webhooks.hooks import register_webhook_verify_hook
 
 
 def __getattr__(name: str) -> Any:
@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return register_executor
     if name == "register_webhook_verify_hook":
-        from apflow_server.scheduler.gateway.hooks import register_webhook_verify_hook
+        from apflow_server.webhooks.hooks import register_webhook_verify_hook
 
         return register_webhook_verify_hook
     raise AttributeError(f"module 'apflow_server' has no attribute {name!r}")

@@ -9,10 +9,8 @@ outright: no other layer gets a chance to accept the request (no fall-through).
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import jwt
 from starlette.requests import HTTPConnection
@@ -34,34 +32,6 @@ class Principal:
 
     def may_act_for(self, user_id: str | None) -> bool:
         return self.is_admin or self.subject is None or self.subject == user_id
-
-
-def issue_token(
-    secret: str,
-    subject: str,
-    *,
-    roles: Sequence[str] = (),
-    expires_in: int = 3600,
-    algorithm: str = "HS256",
-    audience: str | None = None,
-    issuer: str | None = None,
-) -> str:
-    """A token the server accepts: it always expires (`expires_in` seconds, at least 1), and
-    carries `aud`/`iss` when the server is configured to require them."""
-    if expires_in < 1:
-        raise ValueError("a token must expire: expires_in must be at least 1 second")
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "sub": subject,
-        "roles": list(roles),
-        "iat": now,
-        "exp": now + expires_in,
-    }
-    if audience:
-        claims["aud"] = audience
-    if issuer:
-        claims["iss"] = issuer
-    return jwt.encode(claims, secret, algorithm=algorithm)
 
 
 def decode_token(token: str, settings: Settings) -> Principal:

@@ -21,11 +21,10 @@ from apflow_server.api.services import Services
 from apflow_server.core.compute import off_loop
 from apflow_server.core.errors import ApflowError, ForbiddenError, UnauthenticatedError
 from apflow_server.core.task_fields import check_user_id
-from apflow_server.scheduler.gateway.ical import ICalExporter
+from apflow_server.exports.ical import ICalExporter
 from apflow_server.storage import feed_keys
 
 FEED_NAME = "APFlow Tasks"
-STATUS = {-32001: 401, -32003: 403, -32602: 400}
 
 
 async def feed_user(request: Request, services: Services) -> str | None:
@@ -73,7 +72,7 @@ async def ical_feed(request: Request) -> Response:
     try:
         user_id = await feed_user(request, services)
     except ApflowError as error:
-        status = STATUS.get(error.code, 400)
+        status = error.http_status
         return JSONResponse({"error": error.message}, status_code=status)
     base_url = str(request.base_url).rstrip("/")
     exporter = ICalExporter(FEED_NAME, base_url=base_url, repository=services.repository)

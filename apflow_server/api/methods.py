@@ -344,7 +344,7 @@ async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 
 async def export_ical(ctx: CallContext, params: dict[str, Any]) -> Any:
-    from apflow_server.scheduler.gateway.ical import DEFAULT_CALENDAR_NAME, ICalExporter
+    from apflow_server.exports.ical import DEFAULT_CALENDAR_NAME, ICalExporter
 
     exporter = ICalExporter(
         params.get("calendar_name") or DEFAULT_CALENDAR_NAME,

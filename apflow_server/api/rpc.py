@@ -19,14 +19,20 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from apflow_server import __version__
 from apflow_server.api import admission
 from apflow_server.api.auth import client_address, principal_of, require_user
 from apflow_server.api.methods import METHODS, CallContext, RpcMethod
 from apflow_server.api.services import Services
 from apflow_server.core.compute import Budget
-from apflow_server.core.errors import ApflowError, UnauthenticatedError, ValidationError
+from apflow_server.core.errors import (
+    TRANSPORT_CODES,
+    ApflowError,
+    UnauthenticatedError,
+    ValidationError,
+    http_status,
+)
 from apflow_server.core.task_fields import find_invalid_text
+from apflow_server.core.version import __version__
 from apflow_server.storage.database import failure_reason
 
 logger = logging.getLogger(__name__)
@@ -35,7 +41,6 @@ INTERNAL_ERROR = -32603
 ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
 INVALID_REQUEST = -32600
 INVALID_TEXT = "must be valid Unicode text (a lone UTF-16 surrogate such as \\ud800 is not)"
-HTTP_STATUS = {UnauthenticatedError.code: 401, -32029: 429}
 
 
 def _adapter(spec: RpcMethod) -> Callable[..., Awaitable[Result]]:
@@ -295,5 +300,6 @@ def _status_of(answer: str) -> int:
     except ValueError:
         return 200
     if isinstance(data, dict):
-        return HTTP_STATUS.get(data.get("error", {}).get("code"), 200)
+        code = data.get("error", {}).get("code")
+        return http_status(code) if code in TRANSPORT_CODES else 200
     return 200

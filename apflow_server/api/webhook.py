@@ -27,18 +27,16 @@ from apflow_server.api.services import Services
 from apflow_server.config import ConfigError, Settings
 from apflow_server.core.errors import (
     ApflowError,
+    ConflictError,
     RateLimitedError,
     UnauthenticatedError,
     ValidationError,
 )
 from apflow_server.core.types import RunTrigger, WebhookVerifyContext
-from apflow_server.scheduler.gateway import hooks, signatures
 from apflow_server.storage import replays
+from apflow_server.webhooks import hooks, signatures
 
 logger = logging.getLogger(__name__)
-
-STATUS_OF_CODE = {-32602: 400, -32001: 401, -32003: 403, -32004: 404, -32009: 409}
-REASON_OF_STATUS = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found"}
 
 
 class WebhookRateLimit:
@@ -197,11 +195,10 @@ async def webhook_trigger(request: Request) -> Response:
             idempotency_key=request.headers.get("idempotency-key"),
         )
     except ApflowError as error:
-        status = STATUS_OF_CODE.get(error.code, 500)
-        if status == 500:
+        if error.http_status >= 500:
             raise
-        reason = (error.data or {}).get("reason") if isinstance(error.data, dict) else None
-        if error.code == -32009:
+        if isinstance(error, ConflictError):  # busy: an answer, not a refusal to count
             return JSONResponse({"success": False, "error": error.message}, status_code=409)
-        return _refusal(services, status, reason or REASON_OF_STATUS[status], error.message)
+        reason = (error.data or {}).get("reason") if isinstance(error.data, dict) else None
+        return _refusal(services, error.http_status, reason or error.reason, error.message)
     return JSONResponse(outcome, status_code=200 if wait else 202)

@@ -11,7 +11,7 @@ import click
 from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import NotFoundError
-from apflow_server.scheduler.gateway.ical import (
+from apflow_server.exports.ical import (
     DEFAULT_CALENDAR_NAME,
     ICalExporter,
     generate_ical_feed_url,

@@ -137,7 +137,7 @@ def gen_token(subject: str, roles: tuple[str, ...], expires_in: int) -> None:
         raise ConfigError("no JWT secret: run `apflow config init` or set APFLOW_JWT_SECRET")
     if not subject.strip():
         raise click.BadParameter("must not be empty", param_hint="--subject")
-    from apflow_server.api.auth import issue_token
+    from apflow_server.core.tokens import issue_token
 
     token = issue_token(
         settings.jwt_secret,

@@ -18,12 +18,14 @@ import yaml
 from apflow_server.config import Settings
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.types import ScheduleType
-from apflow_server.scheduler.gateway.webhook import (
+from apflow_server.exports.kubernetes import (
     DEFAULT_IMAGE,
-    DEFAULT_SECRET_ENV,
     DEFAULT_SIGNING_IMAGE,
-    generate_cron_config,
     generate_kubernetes_cronjob,
+)
+from apflow_server.exports.triggers import (
+    DEFAULT_SECRET_ENV,
+    generate_cron_config,
     generate_webhook_url,
 )
 from apflow_server.storage.models import Task

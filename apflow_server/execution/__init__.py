@@ -1,8 +1,8 @@
 """Execution: executors by name, and running task trees."""
 
+from apflow_server.execution.context import ExecutionContext
 from apflow_server.execution.errors import ExecutionError
 from apflow_server.execution.registry import (
-    ExecutionContext,
     ExecutorRegistry,
     register_executor,
     registry,

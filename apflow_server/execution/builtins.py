@@ -14,8 +14,8 @@ from typing import Any
 from apflow_server.config import Settings
 from apflow_server.core.commands import check_command_env
 from apflow_server.core.errors import ValidationError
+from apflow_server.execution.context import ExecutionContext, Executor
 from apflow_server.execution.errors import ExecutionError as ExecutionError
-from apflow_server.execution.registry import ExecutionContext, Executor
 from apflow_server.execution.rest import rest_executor as rest_executor
 
 MAX_OUTPUT_CHARS = 64_000

@@ -10,43 +10,17 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 from apflow_server.core.errors import ApflowError
-
-if TYPE_CHECKING:
-    from apflow_server.execution.services import ExecutorServices
+from apflow_server.execution.builtins import BUILTINS
+from apflow_server.execution.context import ExecutionContext, Executor
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "apflow_server.executors"
-
-
-@dataclass(frozen=True)
-class ExecutionContext:
-    """What an executor knows about the task it runs."""
-
-    task_id: str
-    task_name: str
-    run_id: str
-    user_id: str | None
-    params: dict[str, Any]
-    attempt: int
-    # The occurrence this run serves (None for manual, webhook and API runs).
-    scheduled_for: datetime | None = None
-    # Results of this task's children and dependencies, keyed by task id.
-    child_results: dict[str, Any] = field(default_factory=dict)
-    dependency_results: dict[str, Any] = field(default_factory=dict)
-    # What the built-ins need from the service running them (its settings, the pooled HTTP
-    # client): set by the scheduler; None when an executor is called by hand.
-    services: ExecutorServices | None = field(default=None, repr=False, compare=False)
-
-
-Executor = Callable[[dict[str, Any], ExecutionContext], Any | Awaitable[Any]]
 
 
 class UnknownExecutorError(ApflowError):
@@ -98,8 +72,6 @@ class ExecutorRegistry:
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        from apflow_server.execution.builtins import BUILTINS
-
         for builtin_name, builtin in BUILTINS.items():
             self._executors.setdefault(builtin_name, builtin)
         for point in entry_points(group=ENTRY_POINT_GROUP):

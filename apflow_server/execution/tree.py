@@ -17,8 +17,9 @@ from apflow_server.config import DEFAULT_MAX_RESULT_BYTES
 from apflow_server.core.commands import COMMAND_EXECUTOR, pin_control_inputs
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.task_fields import MAX_JSON_DEPTH, json_depth
+from apflow_server.execution.context import ExecutionContext
 from apflow_server.execution.errors import ExecutionError
-from apflow_server.execution.registry import ExecutionContext, ExecutorRegistry
+from apflow_server.execution.registry import ExecutorRegistry
 
 if TYPE_CHECKING:
     from apflow_server.execution.services import ExecutorServices

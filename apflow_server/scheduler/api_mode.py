@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from apflow_server.api.auth import issue_token
 from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError
+from apflow_server.core.tokens import issue_token
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState, SchedulerStats
 from apflow_server.scheduler.internal import new_instance_id
 

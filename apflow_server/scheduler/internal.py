@@ -338,9 +338,13 @@ class InternalScheduler:
         if wake_at is None or self.state is not SchedulerState.RUNNING:
             return self.config.poll_interval  # a change wakes us
         delay = (wake_at - CLAIM_AHEAD - utcnow()).total_seconds()
-        if delay <= 0:
-            return 0.0 if claimed else MIN_SLEEP
-        return min(delay, self.config.poll_interval)
+        if delay > 0:
+            return min(delay, self.config.poll_interval)
+        if claimed or wake_at > now + CLAIM_AHEAD:
+            # Due within the look-ahead but after this claim's window (the claim began
+            # earlier): claim again at once, or it would start a whole MIN_SLEEP late.
+            return 0.0
+        return MIN_SLEEP  # inside the window and not ours: another scheduler holds it
 
     # ------------------------------------------------------------------ runs
 

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from apflow_server import __version__
 from apflow_server.config import Settings
+from apflow_server.core.version import __version__
 from apflow_server.execution.errors import ExecutionError
 from apflow_server.execution.rest.inputs import RestRequest, parse_request
 from apflow_server.execution.rest.transport import GuardedTransport
 
 if TYPE_CHECKING:
-    from apflow_server.execution.registry import ExecutionContext
+    from apflow_server.execution.context import ExecutionContext
 
 # How long an idle pooled connection is kept before it is closed.
 KEEPALIVE_SECONDS = 5.0

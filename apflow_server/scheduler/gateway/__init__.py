@@ -1,5 +1,9 @@
-"""Gateways to the world outside the scheduler: the iCalendar export (SPEC §8)."""
+"""The import paths of earlier releases (and of the user guide), kept working.
 
-from apflow_server.scheduler.gateway.ical import ICalExporter, generate_ical_feed_url
+What lived here now lives in `apflow_server.exports` (the iCalendar feed, crontab lines,
+Kubernetes CronJobs) and `apflow_server.webhooks` (signatures, the verify hook).
+"""
+
+from apflow_server.exports.ical import ICalExporter, generate_ical_feed_url
 
 __all__ = ["ICalExporter", "generate_ical_feed_url"]

@@ -1,0 +1,3 @@
+"""The version of apflow-server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Schedules for the world outside: the iCalendar feed, crontab lines, Kubernetes CronJobs."""

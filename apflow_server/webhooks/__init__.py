@@ -1,0 +1,1 @@
+"""Webhook triggers: their HMAC signatures and the pluggable verify hook."""
