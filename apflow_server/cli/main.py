@@ -11,6 +11,7 @@ Every failure ends as exactly one line on stderr:
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -22,13 +23,6 @@ import click
 
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.task_fields import is_valid_unicode
-
-from . import calendar, gateway  # noqa: F401  (more `scheduler` commands)
-from .configure import config_group
-from .db import db_group
-from .scheduler import scheduler_group
-from .serve import serve
-from .tasks import tasks_group
 
 try:
     __version__ = version("apflow-server")
@@ -63,8 +57,50 @@ def usage_message(error: click.ClickException) -> str:
     return error.format_message()
 
 
+# The commands, loaded when one is used: `apflow --help` and every command then import only
+# what they need (the database layer, the web stack and the iCalendar library take most of a
+# second to import). Their one-line help is written here for the same reason.
+COMMANDS = {
+    "config": (
+        "apflow_server.cli.configure:config_group",
+        "The configuration file (APFLOW_HOME/config.cli.yaml) and tokens.",
+    ),
+    "db": ("apflow_server.cli.db:db_group", "The database schema (Alembic migrations)."),
+    "scheduler": (
+        "apflow_server.cli.scheduler:scheduler_group",
+        "Run the internal scheduler and see what it does.",
+    ),
+    "serve": (
+        "apflow_server.cli.serve:serve",
+        "Run the service: JSON-RPC at /tasks/, POST /webhook/trigger/{task_id}, /healthz,...",
+    ),
+    "tasks": ("apflow_server.cli.tasks:tasks_group", "Create, inspect, change and delete tasks."),
+}
+# Modules that add commands to a group defined elsewhere (the `scheduler` group's calendar
+# and external-scheduler commands).
+EXTENSIONS = {"scheduler": ("apflow_server.cli.calendar", "apflow_server.cli.gateway")}
+
+
 class ApflowGroup(click.Group):
-    """The root group: runs the command and turns every outcome into an exit code."""
+    """The root group: loads its commands on use, runs the command and turns every outcome
+    into an exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attribute = COMMANDS[name][0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        for extension in EXTENSIONS.get(name, ()):
+            importlib.import_module(extension)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -141,13 +177,6 @@ def apflow() -> None:
     The database is APFLOW_DATABASE_URL, else the SQLite file APFLOW_HOME/apflow.db
     (APFLOW_HOME defaults to ~/.apflow).
     """
-
-
-apflow.add_command(db_group)
-apflow.add_command(tasks_group)
-apflow.add_command(scheduler_group)
-apflow.add_command(serve)
-apflow.add_command(config_group)
 
 
 def main() -> None:

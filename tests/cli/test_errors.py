@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -406,3 +407,31 @@ def test_arguments_that_are_not_utf8_are_a_usage_error(process: Process, argv: l
     assert result.returncode == 2, stderr
     assert_one_error_line(stderr, "is not valid UTF-8 text")
     assert process.json("tasks", "list")["total"] == 0
+
+
+def test_the_root_help_says_what_each_command_says_of_itself() -> None:
+    """`apflow --help` lists the commands without importing them: its one-liners are written
+    in cli/main.py, and must be the commands' own."""
+    import click
+
+    from apflow_server.cli.main import COMMANDS, apflow
+
+    context = click.Context(apflow)
+    for name, (_, summary) in COMMANDS.items():
+        command = apflow.get_command(context, name)
+        assert command is not None
+        assert summary == command.get_short_help_str(limit=90), name
+
+
+def test_help_imports_neither_the_database_nor_the_web_stack() -> None:
+    script = (
+        "import sys; from apflow_server.cli.main import main\n"
+        "sys.argv = ['apflow', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('sqlalchemy', 'starlette', 'icalendar', 'httpx')\n"
+        "print('HEAVY', [name for name in heavy if name in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "HEAVY []" in result.stdout, result.stdout
