@@ -13,12 +13,8 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import support  # noqa: F401  (registers the test executors)
+import support  # noqa: F401  (registers the test executors; a script's own folder is on sys.path)
 
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 

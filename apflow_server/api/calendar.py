@@ -1,4 +1,4 @@
-"""GET /scheduler/ical: the live calendar feed (SPEC §6, §7, §8).
+"""GET /scheduler/ical: the live calendar feed.
 
 A calendar app subscribes with `?api_key=<feed key>` (issued by `apflow scheduler feed-key`,
 stored hashed, revocable) or a JWT (as `api_key` or a bearer header). A key opens exactly its

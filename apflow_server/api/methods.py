@@ -1,4 +1,4 @@
-"""The JSON-RPC methods (SPEC §6), each declared once: its parameters (validated here and
+"""The JSON-RPC methods, each declared once: its parameters (validated here and
 published by `rpc.discover`), its result schema and its handler."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ OBJECT = {"type": "object"}
 DATETIME = {"type": "string", "format": "date-time"}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
 OFFSET = {"type": "integer", "minimum": 0, "maximum": 1_000_000_000}
-TASK = {"type": "object", "description": "a task (SPEC §2 fields)"}
+TASK = {"type": "object", "description": "a task: its fields, as README.md lists them"}
 PAGE = {
     "type": "object",
     "properties": {"items": {"type": "array"}, "total": {"type": "integer"}},

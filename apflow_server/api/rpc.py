@@ -2,7 +2,7 @@
 
 jsonrpcserver parses, validates the envelope, handles batches and notifications, and answers
 -32700/-32600/-32601. Our adapter turns every method call into either a Success or an Error
-with SPEC §6's codes; no exception escapes to the library (which would show its text to the
+with the codes README.md lists; no exception escapes to the library (which would show its text to the
 client), and an unexpected one is logged with its traceback and reported as a bare -32603.
 """
 

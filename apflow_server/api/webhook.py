@@ -1,4 +1,4 @@
-"""POST /webhook/trigger/{task_id}: the REST gateway for external schedulers (SPEC §6, §7).
+"""POST /webhook/trigger/{task_id}: the REST gateway for external schedulers.
 
 Every request is counted by the per-address rate limit first (refused ones too, so guessing
 credentials is throttled; see admission.py), then the IP allowlist applies, then

@@ -1,5 +1,5 @@
 """`apflow scheduler webhook-url|cron-line|k8s-cronjob ID`: hand a task's schedule to an
-external scheduler that fires it through the webhook route (SPEC §8).
+external scheduler that fires it through the webhook route.
 
 Each reads the task, converts its schedule (apflow_server.schedules.to_cron: refused, one line
 and exit 1, when cron cannot express it exactly) and prints something ready to install:

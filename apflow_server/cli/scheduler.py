@@ -79,7 +79,7 @@ async def scheduler_for(
 ) -> AsyncIterator[RunnableScheduler]:
     """The scheduler `scheduler start` runs, and what it holds open.
 
-    API mode (SPEC §5): when an API server URL is configured (`api_server_url` in
+    API mode: when an API server URL is configured (`api_server_url` in
     config.cli.yaml or APFLOW_API_SERVER_URL), the scheduler does not open the database; it
     asks that server for due tasks and fires them through JSON-RPC, with the configured
     admin_auth_token or an admin JWT signed with the config's jwt_secret (created if missing).
@@ -119,7 +119,7 @@ def configure_logging(verbose: bool) -> None:
 
 
 async def run_scheduler(config: SchedulerConfig, settings: Settings, pid_file: Path | None) -> None:
-    """Run a scheduler until SIGINT or SIGTERM, then stop it gracefully (SPEC §5: stop
+    """Run a scheduler until SIGINT or SIGTERM, then stop it gracefully (stop
     claiming, let running runs finish within the grace period, then cancel and record them).
 
     With `pid_file` (the daemon), the file is written once the scheduler has started and

@@ -1,4 +1,4 @@
-"""Validation of the task fields a client may write (SPEC §2). Pure: no database, no clock.
+"""Validation of the task fields a client may write. Pure: no database, no clock.
 
 Every write goes through `validate_task_fields`, so the API, the CLI and the Python API refuse
 the same input with the same message naming the same field.

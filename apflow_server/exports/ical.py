@@ -106,7 +106,7 @@ def task_url(base_url: str, task_id: str) -> str:
 
 
 class ICalExporter:
-    """Scheduled tasks as an RFC 5545 calendar (SPEC §8).
+    """Scheduled tasks as an RFC 5545 calendar.
 
     `repository` defaults to `TaskRepository()`, the database of the environment. `horizon`
     and `max_occurrences` bound the schedules that have to be written as a list of dates.

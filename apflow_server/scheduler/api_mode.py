@@ -1,4 +1,4 @@
-"""The scheduler's API mode (SPEC §5): no database here; a server claims and runs.
+"""The scheduler's API mode: no database here; a server claims and runs.
 
 It asks the server which schedules are due (`tasks.scheduled.due`) and fires each due
 occurrence with `tasks.webhook.trigger(task_id, scheduled_for=...)`. The server claims that

@@ -66,7 +66,7 @@ class _Active:
 
 
 class InternalScheduler:
-    """The built-in scheduler (SPEC §5). Safe to run in any number of processes at once."""
+    """The built-in scheduler. Safe to run in any number of processes at once."""
 
     def __init__(
         self,

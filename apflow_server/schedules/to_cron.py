@@ -1,4 +1,4 @@
-"""A schedule as one standard 5-field cron expression, for an external scheduler (SPEC §8).
+"""A schedule as one standard 5-field cron expression, for an external scheduler.
 
 Pure: no I/O, no clock. The expression is read in the schedule's own zone: the caller runs it
 there (Kubernetes `spec.timeZone`, a crontab's `CRON_TZ=` line). "Equivalent" means that this

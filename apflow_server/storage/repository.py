@@ -123,7 +123,7 @@ class TaskRepository:
     # ------------------------------------------------------------------ create
 
     async def create_task(self, **fields: Any) -> Task:
-        """Create one task (keyword fields of SPEC §2)."""
+        """Create one task (its fields as keywords)."""
         return (await self.create_tasks([fields]))[0]
 
     async def create_tasks(

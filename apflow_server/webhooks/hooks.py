@@ -1,4 +1,4 @@
-"""The pluggable webhook verify hook (SPEC §7, layer 2)."""
+"""The pluggable webhook verify hook (the second layer of webhook authentication)."""
 
 from __future__ import annotations
 

@@ -3,28 +3,22 @@ built by a factory that the fixtures of conftest.py hand to the tests."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import support  # noqa: F401  (registers the test_* executors)
+from api_support import Api
 from sqlalchemy import text
 
-TESTS_DIR = str(Path(__file__).resolve().parent.parent)
-if TESTS_DIR not in sys.path:  # `import support` however pytest was started
-    sys.path.insert(0, TESTS_DIR)
-
-import support  # noqa: E402, F401  (registers the test_* executors)
-from api_support import Api  # noqa: E402
-
-from apflow_server.api.app import create_app  # noqa: E402
-from apflow_server.config import Settings  # noqa: E402
-from apflow_server.scheduler.base import SchedulerConfig  # noqa: E402
-from apflow_server.scheduler.gateway.hooks import unregister_webhook_verify_hook  # noqa: E402
-from apflow_server.storage.database import Database  # noqa: E402
-from apflow_server.storage.models import Base  # noqa: E402
+from apflow_server.api.app import create_app
+from apflow_server.config import Settings
+from apflow_server.scheduler.base import SchedulerConfig
+from apflow_server.scheduler.gateway.hooks import unregister_webhook_verify_hook
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import Base
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx

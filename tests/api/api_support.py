@@ -1,6 +1,7 @@
 """Helpers for the HTTP tests: a JSON-RPC client over any httpx-like client (starlette's
-TestClient or a real httpx.Client), tokens made by hand, webhook signatures computed from
-SPEC §7 (not with the server's own helper), and real server processes on real ports."""
+TestClient or a real httpx.Client), tokens made by hand, webhook signatures computed from the
+documented format (not with the server's own helper), and real server processes on real
+ports."""
 
 from __future__ import annotations
 

@@ -8,11 +8,6 @@ Everything else is the real command line: settings from APFLOW_* and APFLOW_HOME
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import support  # noqa: F401  (registers the test executors)
 
 from apflow_server.cli.main import main

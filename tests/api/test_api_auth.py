@@ -1,4 +1,4 @@
-"""The JWT auth matrix of SPEC §7 over JSON-RPC and the webhook, on SQLite and PostgreSQL."""
+"""The JWT auth matrix over JSON-RPC and the webhook, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

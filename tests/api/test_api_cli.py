@@ -1,5 +1,5 @@
 """`apflow serve` and `apflow config init|show|gen-token` as real subprocesses of the console
-script, in a temporary APFLOW_HOME (SPEC §7, §9)."""
+script, in a temporary APFLOW_HOME."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ valid JSON-RPC error object (an int code, a string message).
 Budget: APFLOW_FUZZ_EXAMPLES examples per method and database (default 30), on SQLite and on
 PostgreSQL; raise it for a longer hunt (APFLOW_FUZZ_EXAMPLES=2000).
 
-A -32603 answer fails the fuzz too (SPEC §6: -32603 is a bug); the cases it found are pinned
+A -32603 answer fails the fuzz too (-32603 is a bug); the cases it found are pinned
 in test_api_robustness.py.
 """
 

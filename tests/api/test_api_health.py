@@ -1,4 +1,4 @@
-"""/healthz, /readyz and /metrics (SPEC §6), through the TestClient on both databases."""
+"""/healthz, /readyz and /metrics, through the TestClient on both databases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""JSON-RPC 2.0 conformance of POST /tasks/ (SPEC §6): the envelope, batches, notifications,
+"""JSON-RPC 2.0 conformance of POST /tasks/: the envelope, batches, notifications,
 the body limit and the error codes, through the TestClient.
 
 Protocol tests run on SQLite; the ones whose requests write tasks run on both databases."""

@@ -1,4 +1,4 @@
-"""Every JSON-RPC method of SPEC §6, its success and its error paths, through the TestClient
+"""Every JSON-RPC method, its success and its error paths, through the TestClient
 (the app's lifespan running), on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
@@ -699,7 +699,7 @@ def test_discover_lists_every_method_with_its_declared_params(service: Service) 
 
 
 def test_discover_names_the_spec_methods(service: Service) -> None:
-    """The generated document covers SPEC §6's method list."""
+    """The generated document covers every method the README lists."""
     names = {method["name"] for method in service.api.call("rpc.discover")["methods"]}
     expected = {
         "tasks.create",

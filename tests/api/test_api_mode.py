@@ -1,4 +1,4 @@
-"""The scheduler's API mode (SPEC §5) against a live server: `apflow serve --no-scheduler` with
+"""The scheduler's API mode against a live server: `apflow serve --no-scheduler` with
 a JWT secret on a fresh database (SQLite file and PostgreSQL), in its own process with the
 test executors; ApiSchedulers fire its schedules through JSON-RPC. Executions are counted by
 the test_journal executor, which the server process appends to ($APFLOW_TEST_JOURNAL)."""

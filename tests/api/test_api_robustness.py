@@ -1,5 +1,5 @@
 """Inputs that reached the database or the clock unchecked and came back as -32603 (a bug,
-SPEC §6) or as HTTP 500 ("nothing a client sends produces an HTTP 500"). Found by the fuzz
+a bug) or as HTTP 500 ("nothing a client sends produces an HTTP 500"). Found by the fuzz
 (test_api_fuzz.py with APFLOW_FUZZ_STRICT=1) and by hand; each case is pinned here so that it
 stays fixed once fixed.
 

@@ -1,4 +1,4 @@
-"""POST /webhook/trigger/{task_id} (SPEC §6, §7): its status codes, each authentication layer
+"""POST /webhook/trigger/{task_id}: its status codes, each authentication layer
 and their order (JWT, verify hook, HMAC), the replay store, the IP allowlist with trusted
 proxies, the rate limit and idempotency keys. Through the TestClient, on SQLite and
 PostgreSQL (the address and rate-limit tests, which are about the request and not storage,

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import support
+from execution_support import Harness
 
-TESTS_DIR = str(Path(__file__).resolve().parent.parent)
-if TESTS_DIR not in sys.path:  # `import support` works however pytest was started
-    sys.path.insert(0, TESTS_DIR)
-
-import support  # noqa: E402  (registers the test_* executors)
-from execution_support import Harness  # noqa: E402
-
-from apflow_server.config import Settings  # noqa: E402
-from apflow_server.storage.database import Database  # noqa: E402
+from apflow_server.config import Settings
+from apflow_server.storage.database import Database
 
 
 @pytest.fixture

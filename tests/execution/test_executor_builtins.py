@@ -1,4 +1,4 @@
-"""The built-in executors (SPEC §4) and their safety switches: echo, aggregate, command (off by
+"""The built-in executors and their safety switches: echo, aggregate, command (off by
 default, argv without a shell, allowlist, exit codes, timeouts) and REST (private and loopback
 targets refused by default; a real local HTTP server with the switch on)."""
 

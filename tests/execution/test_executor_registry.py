@@ -1,5 +1,5 @@
 """Executors by name: the three ways to register one, built-ins and entry points, how sync and
-async executors are called, the inputs merge, and the retry back-off (SPEC §4)."""
+async executors are called, the inputs merge, and the retry back-off."""
 
 from __future__ import annotations
 

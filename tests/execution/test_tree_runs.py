@@ -1,4 +1,4 @@
-"""Running task trees (SPEC §4) on SQLite and PostgreSQL, through InternalScheduler.run_and_wait:
+"""Running task trees on SQLite and PostgreSQL, through InternalScheduler.run_and_wait:
 order and priorities, dependencies and merged inputs, failure cascades, resets between runs,
 aggregation, missing executors, timeouts and retries."""
 

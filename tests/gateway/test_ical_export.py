@@ -1,4 +1,4 @@
-"""The iCalendar export as text and against a real database (SPEC §8), and the feed URL."""
+"""The iCalendar export as text and against a real database, and the feed URL."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from fixed_clock import Clock
+from ical_support import YEAR, engine_instants, expand, scheduled
 from icalendar import Calendar
-from test_ical_support import YEAR, engine_instants, expand, scheduled
 
 from apflow_server.config import Settings
 from apflow_server.core.errors import ValidationError
@@ -174,14 +175,6 @@ def test_the_exported_text_expands_to_the_engine_instants() -> None:
 
 
 # ---------------------------------------------------------------------- the database
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fidelity of the iCalendar export (SPEC §8): expanding the exported calendar with
+"""Fidelity of the iCalendar export: expanding the exported calendar with
 recurring-ical-events gives exactly the engine's fire times, in every zone, across DST.
 
 Each case builds a task the way the repository stores it, exports it with the pure
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_ical_support import YEAR, ZONES, engine_instants, expand, scheduled
+from ical_support import YEAR, ZONES, engine_instants, expand, scheduled
 
 from apflow_server.core.errors import ValidationError
 from apflow_server.scheduler.gateway.ical import (

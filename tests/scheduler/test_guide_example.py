@@ -116,10 +116,13 @@ def test_the_guide_example_exits_on_ctrl_c_while_a_run_is_executing(tmp_path: Pa
         "--inputs", '{"seconds": 60}', "--schedule-type", "once",
         "--schedule-expression", due, "--schedule-enabled",
     )  # fmt: skip
-    registers_test_executors = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import support\n"
+    registers_test_executors = "import support\n"  # found through PYTHONPATH
     example = subprocess.Popen(
         [sys.executable, "-c", AS_FROM_A_TERMINAL + registers_test_executors + GUIDE_EXAMPLE],
-        env=env,
+        env={
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")])),
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fixed_clock import Clock
 from sqlalchemy import select, update
 
 from apflow_server.config import Settings
@@ -20,14 +21,6 @@ from apflow_server.storage.runs import RunResult, RunStore
 
 T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

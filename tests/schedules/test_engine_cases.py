@@ -1,4 +1,4 @@
-"""Table-driven cases for the schedule engine (SPEC §3).
+"""Table-driven cases for the schedule engine.
 
 Every expected instant below was worked out by hand from the tz rules of the zone, never copied
 from engine output. Offsets used:

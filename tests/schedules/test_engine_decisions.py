@@ -1,4 +1,4 @@
-"""Choices where SPEC §3 leaves room, pinned down (see docs/schedules.md)."""
+"""Schedule choices that could go more than one way, pinned down (docs/decisions.md)."""
 
 from __future__ import annotations
 

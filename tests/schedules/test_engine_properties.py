@@ -1,4 +1,4 @@
-"""Property tests: the schedule engine against an independent oracle (SPEC §3).
+"""Property tests: the schedule engine against an independent oracle.
 
 The oracle never asks the engine. It enumerates the local wall-clock times an expression names
 and places each one in UTC by trying the zone's offsets (no `fold`): a time that occurs twice

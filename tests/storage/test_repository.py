@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fixed_clock import Clock
 from sqlalchemy import func, select, update
 
 from apflow_server.config import Settings
@@ -16,14 +17,6 @@ from apflow_server.storage.models import Task, TaskRun, task_to_dict
 from apflow_server.storage.repository import TaskRepository
 
 NOW = datetime(2025, 3, 5, 12, 0, tzinfo=UTC)  # a Wednesday
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
