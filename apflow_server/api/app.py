@@ -29,6 +29,7 @@ from apflow_server.core.clock import utcnow
 from apflow_server.execution.services import ExecutorServices
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
+from apflow_server.service import Service
 from apflow_server.storage.database import Database
 from apflow_server.storage.repository import TaskRepository, due_filter
 
@@ -119,10 +120,11 @@ def create_app(
             executor_services=executor_services,
         )
         await scheduler.start()
+        repository = TaskRepository(database, settings=settings)
         app.state.services = Services(
             settings=settings,
             database=database,
-            repository=TaskRepository(database, settings=settings),
+            service=Service(settings, database, repository, scheduler),
             scheduler=scheduler,
             metrics=metrics_registry,
         )

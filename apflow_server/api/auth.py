@@ -10,28 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import jwt
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apflow_server.config import Network, Settings
-from apflow_server.core.errors import ForbiddenError, UnauthenticatedError
+from apflow_server.core.errors import UnauthenticatedError
 from apflow_server.core.task_fields import is_valid_unicode
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated caller. `subject` None means a system caller (a verify hook or HMAC
-    signature that named no user)."""
-
-    subject: str | None
-    is_admin: bool
-    source: str  # jwt, hook, hmac
-
-    def may_act_for(self, user_id: str | None) -> bool:
-        return self.is_admin or self.subject is None or self.subject == user_id
+from apflow_server.service.caller import Principal as Principal
+from apflow_server.service.caller import check_owner as check_owner
 
 
 def decode_token(token: str, settings: Settings) -> Principal:
@@ -130,11 +118,6 @@ def require_user(principal: Principal | None, settings: Settings) -> Principal |
     if principal is None and settings.jwt_secret:
         raise UnauthenticatedError("authentication required: send Authorization: Bearer <jwt>")
     return principal
-
-
-def check_owner(principal: Principal | None, user_id: str | None, what: str = "task") -> None:
-    if principal is not None and not principal.may_act_for(user_id):
-        raise ForbiddenError(f"this {what} belongs to another user")
 
 
 def client_address(connection: HTTPConnection, trusted: Sequence[Network]) -> str:

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from apflow_server.api.auth import Principal, check_owner
-from apflow_server.api.command_tasks import refuse_command_tasks_unless_admin
 from apflow_server.api.services import Services
-from apflow_server.core.compute import UNLIMITED, Budget, off_loop
-from apflow_server.core.errors import ApflowError, ForbiddenError, ValidationError
+from apflow_server.core.compute import UNLIMITED, Budget
+from apflow_server.core.errors import ApflowError, ValidationError
 from apflow_server.core.task_fields import SCHEDULE_FIELDS, parse_instant
 from apflow_server.core.types import RunTrigger
-from apflow_server.storage.models import Task, run_to_dict, task_to_dict
+from apflow_server.service import Principal, Service
+from apflow_server.storage.models import run_to_dict, task_to_dict
 from apflow_server.storage.repository import Page
 
 # ---------------------------------------------------------------------- declarations
@@ -45,23 +44,15 @@ class Param:
 @dataclass
 class CallContext:
     services: Services
-    principal: Principal | None  # None: authentication is off
+    principal: Principal | None  # None: authentication is off (the local operator)
     # The compute time this HTTP request may use, shared by the calls of a batch.
     budget: Budget = UNLIMITED
     # The webhook route's rate limit and IP allowlist, for tasks.webhook.trigger.
     admit_webhook: Callable[[], Awaitable[ApflowError | None]] | None = None
 
-    def user_scope(self, requested: Any) -> str | None:
-        """The user filter a listing may use: anyone's for admins (and with auth off),
-        one's own otherwise."""
-        if requested is not None and not isinstance(requested, str):
-            raise ValidationError("user_id", "must be a string")
-        principal = self.principal
-        if principal is None or principal.is_admin or principal.subject is None:
-            return requested
-        if requested not in (None, principal.subject):
-            raise ForbiddenError("you may only list your own tasks")
-        return principal.subject
+    @property
+    def service(self) -> Service:
+        return self.services.service
 
 
 Handler = Callable[[CallContext, dict[str, Any]], Awaitable[Any]]
@@ -151,73 +142,36 @@ def _page(
 
 
 async def create(ctx: CallContext, params: dict[str, Any]) -> Any:
-    refuse_command_tasks_unless_admin(ctx.principal, params)
     batch = params.pop("tasks", None)
     if batch is not None and params:
         raise ValidationError(sorted(params)[0], "give either a task or a list of tasks")
     specs = batch if batch is not None else [params]
-    if not isinstance(specs, list) or not specs or not all(isinstance(s, dict) for s in specs):
+    if not isinstance(specs, list):
         raise ValidationError("tasks", "must be a non-empty list of task objects")
-    principal = ctx.principal
-    if principal is not None and not principal.is_admin:
-        for index, spec in enumerate(specs):
-            owner = spec.get("user_id")
-            if owner is not None and owner != principal.subject:
-                where = f"tasks[{index}].user_id" if batch is not None else "user_id"
-                raise ForbiddenError(f"{where}: only an admin may create tasks for another user")
-        specs = [dict(spec) for spec in specs]
-        for spec in specs:
-            if spec.get("parent_id") is None:
-                spec["user_id"] = principal.subject
-    if batch is None:
-        parent_id = specs[0].get("parent_id")
-        if isinstance(parent_id, str):
-            await ctx.services.task_for(parent_id, principal)
-
-    def check_parent(parent: Task) -> None:
-        # In every form (one task, an array, {"tasks": [...]}): a tree may hang only under a
-        # task the caller owns, and is refused before its dependencies are resolved against
-        # that task's children, so a refusal reveals none of their ids.
-        check_owner(principal, parent.user_id, "parent task")
-
-    tasks = await ctx.services.repository.create_tasks(specs, check_parent=check_parent)
+    tasks = await ctx.service.tasks.create(ctx.principal, specs, batch=batch is not None)
     if batch is None:
         return task_to_dict(tasks[0])
     return {"tasks": [task_to_dict(task) for task in tasks]}
 
 
 async def get(ctx: CallContext, params: dict[str, Any]) -> Any:
-    return task_to_dict(await ctx.services.task_for(params["task_id"], ctx.principal))
+    return task_to_dict(await ctx.service.tasks.get(ctx.principal, params["task_id"]))
 
 
 async def update(ctx: CallContext, params: dict[str, Any]) -> Any:
     task_id = params.pop("task_id")
-    principal = ctx.principal
-    await ctx.services.task_for(task_id, principal)
-    if "user_id" in params and principal is not None and not principal.is_admin:
-        raise ForbiddenError("user_id: only an admin may change a task's owner")
-    if not params:
-        raise ValidationError("params", "name at least one field to change")
-
-    def check_task(stored: Task) -> None:
-        # Again inside the writing transaction: the stored task decides (an admin may have
-        # made it a command task since it was read above).
-        check_owner(principal, stored.user_id)
-        refuse_command_tasks_unless_admin(principal, params, stored)
-
-    updated = await ctx.services.repository.update_task(task_id, check_task=check_task, **params)
-    return task_to_dict(updated)
+    return task_to_dict(await ctx.service.tasks.update(ctx.principal, task_id, params))
 
 
 async def delete(ctx: CallContext, params: dict[str, Any]) -> Any:
-    await ctx.services.task_for(params["task_id"], ctx.principal)
-    return {"deleted": await ctx.services.repository.delete_task(params["task_id"])}
+    return {"deleted": await ctx.service.tasks.delete(ctx.principal, params["task_id"])}
 
 
 async def list_tasks(ctx: CallContext, params: dict[str, Any]) -> Any:
     limit, offset = params.get("limit", 50), params.get("offset", 0)
-    page = await ctx.services.repository.list_tasks(
-        user_id=ctx.user_scope(params.get("user_id")),
+    page = await ctx.service.tasks.list_tasks(
+        ctx.principal,
+        user_id=params.get("user_id"),
         status=params.get("status"),
         parent_id=params.get("parent_id"),
         roots_only=params.get("roots_only") or False,
@@ -228,30 +182,26 @@ async def list_tasks(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 
 async def tree(ctx: CallContext, params: dict[str, Any]) -> Any:
-    await ctx.services.task_for(params["task_id"], ctx.principal)
-    return (await ctx.services.repository.get_tree(params["task_id"])).to_dict()
+    return (await ctx.service.tasks.tree(ctx.principal, params["task_id"])).to_dict()
 
 
 async def execute(ctx: CallContext, params: dict[str, Any]) -> Any:
-    return await ctx.services.trigger(
-        params["task_id"], ctx.principal, wait=params.get("wait") or False, trigger=RunTrigger.API
+    return await ctx.service.runs.trigger(
+        ctx.principal, params["task_id"], wait=params.get("wait") or False, trigger=RunTrigger.API
     )
 
 
 async def cancel(ctx: CallContext, params: dict[str, Any]) -> Any:
-    await ctx.services.task_for(params["task_id"], ctx.principal)
-    store = ctx.services.scheduler.store
-    assert store is not None
-    return {"task_id": params["task_id"], "cancelled": await store.cancel(params["task_id"])}
+    cancelled = await ctx.service.runs.cancel(ctx.principal, params["task_id"])
+    return {"task_id": params["task_id"], "cancelled": cancelled}
 
 
 async def list_runs(ctx: CallContext, params: dict[str, Any]) -> Any:
-    if params.get("task_id") is not None:
-        await ctx.services.task_for(params["task_id"], ctx.principal)
     limit, offset = params.get("limit", 50), params.get("offset", 0)
-    page = await ctx.services.repository.list_runs(
+    page = await ctx.service.runs.list_runs(
+        ctx.principal,
         task_id=params.get("task_id"),
-        user_id=ctx.user_scope(params.get("user_id")),
+        user_id=params.get("user_id"),
         status=params.get("status"),
         limit=limit,
         offset=offset,
@@ -265,9 +215,10 @@ async def list_runs(ctx: CallContext, params: dict[str, Any]) -> Any:
 async def scheduled_list(ctx: CallContext, params: dict[str, Any]) -> Any:
     limit, offset = params.get("limit", 100), params.get("offset", 0)
     enabled_only = params.get("enabled_only")
-    page = await ctx.services.repository.list_scheduled(
+    page = await ctx.service.schedules.list_scheduled(
+        ctx.principal,
         enabled_only=True if enabled_only is None else enabled_only,
-        user_id=ctx.user_scope(params.get("user_id")),
+        user_id=params.get("user_id"),
         schedule_type=params.get("schedule_type"),
         status=params.get("status"),
         limit=limit,
@@ -277,27 +228,27 @@ async def scheduled_list(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 
 async def scheduled_due(ctx: CallContext, params: dict[str, Any]) -> Any:
-    tasks = await ctx.services.repository.due_tasks(
+    tasks = await ctx.service.schedules.due(
+        ctx.principal,
         before=params.get("before"),
-        user_id=ctx.user_scope(params.get("user_id")),
+        user_id=params.get("user_id"),
         limit=params.get("limit", 100),
     )
     return {"items": [task_to_dict(task) for task in tasks], "total": len(tasks)}
 
 
 async def scheduled_init(ctx: CallContext, params: dict[str, Any]) -> Any:
-    await ctx.services.task_for(params["task_id"], ctx.principal)
-    task = await ctx.services.repository.init_schedule(
-        params["task_id"], from_time=params.get("from_time")
+    task = await ctx.service.schedules.init(
+        ctx.principal, params["task_id"], from_time=params.get("from_time")
     )
     return task_to_dict(task)
 
 
 async def scheduled_complete(ctx: CallContext, params: dict[str, Any]) -> Any:
-    await ctx.services.task_for(params["task_id"], ctx.principal)
     calculate = params.get("calculate_next_run")
     success = params.get("success")
-    task = await ctx.services.repository.complete_scheduled(
+    task = await ctx.service.schedules.complete(
+        ctx.principal,
         params["task_id"],
         success=True if success is None else success,
         error=params.get("error"),
@@ -309,33 +260,28 @@ async def scheduled_complete(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 async def scheduled_preview(ctx: CallContext, params: dict[str, Any]) -> Any:
     task_id = params.pop("task_id", None)
-    if task_id is not None:
-        await ctx.services.task_for(task_id, ctx.principal)
     count = params.pop("count", 10)
     after = params.pop("after", None)
     fields = {key: value for key, value in params.items() if value is not None}
-    fires = await ctx.services.repository.preview_schedule(
-        task_id=task_id, count=count, after=after, budget=ctx.budget, **fields
+    fires = await ctx.service.schedules.preview(
+        ctx.principal, task_id=task_id, count=count, after=after, budget=ctx.budget, **fields
     )
     return {"fire_times": [fire.isoformat() for fire in fires]}
 
 
 async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
     scheduled_for: datetime | None = params.get("scheduled_for")
-    if scheduled_for is not None:
-        # Firing a named due occurrence is how an API-mode scheduler works through a server:
-        # a scheduler's operation (an admin's), not a webhook, so not the webhook's limits.
-        principal = ctx.principal
-        if principal is not None and not principal.is_admin:
-            raise ForbiddenError("scheduled_for: only an admin (a scheduler) may fire occurrences")
-    elif ctx.admit_webhook is not None:
+    if scheduled_for is None and ctx.admit_webhook is not None:
+        # A webhook: the webhook route's rate limit and IP allowlist apply. With
+        # scheduled_for it is a scheduler firing an occurrence (the service checks it is
+        # an admin's call), not a webhook.
         refused = await ctx.admit_webhook()
         if refused is not None:
             raise refused
     asynchronous = params.get("async_execution")
-    return await ctx.services.trigger(
-        params["task_id"],
+    return await ctx.service.runs.trigger(
         ctx.principal,
+        params["task_id"],
         wait=asynchronous is False,
         trigger=RunTrigger.SCHEDULE if scheduled_for else RunTrigger.WEBHOOK,
         idempotency_key=params.get("idempotency_key"),
@@ -344,20 +290,15 @@ async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 
 async def export_ical(ctx: CallContext, params: dict[str, Any]) -> Any:
-    from apflow_server.exports.ical import DEFAULT_CALENDAR_NAME, ICalExporter
-
-    exporter = ICalExporter(
-        params.get("calendar_name") or DEFAULT_CALENDAR_NAME,
-        repository=ctx.services.repository,
-    )
     enabled_only = params.get("enabled_only")
-    tasks = await exporter.fetch_tasks(
-        user_id=ctx.user_scope(params.get("user_id")),
+    content, count = await ctx.service.schedules.export_ical(
+        ctx.principal,
+        calendar_name=params.get("calendar_name"),
         enabled_only=True if enabled_only is None else enabled_only,
+        user_id=params.get("user_id"),
         limit=params.get("limit", 1000),
     )
-    content = await off_loop(exporter.render, tasks)
-    return {"ical_content": content, "task_count": len(tasks)}
+    return {"ical_content": content, "task_count": count}
 
 
 # ---------------------------------------------------------------------- the table

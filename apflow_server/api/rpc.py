@@ -2,8 +2,9 @@
 
 jsonrpcserver parses, validates the envelope, handles batches and notifications, and answers
 -32700/-32600/-32601. Our adapter turns every method call into either a Success or an Error
-with the codes README.md lists; no exception escapes to the library (which would show its text to the
-client), and an unexpected one is logged with its traceback and reported as a bare -32603.
+with the codes README.md lists; no exception escapes to the library (which would show its
+text to the client), and an unexpected one is logged with its traceback and reported as a
+bare -32603.
 """
 
 from __future__ import annotations

@@ -187,9 +187,9 @@ async def webhook_trigger(request: Request) -> Response:
     try:
         wait = _wait_requested(request)
         principal = await authenticate(request, services, task_id, body, client_ip)
-        outcome: dict[str, Any] = await services.trigger(
-            task_id,
+        outcome: dict[str, Any] = await services.service.runs.trigger(
             principal,
+            task_id,
             wait=wait,
             trigger=RunTrigger.WEBHOOK,
             idempotency_key=request.headers.get("idempotency-key"),
@@ -200,5 +200,5 @@ async def webhook_trigger(request: Request) -> Response:
         if isinstance(error, ConflictError):  # busy: an answer, not a refusal to count
             return JSONResponse({"success": False, "error": error.message}, status_code=409)
         reason = (error.data or {}).get("reason") if isinstance(error.data, dict) else None
-        return _refusal(services, error.http_status, reason or error.reason, error.message)
+        return _refusal(services, error.http_status, reason or error.kind, error.message)
     return JSONResponse(outcome, status_code=200 if wait else 202)

@@ -1,7 +1,7 @@
 """Errors every layer raises and every front end (JSON-RPC, REST, CLI) maps to its own form.
 
-Each carries its JSON-RPC code, its HTTP status and a short reason (for metrics and REST
-bodies), so the mapping lives here and nowhere else.
+Each carries its JSON-RPC code, its HTTP status and a short `kind` (a label for metrics), so
+the mapping lives here and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ class ApflowError(Exception):
 
     code = -32603
     http_status = 500
-    reason = "internal"
+    kind = "internal"
 
     def __init__(self, message: str, *, data: Any = None) -> None:
         super().__init__(message)
@@ -27,7 +27,7 @@ class ValidationError(ApflowError):
 
     code = -32602
     http_status = 400
-    reason = "bad_request"
+    kind = "bad_request"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}", data={"field": field})
@@ -38,25 +38,25 @@ class ValidationError(ApflowError):
 class NotFoundError(ApflowError):
     code = -32004
     http_status = 404
-    reason = "not_found"
+    kind = "not_found"
 
 
 class ConflictError(ApflowError):
     code = -32009
     http_status = 409
-    reason = "conflict"
+    kind = "conflict"
 
 
 class ForbiddenError(ApflowError):
     code = -32003
     http_status = 403
-    reason = "forbidden"
+    kind = "forbidden"
 
 
 class UnauthenticatedError(ApflowError):
     code = -32001
     http_status = 401
-    reason = "unauthenticated"
+    kind = "unauthenticated"
 
 
 class RateLimitedError(ApflowError):
@@ -64,7 +64,7 @@ class RateLimitedError(ApflowError):
 
     code = -32029
     http_status = 429
-    reason = "rate_limited"
+    kind = "rate_limited"
 
 
 _KINDS = (

@@ -265,7 +265,8 @@ def _json_value(value: Any) -> Any:
 
 
 def task_to_dict(task: Task) -> dict[str, Any]:
-    """The task as its JSON representation (the API's field names; datetimes in ISO 8601 with offset)."""
+    """The task as its JSON representation (the API's field names; datetimes in ISO 8601
+    with their offset)."""
     return {name: _json_value(getattr(task, name)) for name in TASK_FIELDS}
 
 

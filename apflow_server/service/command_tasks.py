@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from apflow_server.api.auth import Principal
 from apflow_server.core.commands import COMMAND_EXECUTOR, names_command_executor
 from apflow_server.core.errors import ForbiddenError
+from apflow_server.service.caller import Principal
 from apflow_server.storage.models import Task
 
 

@@ -1,0 +1,30 @@
+"""The service: every operation, over one database, one repository and the scheduler that
+runs what is started here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from apflow_server.config import Settings
+from apflow_server.scheduler.internal import InternalScheduler
+from apflow_server.service.runs import Runs
+from apflow_server.service.schedules import Schedules
+from apflow_server.service.tasks import Tasks
+from apflow_server.storage.database import Database
+from apflow_server.storage.repository import TaskRepository
+
+
+@dataclass
+class Service:
+    settings: Settings
+    database: Database
+    repository: TaskRepository
+    scheduler: InternalScheduler
+    tasks: Tasks = field(init=False)
+    runs: Runs = field(init=False)
+    schedules: Schedules = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tasks = Tasks(self.repository)
+        self.runs = Runs(self.repository, self.tasks, self.scheduler)
+        self.schedules = Schedules(self.repository, self.tasks)

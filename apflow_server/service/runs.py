@@ -1,0 +1,115 @@
+"""Runs: start one now (a webhook, tasks.execute, a scheduler through the API), cancel one,
+list the history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from apflow_server.core.errors import ForbiddenError, ValidationError
+from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.scheduler.internal import InternalScheduler
+from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
+from apflow_server.service.tasks import Tasks, checked_task_id
+from apflow_server.storage.models import TaskRun
+from apflow_server.storage.repository import Page, TaskRepository, subtree_of
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+class Runs:
+    def __init__(
+        self, repository: TaskRepository, tasks: Tasks, scheduler: InternalScheduler
+    ) -> None:
+        self.repository = repository
+        self.tasks = tasks
+        self.scheduler = scheduler
+
+    async def trigger(
+        self,
+        caller: Principal | None,
+        task_id: Any,
+        *,
+        wait: bool,
+        trigger: RunTrigger,
+        idempotency_key: str | None = None,
+        scheduled_for: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Start a run of the task here (or fire its due occurrence) and describe it.
+
+        The caller's permission is checked under the task's row lock, in the transaction that
+        starts the run (concurrent starts share that transaction)."""
+        if idempotency_key is not None and (
+            not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY
+        ):
+            raise ValidationError("Idempotency-Key", "must be 1-255 characters")
+        if scheduled_for is not None and not is_admin(caller):
+            # Firing a named due occurrence is what an API-mode scheduler does.
+            raise ForbiddenError("scheduled_for: only an admin (a scheduler) may fire occurrences")
+        task_id = checked_task_id(task_id)
+        claimed = await self.scheduler.start_run(
+            task_id,
+            trigger,
+            idempotency_key=idempotency_key,
+            scheduled_for=scheduled_for,
+            check=lambda task: check_owner(caller, task.user_id),
+        )
+        if claimed is None:
+            return {"success": False, "status": "not_due", "task_id": task_id, "run_id": None}
+        if not wait:
+            status = "duplicate" if claimed.replayed else "triggered"
+            return {"success": True, "status": status, "task_id": task_id, "run_id": claimed.run_id}
+        outcome = await self.scheduler.wait_for(claimed.run_id)
+        run = await self._run(claimed.run_id)
+        status = outcome.status.value if outcome else (run.status if run else "unknown")
+        return {
+            "success": status == RunStatus.COMPLETED.value,
+            "status": status,
+            "task_id": task_id,
+            "run_id": claimed.run_id,
+            "result": outcome.result if outcome else (run.result if run else None),
+            "error": outcome.error if outcome else (run.error if run else None),
+            "children": await self._children(task_id),
+        }
+
+    async def cancel(self, caller: Principal | None, task_id: Any) -> bool:
+        """Cancel the task's running run; False when none runs."""
+        await self.tasks.get(caller, task_id)
+        store = self.scheduler.store
+        assert store is not None
+        return await store.cancel(task_id)
+
+    async def list_runs(
+        self,
+        caller: Principal | None,
+        *,
+        task_id: Any = None,
+        user_id: Any = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        if task_id is not None:
+            await self.tasks.get(caller, task_id)
+        return await self.repository.list_runs(
+            task_id=task_id,
+            user_id=user_scope(caller, user_id),
+            status=status,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def _run(self, run_id: str) -> TaskRun | None:
+        database = await self.repository.db()
+        async with database.transaction() as session:
+            return await session.get(TaskRun, run_id)
+
+    async def _children(self, task_id: str) -> list[dict[str, Any]]:
+        database = await self.repository.db()
+        async with database.transaction() as session:
+            rows = await subtree_of(session, task_id)
+        return [
+            {"task_id": row.id, "name": row.name, "status": row.status, "error": row.error}
+            for row in rows
+            if row.id != task_id
+        ]

@@ -1,0 +1,106 @@
+"""Tasks and trees: create, read, change, delete, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apflow_server.core.errors import ForbiddenError, NotFoundError, ValidationError
+from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
+from apflow_server.service.command_tasks import refuse_command_tasks_unless_admin
+from apflow_server.storage.models import Task
+from apflow_server.storage.repository import Page, TaskNode, TaskRepository
+
+
+def checked_task_id(task_id: Any) -> str:
+    """A task id fit for a query (a NUL reaches no task, and PostgreSQL refuses it)."""
+    if not isinstance(task_id, str) or not task_id:
+        raise ValidationError("task_id", "must be a task id")
+    if "\x00" in task_id:
+        raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+    return task_id
+
+
+class Tasks:
+    def __init__(self, repository: TaskRepository) -> None:
+        self.repository = repository
+
+    async def get(self, caller: Principal | None, task_id: Any) -> Task:
+        """The task, if it exists and the caller may touch it."""
+        task = await self.repository.require_task(checked_task_id(task_id))
+        check_owner(caller, task.user_id)
+        return task
+
+    async def create(
+        self, caller: Principal | None, specs: list[dict[str, Any]], *, batch: bool
+    ) -> list[Task]:
+        """One task (`batch` False) or a tree. A user creates for themselves; an admin for
+        anyone. A tree may hang only under a task the caller owns."""
+        if not specs or not all(isinstance(spec, dict) for spec in specs):
+            raise ValidationError("tasks", "must be a non-empty list of task objects")
+        refuse_command_tasks_unless_admin(caller, {"tasks": specs} if batch else specs[0])
+        if caller is not None and not caller.is_admin:
+            for index, spec in enumerate(specs):
+                owner = spec.get("user_id")
+                if owner is not None and owner != caller.subject:
+                    where = f"tasks[{index}].user_id" if batch else "user_id"
+                    raise ForbiddenError(
+                        f"{where}: only an admin may create tasks for another user"
+                    )
+            specs = [
+                {**spec, "user_id": caller.subject} if spec.get("parent_id") is None else spec
+                for spec in specs
+            ]
+        if not batch and isinstance(specs[0].get("parent_id"), str):
+            await self.get(caller, specs[0]["parent_id"])  # 404 or 403 for the one parent
+
+        def check_parent(parent: Task) -> None:
+            # In every form (one task, an array, {"tasks": [...]}): checked before the tree's
+            # dependencies are resolved against the parent's children, so a refusal reveals
+            # none of their ids.
+            check_owner(caller, parent.user_id, "parent task")
+
+        return await self.repository.create_tasks(specs, check_parent=check_parent)
+
+    async def update(self, caller: Principal | None, task_id: Any, fields: dict[str, Any]) -> Task:
+        await self.get(caller, task_id)
+        if "user_id" in fields and not is_admin(caller):
+            raise ForbiddenError("user_id: only an admin may change a task's owner")
+        if not fields:
+            raise ValidationError("params", "name at least one field to change")
+
+        def check_task(stored: Task) -> None:
+            # Again inside the writing transaction: the stored task decides (an admin may have
+            # made it a command task since it was read above).
+            check_owner(caller, stored.user_id)
+            refuse_command_tasks_unless_admin(caller, fields, stored)
+
+        return await self.repository.update_task(task_id, check_task=check_task, **fields)
+
+    async def delete(self, caller: Principal | None, task_id: Any) -> list[str]:
+        """The ids deleted: the task and its descendants."""
+        await self.get(caller, task_id)
+        return await self.repository.delete_task(task_id)
+
+    async def list_tasks(
+        self,
+        caller: Principal | None,
+        *,
+        user_id: Any = None,
+        status: str | None = None,
+        parent_id: str | None = None,
+        roots_only: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        return await self.repository.list_tasks(
+            user_id=user_scope(caller, user_id),
+            status=status,
+            parent_id=parent_id,
+            roots_only=roots_only,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def tree(self, caller: Principal | None, task_id: Any) -> TaskNode:
+        await self.get(caller, task_id)
+        return await self.repository.get_tree(task_id)
