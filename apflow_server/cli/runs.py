@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from apflow_server.core.errors import ApflowError, NotFoundError
 from apflow_server.core.types import RunStatus
+from apflow_server.service.runs import OPERATOR_INSTANCE
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import TaskRun
 from apflow_server.storage.repository import TaskNode, TaskRepository
@@ -12,7 +13,7 @@ from apflow_server.storage.repository import TaskNode, TaskRepository
 from . import output
 
 # The instance id the CLI's own writes are recorded under (requests, cancellations).
-CLI_INSTANCE = "cli"
+CLI_INSTANCE = OPERATOR_INSTANCE
 
 
 class RunFailed(ApflowError):

@@ -11,6 +11,7 @@ from typing import TypeVar
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
 from apflow_server.config import Settings
+from apflow_server.service import Service
 from apflow_server.storage.database import Database, DatabaseError
 from apflow_server.storage.repository import TaskRepository
 
@@ -66,3 +67,14 @@ def run_with_repository(work: Callable[[TaskRepository], Awaitable[T]]) -> T:
         return work(TaskRepository(database, settings=settings))
 
     return asyncio.run(_with_database(settings, with_repository, ensure_schema=True))
+
+
+def run_with_service(work: Callable[[Service], Awaitable[T]]) -> T:
+    """Run `work` with the service (as the local operator: pass None as the caller) on the
+    configured database, its schema ensured first (see run_with_repository)."""
+    settings = Settings.from_env()
+
+    def with_service(database: Database) -> Awaitable[T]:
+        return work(Service(settings, database, TaskRepository(database, settings=settings)))
+
+    return asyncio.run(_with_database(settings, with_service, ensure_schema=True))

@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from apflow_server.core.types import ScheduleType
+from apflow_server.service import Service
 from apflow_server.storage.models import Task
-from apflow_server.storage.repository import MAX_PAGE, TaskRepository
+from apflow_server.storage.repository import MAX_PAGE
 
 from . import output
 from .options import (
@@ -22,7 +23,7 @@ from .options import (
     user_id_filter,
 )
 from .params import INSTANT, JSON_ANY
-from .runtime import run_with_repository
+from .runtime import run_with_service
 
 PREVIEW_FIELDS = (
     "schedule_type",
@@ -59,8 +60,9 @@ def list_scheduled(
 ) -> None:
     """List tasks with a schedule, soonest next run first (enabled ones unless --all)."""
 
-    async def work(repository: TaskRepository) -> Any:
-        return await repository.list_scheduled(
+    async def work(service: Service) -> Any:
+        return await service.schedules.list_scheduled(
+            None,
             enabled_only=not include_disabled,
             user_id=user_id,
             schedule_type=schedule_type,
@@ -70,7 +72,7 @@ def list_scheduled(
         )
 
     output.show_page(
-        run_with_repository(work),
+        run_with_service(work),
         output_format,
         limit=limit,
         offset=offset,
@@ -94,10 +96,10 @@ def list_scheduled(
 def due(before: datetime | None, user_id: str | None, limit: int, output_format: str) -> None:
     """Enabled schedules whose next run is due and that are not running, oldest first."""
 
-    async def work(repository: TaskRepository) -> list[Task]:
-        return await repository.due_tasks(before=before, user_id=user_id, limit=limit)
+    async def work(service: Service) -> list[Task]:
+        return await service.schedules.due(None, before=before, user_id=user_id, limit=limit)
 
-    output.show_tasks(run_with_repository(work), output_format, empty="No task is due.")
+    output.show_tasks(run_with_service(work), output_format, empty="No task is due.")
 
 
 @scheduled_group.command("init")
@@ -109,10 +111,10 @@ def due(before: datetime | None, user_id: str | None, limit: int, output_format:
 def init(task_id: str, from_time: datetime | None, output_format: str) -> None:
     """Recompute a task's next_run_at on its schedule."""
 
-    async def work(repository: TaskRepository) -> Task:
-        return await repository.init_schedule(task_id, from_time=from_time)
+    async def work(service: Service) -> Task:
+        return await service.schedules.init(None, task_id, from_time=from_time)
 
-    task = run_with_repository(work)
+    task = run_with_service(work)
     if task.next_run_at is None:
         headline = f"Task {output.describe(task)} has no next run; its schedule is now disabled"
     else:
@@ -141,8 +143,9 @@ def complete(
 ) -> None:
     """Record the outcome of a run an external scheduler performed, and move the schedule on."""
 
-    async def work(repository: TaskRepository) -> Task:
-        return await repository.complete_scheduled(
+    async def work(service: Service) -> Task:
+        return await service.schedules.complete(
+            None,
             task_id,
             success=success,
             error=error,
@@ -150,7 +153,7 @@ def complete(
             calculate_next_run=not no_next_run,
         )
 
-    task = run_with_repository(work)
+    task = run_with_service(work)
     outcome = "a successful" if success else "a failed"
     next_run = output.instant(task.next_run_at) if task.next_run_at else "none"
     output.show_task_row(
@@ -192,21 +195,21 @@ def preview(
             "give a TASK_ID, or --schedule-type and --schedule-expression to preview"
         )
 
-    async def work(repository: TaskRepository) -> tuple[list[datetime], str, str, str]:
+    async def work(service: Service) -> tuple[list[datetime], str, str, str]:
         if task_id is not None:
-            task = await repository.require_task(task_id)
-            times = await repository.preview_schedule(task_id=task_id, count=count, after=after)
+            task = await service.tasks.get(None, task_id)
+            times = await service.schedules.preview(None, task_id=task_id, count=count, after=after)
             return (
                 times,
                 task.schedule_type or "",
                 task.schedule_expression or "",
                 task.schedule_timezone,
             )
-        times = await repository.preview_schedule(count=count, after=after, **fields)
-        zone = fields.get("schedule_timezone") or repository.settings.default_timezone
+        times = await service.schedules.preview(None, count=count, after=after, **fields)
+        zone = fields.get("schedule_timezone") or service.settings.default_timezone
         return times, fields["schedule_type"], fields["schedule_expression"], zone
 
-    times, schedule_type, expression, zone = run_with_repository(work)
+    times, schedule_type, expression, zone = run_with_service(work)
     output.show_preview(
         times,
         output_format,

@@ -12,9 +12,9 @@ import click
 from apflow_server.core.task_fields import WRITABLE_ON_CREATE
 from apflow_server.core.types import RunTrigger
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
+from apflow_server.service import Service
 from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import TaskNode, TaskRepository
-from apflow_server.storage.runs import RunStore
 
 from . import output
 from .options import (
@@ -35,13 +35,16 @@ from .options import (
     user_id_filter,
 )
 from .params import TaskFile
-from .runs import CLI_INSTANCE, load_run, report_run, task_subtree
-from .runtime import run_with_repository
+from .runs import load_run, report_run, task_subtree
+from .runtime import run_with_repository, run_with_service
 from .scheduled import scheduled_group
 
 # Options that set a task field, by parameter name: every field a create may write (the one
 # list, in core/task_fields.py), with `id` taken as --id (parameter new_id) and `executor`
 # folded into params.
+# The CLI acts as the local operator: no caller to check.
+OPERATOR = None
+
 FIELD_PARAMS = (*sorted(WRITABLE_ON_CREATE - {"id"}), "new_id", "executor")
 
 
@@ -109,10 +112,10 @@ def create(
             fields["params"] = _with_executor(fields.get("params"), executor)
         specs = [fields]
 
-    async def work(repository: TaskRepository) -> list[Task]:
-        return await repository.create_tasks(specs)
+    async def work(service: Service) -> list[Task]:
+        return await service.tasks.create(OPERATOR, specs, batch=tree_file is not None)
 
-    tasks = run_with_repository(work)
+    tasks = run_with_service(work)
     if output_format == "json":
         if tree_file is None:
             output.show_task(tasks[0], "json")
@@ -134,10 +137,10 @@ def create(
 def get(task_id: str, output_format: str) -> None:
     """Show one task, every field."""
 
-    async def work(repository: TaskRepository) -> Task:
-        return await repository.require_task(task_id)
+    async def work(service: Service) -> Task:
+        return await service.tasks.get(OPERATOR, task_id)
 
-    output.show_task(run_with_repository(work), output_format)
+    output.show_task(run_with_service(work), output_format)
 
 
 @tasks_group.command("list")
@@ -158,8 +161,9 @@ def list_tasks(
 ) -> None:
     """List tasks, oldest first."""
 
-    async def work(repository: TaskRepository) -> Any:
-        return await repository.list_tasks(
+    async def work(service: Service) -> Any:
+        return await service.tasks.list_tasks(
+            OPERATOR,
             user_id=user_id,
             status=status,
             parent_id=parent_id,
@@ -169,7 +173,7 @@ def list_tasks(
         )
 
     output.show_page(
-        run_with_repository(work),
+        run_with_service(work),
         output_format,
         limit=limit,
         offset=offset,
@@ -183,10 +187,10 @@ def list_tasks(
 def tree(task_id: str, output_format: str) -> None:
     """Show the whole tree a task belongs to, from its root."""
 
-    async def work(repository: TaskRepository) -> TaskNode:
-        return await repository.get_tree(task_id)
+    async def work(service: Service) -> TaskNode:
+        return await service.tasks.tree(OPERATOR, task_id)
 
-    output.show_tree(run_with_repository(work), output_format)
+    output.show_tree(run_with_service(work), output_format)
 
 
 @tasks_group.command("runs")
@@ -205,14 +209,12 @@ def runs(
 ) -> None:
     """The run history, newest first: of one task, or of all tasks."""
 
-    async def work(repository: TaskRepository) -> Any:
-        if task_id is not None:
-            await repository.require_task(task_id)
-        return await repository.list_runs(
-            task_id=task_id, user_id=user_id, status=status, limit=limit, offset=offset
+    async def work(service: Service) -> Any:
+        return await service.runs.list_runs(
+            OPERATOR, task_id=task_id, user_id=user_id, status=status, limit=limit, offset=offset
         )
 
-    output.show_runs(run_with_repository(work), output_format, limit=limit, offset=offset)
+    output.show_runs(run_with_service(work), output_format, limit=limit, offset=offset)
 
 
 # ---------------------------------------------------------------------- update
@@ -240,15 +242,15 @@ def update(ctx: click.Context, /, task_id: str, output_format: str, **_: Any) ->
             "nothing to change: give at least one option, e.g. --name or --schedule-enabled"
         )
 
-    async def work(repository: TaskRepository) -> Task:
+    async def work(service: Service) -> Task:
         if executor is not None:
             params = fields.get("params")
             if params is None:
-                params = (await repository.require_task(task_id)).params
+                params = (await service.tasks.get(OPERATOR, task_id)).params
             fields["params"] = _with_executor(params, executor)
-        return await repository.update_task(task_id, **fields)
+        return await service.tasks.update(OPERATOR, task_id, fields)
 
-    task = run_with_repository(work)
+    task = run_with_service(work)
     output.show_task_row(task, output_format, f"Updated task {output.describe(task)}")
 
 
@@ -275,13 +277,13 @@ def _flatten(node: TaskNode) -> list[Task]:
 def delete(task_id: str, output_format: str) -> None:
     """Delete a task with all its descendants and their run history."""
 
-    async def work(repository: TaskRepository) -> tuple[list[str], dict[str, str]]:
-        root = await repository.get_tree(task_id)
+    async def work(service: Service) -> tuple[list[str], dict[str, str]]:
+        root = await service.tasks.tree(OPERATOR, task_id)
         doomed = _subtree(root, task_id)
         names = {task.id: task.name for task in _flatten(doomed)} if doomed else {}
-        return await repository.delete_task(task_id), names
+        return await service.tasks.delete(OPERATOR, task_id), names
 
-    deleted, names = run_with_repository(work)
+    deleted, names = run_with_service(work)
     ordered = [task_id, *(other for other in deleted if other != task_id)]
     if output_format == "json":
         output.print_json({"deleted": ordered})
@@ -355,13 +357,12 @@ def cancel(task_id: str, output_format: str) -> None:
     """Cancel the task's running run, wherever it runs: it is recorded as cancelled at once,
     and the process running it stops it at its next lease renewal."""
 
-    async def work(repository: TaskRepository) -> tuple[Task, bool, float]:
-        task = await repository.require_task(task_id)
-        store = RunStore(await repository.db(), repository.settings, CLI_INSTANCE)
-        cancelled = await store.cancel(task_id)
-        return task, cancelled, repository.settings.lease_seconds / 3
+    async def work(service: Service) -> tuple[Task, bool, float]:
+        task = await service.tasks.get(OPERATOR, task_id)
+        cancelled = await service.runs.cancel(OPERATOR, task_id)
+        return task, cancelled, service.settings.lease_seconds / 3
 
-    task, cancelled, renewal = run_with_repository(work)
+    task, cancelled, renewal = run_with_service(work)
     run_id = task.current_run_id if cancelled else None
     if output_format == "json":
         output.print_json({"task_id": task.id, "cancelled": cancelled, "run_id": run_id})

@@ -19,7 +19,9 @@ class Service:
     settings: Settings
     database: Database
     repository: TaskRepository
-    scheduler: InternalScheduler
+    # Runs started here execute in this scheduler; None where nothing is started (the CLI's
+    # reads and writes).
+    scheduler: InternalScheduler | None = None
     tasks: Tasks = field(init=False)
     runs: Runs = field(init=False)
     schedules: Schedules = field(init=False)

@@ -13,13 +13,16 @@ from apflow_server.service.caller import Principal, check_owner, is_admin, user_
 from apflow_server.service.tasks import Tasks, checked_task_id
 from apflow_server.storage.models import TaskRun
 from apflow_server.storage.repository import Page, TaskRepository, subtree_of
+from apflow_server.storage.runs import RunStore
 
 MAX_IDEMPOTENCY_KEY = 255
+# The instance id writes made outside any scheduler are recorded under (the CLI's).
+OPERATOR_INSTANCE = "cli"
 
 
 class Runs:
     def __init__(
-        self, repository: TaskRepository, tasks: Tasks, scheduler: InternalScheduler
+        self, repository: TaskRepository, tasks: Tasks, scheduler: InternalScheduler | None
     ) -> None:
         self.repository = repository
         self.tasks = tasks
@@ -47,6 +50,8 @@ class Runs:
             # Firing a named due occurrence is what an API-mode scheduler does.
             raise ForbiddenError("scheduled_for: only an admin (a scheduler) may fire occurrences")
         task_id = checked_task_id(task_id)
+        if self.scheduler is None:
+            raise RuntimeError("runs start in a scheduler: this service was made without one")
         claimed = await self.scheduler.start_run(
             task_id,
             trigger,
@@ -73,10 +78,13 @@ class Runs:
         }
 
     async def cancel(self, caller: Principal | None, task_id: Any) -> bool:
-        """Cancel the task's running run; False when none runs."""
+        """Cancel the task's running run, wherever it runs (its process stops it at its next
+        lease renewal); False when none runs."""
         await self.tasks.get(caller, task_id)
-        store = self.scheduler.store
-        assert store is not None
+        store = self.scheduler.store if self.scheduler is not None else None
+        if store is None:
+            database = await self.repository.db()
+            store = RunStore(database, self.repository.settings, OPERATOR_INSTANCE)
         return await store.cancel(task_id)
 
     async def list_runs(

@@ -50,8 +50,14 @@ class Tasks:
                 {**spec, "user_id": caller.subject} if spec.get("parent_id") is None else spec
                 for spec in specs
             ]
-        if not batch and isinstance(specs[0].get("parent_id"), str):
-            await self.get(caller, specs[0]["parent_id"])  # 404 or 403 for the one parent
+        parent_id = specs[0].get("parent_id") if not batch else None
+        if isinstance(parent_id, str):  # one task: 404 or 403 for its parent, as for any id
+            try:
+                await self.get(caller, parent_id)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"parent_id: no task {parent_id!r}", data={"field": "parent_id"}
+                ) from None
 
         def check_parent(parent: Task) -> None:
             # In every form (one task, an array, {"tasks": [...]}): checked before the tree's

@@ -280,7 +280,7 @@ def test_an_unexpected_exception_is_one_line_without_traceback(
     def broken(_work: object) -> object:
         raise RuntimeError("the disk is on fire")
 
-    monkeypatch.setattr(tasks_module, "run_with_repository", broken)
+    monkeypatch.setattr(tasks_module, "run_with_service", broken)
     result = cli("tasks", "get", "x")
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, "internal error: RuntimeError: the disk is on fire")
@@ -290,7 +290,7 @@ def test_apflow_debug_shows_the_traceback(cli: Cli, monkeypatch: pytest.MonkeyPa
     def broken(_work: object) -> object:
         raise RuntimeError("the disk is on fire")
 
-    monkeypatch.setattr(tasks_module, "run_with_repository", broken)
+    monkeypatch.setattr(tasks_module, "run_with_service", broken)
     from click.testing import CliRunner
 
     from apflow_server.cli.main import apflow
@@ -307,7 +307,7 @@ def test_keyboard_interrupt_exits_130_quietly(cli: Cli, monkeypatch: pytest.Monk
     def interrupted(_work: object) -> object:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tasks_module, "run_with_repository", interrupted)
+    monkeypatch.setattr(tasks_module, "run_with_service", interrupted)
     result = cli("tasks", "list")
     assert result.exit_code == 130
     assert result.stdout == "" and result.stderr == ""
