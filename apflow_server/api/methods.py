@@ -10,8 +10,14 @@ from typing import Any
 
 from apflow_server.api.services import Services
 from apflow_server.core.compute import UNLIMITED, Budget
-from apflow_server.core.errors import ApflowError, ValidationError
-from apflow_server.core.task_fields import SCHEDULE_FIELDS, parse_instant
+from apflow_server.core.errors import ApflowError, RateLimitedError, ValidationError
+from apflow_server.core.task_fields import (
+    FIELD_SCHEMAS,
+    SCHEDULE_FIELDS,
+    WRITABLE_ON_CREATE,
+    WRITABLE_ON_UPDATE,
+    parse_instant,
+)
 from apflow_server.core.types import RunTrigger
 from apflow_server.service import Principal, Service
 from apflow_server.storage.models import run_to_dict, task_to_dict
@@ -27,6 +33,12 @@ DATETIME = {"type": "string", "format": "date-time"}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
 OFFSET = {"type": "integer", "minimum": 0, "maximum": 1_000_000_000}
 TASK = {"type": "object", "description": "a task: its fields, as README.md lists them"}
+TASK_OBJECT = {
+    "type": "object",
+    "properties": FIELD_SCHEMAS,
+    "required": ["name"],
+    "additionalProperties": False,
+}
 PAGE = {
     "type": "object",
     "properties": {"items": {"type": "array"}, "total": {"type": "integer"}},
@@ -65,8 +77,11 @@ class RpcMethod:
     handler: Handler
     params: tuple[Param, ...] = ()
     result: Mapping[str, Any] = field(default_factory=lambda: OBJECT)
-    # Task fields are also accepted (validated by the repository, which names bad ones).
-    task_fields: bool = False
+    # The task fields it also accepts (validated by core/task_fields.py, through the service,
+    # which names a bad one; published from the same file's FIELD_SCHEMAS).
+    task_fields: frozenset[str] = frozenset()
+    # Error codes beyond the ones every method may answer.
+    errors: tuple[int, ...] = ()
     # The params may be a JSON array (tasks.create: a tree).
     array_param: str | None = None
 
@@ -324,9 +339,9 @@ METHODS: tuple[RpcMethod, ...] = (
         "Create a task (params: its fields) or a tree (params: an array of tasks, or "
         "{tasks: [...]}); dependencies and parent_id may name tasks of the tree by name.",
         create,
-        (Param("tasks", {"type": "array", "items": TASK}),),
+        (Param("tasks", {"type": "array", "items": TASK_OBJECT}),),
         TASK,
-        task_fields=True,
+        task_fields=WRITABLE_ON_CREATE,
         array_param="tasks",
     ),
     RpcMethod("tasks.get", "One task.", get, (TASK_ID,), TASK),
@@ -336,7 +351,7 @@ METHODS: tuple[RpcMethod, ...] = (
         update,
         (TASK_ID,),
         TASK,
-        task_fields=True,
+        task_fields=WRITABLE_ON_UPDATE,
     ),
     RpcMethod(
         "tasks.delete",
@@ -453,5 +468,6 @@ METHODS: tuple[RpcMethod, ...] = (
             Param("idempotency_key", {"type": "string", "minLength": 1, "maxLength": 255}),
             Param("scheduled_for", DATETIME),
         ),
+        errors=(RateLimitedError.code,),
     ),
 )

@@ -28,11 +28,15 @@ from apflow_server.core.compute import Budget
 from apflow_server.core.errors import (
     TRANSPORT_CODES,
     ApflowError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    RateLimitedError,
     UnauthenticatedError,
     ValidationError,
     http_status,
 )
-from apflow_server.core.task_fields import find_invalid_text
+from apflow_server.core.task_fields import FIELD_SCHEMAS, find_invalid_text
 from apflow_server.core.version import __version__
 from apflow_server.storage.database import failure_reason
 
@@ -76,6 +80,43 @@ def _database_unavailable(error: Exception) -> bool:
     return isinstance(error, OperationalError | InterfaceError | OSError)
 
 
+# What every method may answer, beside the protocol's own -32700/-32600/-32601.
+COMMON_ERRORS = {
+    ValidationError.code: "Invalid params (data.field names the field)",
+    UnauthenticatedError.code: "Unauthenticated (HTTP 401)",
+    ForbiddenError.code: "Forbidden",
+    NotFoundError.code: "Not found",
+    ConflictError.code: "Conflict (task busy)",
+    INTERNAL_ERROR: "Internal error (a bug, or the database is unavailable)",
+}
+EXTRA_ERRORS = {RateLimitedError.code: "Rate limited (HTTP 429; data.retry_after)"}
+
+
+def _params_of(spec: RpcMethod) -> list[dict[str, Any]]:
+    """The declared params, then the task fields the method takes (one param each)."""
+    params = [
+        {
+            "name": param.name,
+            "required": param.required,
+            "schema": dict(param.schema),
+            **({"description": param.description} if param.description else {}),
+        }
+        for param in spec.params
+    ]
+    for name in sorted(spec.task_fields):
+        schema = dict(FIELD_SCHEMAS[name])
+        description = schema.pop("description", "")
+        params.append(
+            {
+                "name": name,
+                "required": name == "name" and spec.array_param is not None,
+                "schema": schema,
+                **({"description": description} if description else {}),
+            }
+        )
+    return params
+
+
 def openrpc_document() -> dict[str, Any]:
     """An OpenRPC description generated from the method declarations."""
     methods = [
@@ -83,22 +124,14 @@ def openrpc_document() -> dict[str, Any]:
             "name": spec.name,
             "summary": spec.summary,
             "paramStructure": "either" if spec.array_param else "by-name",
-            "params": [
-                {
-                    "name": param.name,
-                    "required": param.required,
-                    "schema": dict(param.schema),
-                    **({"description": param.description} if param.description else {}),
-                }
-                for param in spec.params
-            ],
+            "params": _params_of(spec),
             "result": {"name": "result", "schema": dict(spec.result)},
             "errors": [
-                {"code": -32602, "message": "Invalid params (data.field names the field)"},
-                {"code": -32001, "message": "Unauthenticated"},
-                {"code": -32003, "message": "Forbidden"},
-                {"code": -32004, "message": "Not found"},
-                {"code": -32009, "message": "Conflict (task busy)"},
+                {"code": code, "message": message}
+                for code, message in (
+                    *COMMON_ERRORS.items(),
+                    *((code, EXTRA_ERRORS[code]) for code in spec.errors),
+                )
             ],
         }
         for spec in METHODS
@@ -109,11 +142,18 @@ def openrpc_document() -> dict[str, Any]:
             "summary": "This document.",
             "params": [],
             "result": {"name": "OpenRPC", "schema": {"type": "object"}},
+            "errors": [{"code": ValidationError.code, "message": COMMON_ERRORS[-32602]}],
         }
     )
     return {
         "openrpc": "1.2.6",
-        "info": {"title": "apflow-server", "version": __version__},
+        "info": {
+            "title": "apflow-server",
+            "version": __version__,
+            "description": "Protocol errors for every request: -32700 parse error, -32600 "
+            "invalid request (also: a body that is not application/json, HTTP 415; over the "
+            "size or batch limits), -32601 method not found.",
+        },
         "servers": [{"name": "apflow-server", "url": "/tasks/"}],
         "methods": methods,
     }

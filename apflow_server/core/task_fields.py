@@ -13,7 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apflow_server.core.errors import ValidationError
-from apflow_server.core.types import MisfirePolicy, OverlapPolicy, parse_schedule_type
+from apflow_server.core.types import (
+    MisfirePolicy,
+    OverlapPolicy,
+    ScheduleType,
+    parse_schedule_type,
+)
 from apflow_server.core.zones import get_zone
 
 SCHEDULE_FIELDS = frozenset(
@@ -318,4 +323,48 @@ _CHECKS: dict[str, Any] = {
     "schedule_misfire": _choice(MisfirePolicy),
     "schedule_overlap": _choice(OverlapPolicy),
     "schedule_jitter_seconds": _int_in(0, MAX_JITTER_SECONDS),
+}
+
+_DATETIME = {"type": ["string", "null"], "format": "date-time"}
+# What each writable field accepts, as JSON Schema: published by `rpc.discover`, beside the
+# checks above that enforce it (a test holds the two lists to the same fields).
+FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "id": {"type": "string", "pattern": _ID_RE.pattern, "description": "uuid4 unless given"},
+    "parent_id": {
+        "type": ["string", "null"],
+        "description": "the parent: an existing task's id, or a task of the same request",
+    },
+    "user_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+    "priority": {"type": "integer", "minimum": 0, "maximum": 3, "description": "0 urgent"},
+    "inputs": {"type": "object", "description": "what the executor receives"},
+    "params": {"type": "object", "description": "executor_id names the executor"},
+    "schemas": {"type": "object", "description": "method may name the executor"},
+    "dependencies": {
+        "type": "array",
+        "items": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "properties": {"id": {"type": "string"}, "required": {"type": "boolean"}},
+                    "required": ["id"],
+                },
+            ]
+        },
+        "description": "siblings (by id or name) that must finish first",
+    },
+    "schedule_type": {
+        "type": ["string", "null"],
+        "enum": [kind.value for kind in ScheduleType] + [None],
+    },
+    "schedule_expression": {"type": ["string", "null"], "maxLength": 255},
+    "schedule_timezone": {"type": "string", "description": "an IANA time zone name"},
+    "schedule_enabled": {"type": "boolean"},
+    "schedule_start_at": _DATETIME,
+    "schedule_end_at": _DATETIME,
+    "max_runs": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_INT32},
+    "schedule_misfire": {"type": "string", "enum": [policy.value for policy in MisfirePolicy]},
+    "schedule_overlap": {"type": "string", "enum": [policy.value for policy in OverlapPolicy]},
+    "schedule_jitter_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_JITTER_SECONDS},
 }

@@ -11,6 +11,7 @@ from api_harness import Service, ServiceFactory
 from api_support import assert_field
 
 from apflow_server.api.methods import METHODS
+from apflow_server.core.task_fields import FIELD_SCHEMAS, WRITABLE_ON_CREATE, WRITABLE_ON_UPDATE
 
 INVALID, NOT_FOUND, CONFLICT = -32602, -32004, -32009
 EVERY_MINUTE = {"schedule_type": "cron", "schedule_expression": "* * * * *"}
@@ -689,8 +690,10 @@ def test_discover_lists_every_method_with_its_declared_params(service: Service) 
     assert set(described) == {spec.name for spec in METHODS} | {"rpc.discover"}
     for spec in METHODS:
         method = described[spec.name]
-        assert [param["name"] for param in method["params"]] == [p.name for p in spec.params]
-        for param, declared in zip(method["params"], spec.params, strict=True):
+        names = [param["name"] for param in method["params"]]
+        declared_names = [p.name for p in spec.params]
+        assert names == declared_names + sorted(spec.task_fields)
+        for param, declared in zip(method["params"], spec.params, strict=False):
             assert param["required"] == declared.required
             assert param["schema"] == dict(declared.schema)
         assert method["summary"] == spec.summary
@@ -730,6 +733,32 @@ def test_discover_names_the_spec_methods(service: Service) -> None:
         "limit",
         "offset",
     }
+
+
+def test_discover_describes_every_task_field_and_every_error(service: Service) -> None:
+    """Every param a method accepts is published with its type, and every error code it may
+    answer; the task fields come from the same module that validates them."""
+    methods = {m["name"]: m for m in service.api.call("rpc.discover")["methods"]}
+    assert set(FIELD_SCHEMAS) == WRITABLE_ON_CREATE
+    create = {p["name"]: p for p in methods["tasks.create"]["params"]}
+    assert set(create) == {"tasks"} | WRITABLE_ON_CREATE
+    assert create["name"]["required"] is True
+    assert create["schedule_overlap"]["schema"]["enum"] == ["skip", "buffer_one", "cancel_other"]
+    assert create["tasks"]["schema"]["items"]["properties"]["priority"]["maximum"] == 3
+    update = {p["name"] for p in methods["tasks.update"]["params"]}
+    assert update == {"task_id"} | WRITABLE_ON_UPDATE
+    for method in methods.values():
+        for param in method["params"]:
+            assert (
+                "type" in param["schema"]
+                or "oneOf" in param["schema"]
+                or param["name"] in {"result"}
+            ), (method["name"], param)
+        codes = {error["code"] for error in method["errors"]}
+        assert -32602 in codes
+        if method["name"] != "rpc.discover":
+            assert {-32001, -32003, -32004, -32009, -32603} <= codes
+    assert -32029 in {error["code"] for error in methods["tasks.webhook.trigger"]["errors"]}
 
 
 def test_discover_refuses_params(service: Service) -> None:
