@@ -1,7 +1,8 @@
 """JSON-RPC 2.0 over HTTP at /tasks/: dispatch with jsonrpcserver, and rpc.discover.
 
-jsonrpcserver parses, validates the envelope, handles batches and notifications, and answers
--32700/-32600/-32601. Our adapter turns every method call into either a Success or an Error
+We parse the body once and own batches (their limits and per-member answers); jsonrpcserver
+checks each request object, finds its method (-32601), skips notifications and shapes the
+answer. Our adapter turns every method call into either a Success or an Error
 with the codes README.md lists; no exception escapes to the library (which would show its
 text to the client), and an unexpected one is logged with its traceback and reported as a
 bare -32603.
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from jsonrpcserver import Error, Result, Success, async_dispatch
+from jsonrpcserver import Error, Result, Success, async_dispatch_to_serializable
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -228,10 +229,10 @@ async def rpc_endpoint(request: Request) -> Response:
             request.app.state.webhook_rate_limit, settings, client_ip
         ),
     )
-    answer = await dispatch(text, context)
-    if not answer:  # only notifications
+    reply, status = await dispatch(text, context)
+    if not reply:  # only notifications
         return Response(status_code=204)
-    return Response(answer, media_type="application/json", status_code=_status_of(answer))
+    return Response(reply, media_type="application/json", status_code=status)
 
 
 def validate_envelope(request: Any) -> Any:
@@ -255,66 +256,71 @@ def validate_envelope(request: Any) -> Any:
     return request
 
 
-async def dispatch(text: str, context: CallContext) -> str:
-    """Dispatch a request or a batch. A batch is dispatched member by member, so one invalid
-    member gets its own -32600 answer instead of refusing the whole batch (JSON-RPC 2.0 §6;
-    jsonrpcserver would validate the batch as one). A batch holds at most `max_batch`
-    members, and replies stop growing at `max_response_bytes`."""
+async def dispatch(text: str, context: CallContext) -> tuple[str, int]:
+    """The reply to a request or a batch, and its HTTP status (the reply is empty when all
+    were notifications).
+
+    The body is parsed once, here. jsonrpcserver then does what it is for, member by member:
+    check the envelope (with `validate_envelope`), find the method (-32601), skip
+    notifications and shape each answer. Batches are ours, because one invalid member must
+    get its own -32600 answer instead of refusing the whole batch (JSON-RPC 2.0 §6;
+    jsonrpcserver validates a batch as one), and because of the limits: a batch holds at
+    most `max_batch` members, and replies stop growing at `max_response_bytes`."""
     settings = context.services.settings
+    limit = settings.max_response_bytes
     try:
         parsed = json.loads(text)
-    except (ValueError, RecursionError):
-        parsed = None
-    if not isinstance(parsed, list) or not parsed:
-        answer = str(
-            await async_dispatch(
-                text, methods=DISPATCH_TABLE, context=context, validator=validate_envelope
-            )
-        )
-        if len(answer) > settings.max_response_bytes and isinstance(parsed, dict):
-            return _too_large(parsed, settings.max_response_bytes)
-        return answer
+    except (ValueError, RecursionError) as error:
+        return json.dumps(_error_answer(-32700, "Parse error", str(error))), 200
+    if not isinstance(parsed, list):
+        answer = await _dispatch_one(parsed, context)
+        if answer is None:
+            return "", 200
+        reply = json.dumps(answer)
+        if len(reply) > limit:
+            return _too_large(parsed, limit), 200
+        return reply, _status_of(answer)
+    if not parsed:
+        return json.dumps(_error_answer(INVALID_REQUEST, "Invalid request", "empty batch")), 200
     if len(parsed) > settings.max_batch:
-        return json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "error": {
-                    "code": INVALID_REQUEST,
-                    "message": f"a batch may hold at most {settings.max_batch} requests",
-                    "data": {"max_batch": settings.max_batch},
-                },
-                "id": None,
-            }
-        )
-
-    async def one(member: Any) -> str:
-        if not isinstance(member, dict):  # a batch holds request objects, not batches
-            return json.dumps(
-                {
-                    "jsonrpc": "2.0",
-                    "error": {"code": -32600, "message": "Invalid request"},
-                    "id": None,
-                }
-            )
-        return str(
-            await async_dispatch(
-                json.dumps(member),
-                methods=DISPATCH_TABLE,
-                context=context,
-                validator=validate_envelope,
-            )
-        )
-
-    answers = await asyncio.gather(*(one(member) for member in parsed))
-    replies, size = [], 0
+        message = f"a batch may hold at most {settings.max_batch} requests"
+        refusal = _error_answer(INVALID_REQUEST, message, {"max_batch": settings.max_batch})
+        return json.dumps(refusal), 200
+    answers = await asyncio.gather(*(_dispatch_one(member, context) for member in parsed))
+    replies: list[str] = []
+    size = 0
     for member, answer in zip(parsed, answers, strict=True):
-        if not answer:  # a notification
+        if answer is None:  # a notification
             continue
-        if size + len(answer) > settings.max_response_bytes:
-            answer = _too_large(member, settings.max_response_bytes)
-        size += len(answer)
-        replies.append(answer)
-    return "[" + ",".join(replies) + "]" if replies else ""
+        reply = json.dumps(answer)
+        if size + len(reply) > limit:
+            reply = _too_large(member, limit)
+        size += len(reply)
+        replies.append(reply)
+    return ("[" + ",".join(replies) + "]" if replies else ""), 200
+
+
+Answer = dict[str, Any]
+
+
+async def _dispatch_one(request: Any, context: CallContext) -> Answer | None:
+    if isinstance(request, list):  # a batch holds request objects, not batches
+        return _error_answer(INVALID_REQUEST, "Invalid request")
+    answer = await async_dispatch_to_serializable(
+        "",  # already parsed: the deserializer hands jsonrpcserver the value itself
+        methods=DISPATCH_TABLE,
+        context=context,
+        deserializer=lambda _text: request,
+        validator=validate_envelope,
+    )
+    return answer if isinstance(answer, dict) else None
+
+
+def _error_answer(code: int, message: str, data: Any = None) -> Answer:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "error": error, "id": None}
 
 
 def _too_large(request: Any, limit: int) -> str:
@@ -332,15 +338,8 @@ def _too_large(request: Any, limit: int) -> str:
     )
 
 
-def _status_of(answer: str) -> int:
+def _status_of(answer: Answer) -> int:
     """A single error answer with an HTTP meaning (401, 429) keeps that status."""
-    if '"error"' not in answer:
-        return 200
-    try:
-        data = json.loads(answer)
-    except ValueError:
-        return 200
-    if isinstance(data, dict):
-        code = data.get("error", {}).get("code")
-        return http_status(code) if code in TRANSPORT_CODES else 200
-    return 200
+    error = answer.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return http_status(code) if code in TRANSPORT_CODES else 200
