@@ -11,8 +11,8 @@ import ipaddress
 import os
 import re
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,43 +26,61 @@ class ConfigError(ApflowError):
     """A setting has a value the service cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+# (raw value or None, variable name, the field's default) -> the setting's value
+Reader = Callable[[str | None, str, Any], Any]
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return (env.get(name) or "").strip().lower() in {"1", "true", "yes", "on"}
+# Each reader turns one raw value (None when unset) into the setting, or refuses it with a
+# message that names the variable. A blank value means unset.
 
 
-def _text(env: Mapping[str, str], file: Mapping[str, str], name: str, key: str) -> str | None:
-    """A free-text setting from the environment, else the config file; blank means unset."""
-    value = env.get(name)
-    if value is None:
-        value = file.get(key)
-    return value.strip() or None if value is not None else None
+def whole(minimum: int = 0) -> Reader:
+    def read(raw: str | None, name: str, default: Any) -> int:
+        if raw is None or not raw.strip():
+            return int(default)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    return read
 
 
-def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in (env.get(name) or "").split(",") if item.strip())
+def flag(raw: str | None, name: str, default: Any) -> bool:
+    if raw is None or not raw.strip():
+        return bool(default)
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _argv_prefixes(env: Mapping[str, str], name: str) -> tuple[tuple[str, ...], ...]:
+def text(raw: str | None, name: str, default: Any) -> str | None:
+    """Free text, stripped."""
+    return raw.strip() or default if raw is not None else default
+
+
+def secret(raw: str | None, name: str, default: Any) -> str | None:
+    """Taken exactly as given (a secret is compared byte for byte); blank is unset."""
+    return raw if raw is not None and raw.strip() else default
+
+
+def _items(raw: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (raw or "").split(",") if item.strip())
+
+
+def names(raw: str | None, name: str, default: Any) -> tuple[str, ...] | None:
+    return _items(raw) or default
+
+
+def argv_prefixes(raw: str | None, name: str, default: Any) -> tuple[tuple[str, ...], ...]:
     """Comma-separated argv prefixes, each read as argv (shell quoting, never a shell).
 
     The program token is a bare name or an absolute path: a relative path would depend on
     the directory the service happens to run in.
     """
     entries = []
-    for item in _list(env, name):
+    for item in _items(raw):
         try:
             argv = tuple(shlex.split(item))
         except ValueError as exc:
@@ -80,12 +98,12 @@ def _argv_prefixes(env: Mapping[str, str], name: str) -> tuple[tuple[str, ...], 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _env_names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    names = _list(env, name)
-    for item in names:
+def env_names(raw: str | None, name: str, default: Any) -> tuple[str, ...]:
+    items = _items(raw)
+    for item in items:
         if not _ENV_NAME.fullmatch(item):
             raise ConfigError(f"{name}: {item!r} is not an environment variable name")
-    return names
+    return items
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -115,11 +133,10 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+clust
 REDIS_EXTRA_HINT = "pip install 'apflow-server[redis]'"
 
 
-def _rate_limit_storage(env: Mapping[str, str]) -> str:
-    """APFLOW_RATE_LIMIT_STORAGE, refused now rather than when the first request needs it (the
-    message names the scheme only: the URL may hold a Redis password)."""
-    name = "APFLOW_RATE_LIMIT_STORAGE"
-    value = (env.get(name) or "").strip() or f"{MEMORY_SCHEME}://"
+def limiter_storage(raw: str | None, name: str, default: Any) -> str:
+    """Refused now rather than when the first request needs it (the message names the scheme
+    only: the URL may hold a Redis password)."""
+    value = (raw or "").strip() or default
     scheme, separator, _rest = value.partition("://")
     if not separator or scheme not in (MEMORY_SCHEME, *REDIS_SCHEMES):
         shown = f"{scheme}://" if separator else "a value without a scheme"
@@ -141,11 +158,9 @@ def _importable(module: str) -> bool:
     return True
 
 
-def _public_url(env: Mapping[str, str]) -> str | None:
-    """APFLOW_PUBLIC_URL: where other machines reach this server (what generated CronJobs,
-    crontab lines and webhook URLs call), without a trailing slash."""
-    name = "APFLOW_PUBLIC_URL"
-    value = (env.get(name) or "").strip()
+def base_url(raw: str | None, name: str, default: Any) -> str | None:
+    """A base URL, without a trailing slash."""
+    value = (raw or "").strip()
     if not value:
         return None
     parts = urlsplit(value)
@@ -156,23 +171,58 @@ def _public_url(env: Mapping[str, str]) -> str | None:
     return value.rstrip("/")
 
 
-def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
-    networks = []
-    for item in _list(env, name):
+def networks(raw: str | None, name: str, default: Any) -> tuple[Network, ...]:
+    found = []
+    for item in _items(raw):
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            found.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
             raise ConfigError(f"{name}: {item!r} is not an address or CIDR range") from None
-    return tuple(networks)
+    return tuple(found)
 
 
-def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    origins = _list(env, name)
-    for origin in origins:
+def origins(raw: str | None, name: str, default: Any) -> tuple[str, ...]:
+    found = _items(raw)
+    for origin in found:
         parts = urlsplit(origin)
         if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"}:
             raise ConfigError(f"{name}: {origin!r} is not an origin such as https://app.example")
-    return origins
+    return found
+
+
+def time_zone(raw: str | None, name: str, default: Any) -> str:
+    from apflow_server.core.zones import get_zone
+
+    value = (raw or "").strip() or default
+    try:
+        get_zone(value, name)
+    except ApflowError as exc:
+        raise ConfigError(exc.message) from None
+    return str(value)
+
+
+def hmac_algorithm(raw: str | None, name: str, default: Any) -> str:
+    value = (raw or "").strip() or default
+    if value not in JWT_ALGORITHMS:
+        raise ConfigError(f"jwt_algorithm must be one of {', '.join(JWT_ALGORITHMS)}")
+    return str(value)
+
+
+def setting(
+    default: Any,
+    env: str,
+    read: Reader,
+    *,
+    file_key: str | None = None,
+    secret_value: bool = False,
+) -> Any:
+    """A field of Settings: its default, the environment variable that sets it, how that is
+    read, and the key of config.cli.yaml that sets it when the variable is unset."""
+    return field(
+        default=default,
+        repr=not secret_value,
+        metadata={"env": env, "read": read, "file_key": file_key},
+    )
 
 
 def load_config_file(home: Path) -> dict[str, Any]:
@@ -204,46 +254,71 @@ def normalise_database_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, once: its default and the environment variable that sets it."""
+
     home: Path
     database_url: str
-    default_timezone: str = "UTC"
-    misfire_grace_seconds: int = 60
-    max_catchup_runs: int = 100
-    lease_seconds: int = 30
-    run_history_keep: int = 1000
-    rest_allow_private_urls: bool = False
-    rest_max_connections: int = 100
-    rest_max_keepalive: int = 100
-    rest_max_response_bytes: int = 1024 * 1024
-    allow_command_executor: bool = False
+    default_timezone: str = setting("UTC", "APFLOW_DEFAULT_TIMEZONE", time_zone)
+    misfire_grace_seconds: int = setting(60, "APFLOW_MISFIRE_GRACE_SECONDS", whole())
+    max_catchup_runs: int = setting(100, "APFLOW_MAX_CATCHUP_RUNS", whole(minimum=1))
+    lease_seconds: int = setting(30, "APFLOW_LEASE_SECONDS", whole(minimum=2))
+    run_history_keep: int = setting(1000, "APFLOW_RUN_HISTORY_KEEP", whole(minimum=1))
+    rest_allow_private_urls: bool = setting(False, "APFLOW_REST_ALLOW_PRIVATE_URLS", flag)
+    rest_max_connections: int = setting(100, "APFLOW_REST_MAX_CONNECTIONS", whole(minimum=1))
+    # At most rest_max_connections (checked in from_env).
+    rest_max_keepalive: int = setting(100, "APFLOW_REST_MAX_KEEPALIVE", whole())
+    rest_max_response_bytes: int = setting(
+        1024 * 1024, "APFLOW_REST_MAX_RESPONSE_BYTES", whole(minimum=1)
+    )
+    allow_command_executor: bool = setting(False, "APFLOW_ALLOW_COMMAND_EXECUTOR", flag)
     # argv prefixes: ("git", "ls-remote") allows `git ls-remote ...`; ("git",) allows any git.
-    command_allowlist: tuple[tuple[str, ...], ...] = ()
+    command_allowlist: tuple[tuple[str, ...], ...] = setting(
+        (), "APFLOW_COMMAND_ALLOWLIST", argv_prefixes
+    )
     # The only names a command task's `env` may set (none by default).
-    command_env_allowlist: tuple[str, ...] = ()
-    jwt_secret: str | None = field(default=None, repr=False)
-    jwt_algorithm: str = "HS256"
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    admin_auth_token: str | None = field(default=None, repr=False)
-    api_server_url: str | None = None
-    public_url: str | None = None
-    webhook_secret: str | None = field(default=None, repr=False)
-    webhook_tolerance_seconds: int = 300
-    webhook_allowed_ips: tuple[Network, ...] = ()
-    trusted_proxies: tuple[Network, ...] = ()
-    webhook_rate_limit: int = 0
-    rate_limit_storage: str = "memory://"
-    max_body_bytes: int = 1024 * 1024
+    command_env_allowlist: tuple[str, ...] = setting((), "APFLOW_COMMAND_ENV_ALLOWLIST", env_names)
+    jwt_secret: str | None = setting(
+        None, "APFLOW_JWT_SECRET", secret, file_key="jwt_secret", secret_value=True
+    )
+    jwt_algorithm: str = setting(
+        "HS256", "APFLOW_JWT_ALGORITHM", hmac_algorithm, file_key="jwt_algorithm"
+    )
+    jwt_audience: str | None = setting(None, "APFLOW_JWT_AUDIENCE", text, file_key="jwt_audience")
+    jwt_issuer: str | None = setting(None, "APFLOW_JWT_ISSUER", text, file_key="jwt_issuer")
+    admin_auth_token: str | None = setting(
+        None, "APFLOW_ADMIN_AUTH_TOKEN", secret, file_key="admin_auth_token", secret_value=True
+    )
+    api_server_url: str | None = setting(
+        None, "APFLOW_API_SERVER_URL", text, file_key="api_server_url"
+    )
+    # Where other machines reach this server (what generated CronJobs, crontab lines and
+    # webhook URLs call).
+    public_url: str | None = setting(None, "APFLOW_PUBLIC_URL", base_url)
+    webhook_secret: str | None = setting(None, "APFLOW_WEBHOOK_SECRET", secret, secret_value=True)
+    webhook_tolerance_seconds: int = setting(
+        300, "APFLOW_WEBHOOK_TOLERANCE_SECONDS", whole(minimum=1)
+    )
+    webhook_allowed_ips: tuple[Network, ...] = setting((), "APFLOW_WEBHOOK_ALLOWED_IPS", networks)
+    trusted_proxies: tuple[Network, ...] = setting((), "APFLOW_TRUSTED_PROXIES", networks)
+    webhook_rate_limit: int = setting(0, "APFLOW_WEBHOOK_RATE_LIMIT", whole())
+    rate_limit_storage: str = setting(
+        f"{MEMORY_SCHEME}://", "APFLOW_RATE_LIMIT_STORAGE", limiter_storage
+    )
+    max_body_bytes: int = 1024 * 1024  # of one request; not configurable
     # Bounds on one JSON-RPC request: members of a batch, bytes of the reply, compute seconds.
-    max_batch: int = 100
-    max_response_bytes: int = 16 * 1024 * 1024
-    max_compute_seconds: int = 2
+    max_batch: int = setting(100, "APFLOW_MAX_BATCH", whole(minimum=1))
+    max_response_bytes: int = setting(
+        16 * 1024 * 1024, "APFLOW_MAX_RESPONSE_BYTES", whole(minimum=65536)
+    )
+    max_compute_seconds: int = setting(2, "APFLOW_MAX_COMPUTE_SECONDS", whole(minimum=1))
     # The largest result a task may store (JSON bytes); results flow into dependents.
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_result_bytes: int = setting(
+        DEFAULT_MAX_RESULT_BYTES, "APFLOW_MAX_RESULT_BYTES", whole(minimum=1024)
+    )
     # Host names the HTTP service answers to (None: the loopback names; see api/browsers.py)
     # and the web origins allowed to call it from a browser (CORS; none by default).
-    allowed_hosts: tuple[str, ...] | None = None
-    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] | None = setting(None, "APFLOW_ALLOWED_HOSTS", names)
+    cors_origins: tuple[str, ...] = setting((), "APFLOW_CORS_ORIGINS", origins)
 
     @property
     def auth_enabled(self) -> bool:
@@ -259,56 +334,29 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(env.get("APFLOW_HOME") or Path.home() / ".apflow").expanduser()
         url = env.get("APFLOW_DATABASE_URL") or f"sqlite+aiosqlite:///{home / 'apflow.db'}"
-        from apflow_server.core.zones import get_zone
-
         file = load_config_file(home)
-        zone_name = env.get("APFLOW_DEFAULT_TIMEZONE") or "UTC"
-        try:
-            get_zone(zone_name, "APFLOW_DEFAULT_TIMEZONE")
-        except ApflowError as exc:
-            raise ConfigError(exc.message) from None
-        algorithm = env.get("APFLOW_JWT_ALGORITHM") or file.get("jwt_algorithm") or "HS256"
-        if algorithm not in JWT_ALGORITHMS:
-            raise ConfigError(f"jwt_algorithm must be one of {', '.join(JWT_ALGORITHMS)}")
-        rest_max_connections = _int(env, "APFLOW_REST_MAX_CONNECTIONS", 100, minimum=1)
-        rest_max_keepalive = _int(env, "APFLOW_REST_MAX_KEEPALIVE", 100)
-        if rest_max_keepalive > rest_max_connections:
+        values: dict[str, Any] = {}
+        for declared in fields(cls):
+            if "env" not in declared.metadata:
+                continue
+            name, file_key = declared.metadata["env"], declared.metadata["file_key"]
+            raw = env.get(name)
+            if (raw is None or not raw.strip()) and file_key is not None:
+                raw = file.get(file_key)
+            values[declared.name] = declared.metadata["read"](raw, name, declared.default)
+        settings = cls(home=home, database_url=normalise_database_url(url), **values)
+        if settings.rest_max_keepalive > settings.rest_max_connections:
             raise ConfigError(
-                f"APFLOW_REST_MAX_KEEPALIVE ({rest_max_keepalive}) must not exceed "
-                f"APFLOW_REST_MAX_CONNECTIONS ({rest_max_connections})"
+                f"APFLOW_REST_MAX_KEEPALIVE ({settings.rest_max_keepalive}) must not exceed "
+                f"APFLOW_REST_MAX_CONNECTIONS ({settings.rest_max_connections})"
             )
-        return cls(
-            home=home,
-            database_url=normalise_database_url(url),
-            default_timezone=zone_name,
-            misfire_grace_seconds=_int(env, "APFLOW_MISFIRE_GRACE_SECONDS", 60),
-            max_catchup_runs=_int(env, "APFLOW_MAX_CATCHUP_RUNS", 100, minimum=1),
-            lease_seconds=_int(env, "APFLOW_LEASE_SECONDS", 30, minimum=2),
-            run_history_keep=_int(env, "APFLOW_RUN_HISTORY_KEEP", 1000, minimum=1),
-            rest_allow_private_urls=_flag(env, "APFLOW_REST_ALLOW_PRIVATE_URLS"),
-            rest_max_connections=rest_max_connections,
-            rest_max_keepalive=rest_max_keepalive,
-            rest_max_response_bytes=_int(env, "APFLOW_REST_MAX_RESPONSE_BYTES", 1024**2, minimum=1),
-            allow_command_executor=_flag(env, "APFLOW_ALLOW_COMMAND_EXECUTOR"),
-            command_allowlist=_argv_prefixes(env, "APFLOW_COMMAND_ALLOWLIST"),
-            command_env_allowlist=_env_names(env, "APFLOW_COMMAND_ENV_ALLOWLIST"),
-            jwt_secret=env.get("APFLOW_JWT_SECRET") or file.get("jwt_secret"),
-            jwt_algorithm=algorithm,
-            jwt_audience=_text(env, file, "APFLOW_JWT_AUDIENCE", "jwt_audience"),
-            jwt_issuer=_text(env, file, "APFLOW_JWT_ISSUER", "jwt_issuer"),
-            admin_auth_token=env.get("APFLOW_ADMIN_AUTH_TOKEN") or file.get("admin_auth_token"),
-            api_server_url=env.get("APFLOW_API_SERVER_URL") or file.get("api_server_url"),
-            public_url=_public_url(env),
-            webhook_secret=env.get("APFLOW_WEBHOOK_SECRET") or None,
-            webhook_tolerance_seconds=_int(env, "APFLOW_WEBHOOK_TOLERANCE_SECONDS", 300, 1),
-            webhook_allowed_ips=_networks(env, "APFLOW_WEBHOOK_ALLOWED_IPS"),
-            trusted_proxies=_networks(env, "APFLOW_TRUSTED_PROXIES"),
-            webhook_rate_limit=_int(env, "APFLOW_WEBHOOK_RATE_LIMIT", 0),
-            rate_limit_storage=_rate_limit_storage(env),
-            max_batch=_int(env, "APFLOW_MAX_BATCH", 100, minimum=1),
-            max_response_bytes=_int(env, "APFLOW_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, 65536),
-            max_compute_seconds=_int(env, "APFLOW_MAX_COMPUTE_SECONDS", 2, minimum=1),
-            max_result_bytes=_int(env, "APFLOW_MAX_RESULT_BYTES", DEFAULT_MAX_RESULT_BYTES, 1024),
-            allowed_hosts=_list(env, "APFLOW_ALLOWED_HOSTS") or None,
-            cors_origins=_origins(env, "APFLOW_CORS_ORIGINS"),
-        )
+        return settings
+
+
+def environment_variables() -> dict[str, str]:
+    """Each setting's environment variable, by field name."""
+    return {
+        declared.name: declared.metadata["env"]
+        for declared in fields(Settings)
+        if "env" in declared.metadata
+    }
