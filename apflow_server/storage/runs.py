@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,14 +36,14 @@ from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError, ConflictError, NotFoundError
 from apflow_server.core.types import (
-    MisfirePolicy,
     OverlapPolicy,
     RunStatus,
     RunTrigger,
     TaskStatus,
 )
 from apflow_server.schedules import Schedule
-from apflow_server.schedules.plan import fire_after, occurrences_due, schedule_of, set_next_run
+from apflow_server.schedules.plan import fire_after, schedule_of, set_next_run
+from apflow_server.schedules.policy import DueDecision, decide_after_run, decide_due
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
@@ -53,8 +53,6 @@ from apflow_server.storage.signals import notify_in_transaction, schedule_write,
 
 logger = logging.getLogger(__name__)
 
-# Occurrences handled per task in one transaction; a longer backlog continues in the next pass.
-OCCURRENCE_CHUNK = 1000
 # History is pruned to APFLOW_RUN_HISTORY_KEEP when a task's run count reaches a multiple of
 # this, so the cost is paid once per so many runs rather than on every one.
 PRUNE_EVERY = 50
@@ -221,13 +219,11 @@ class ClaimedRun:
     leaf: TaskSnapshot | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Decision:
     task: TaskState
     schedule: Schedule
-    fire: datetime | None
-    missed: list[datetime] = field(default_factory=list)
-    following: datetime | None = None  # where the schedule moves when nothing fires
+    due: DueDecision
 
 
 @dataclass(frozen=True)
@@ -312,27 +308,15 @@ class RunStore:
         return claimed
 
     def _decide(self, task: TaskState, now: datetime) -> _Decision:
-        """What the misfire rules say about a due task: which occurrence (if any) to fire and
-        which to record as missed. No writes."""
-        assert task.next_run_at is not None and task.due_at is not None
         schedule = schedule_of(task)
-        late_cutoff = now - timedelta(seconds=self.settings.misfire_grace_seconds)
-        if task.due_at > late_cutoff:  # on time
-            return _Decision(task, schedule, fire=task.next_run_at)
-        late, following = occurrences_due(
-            schedule, task, task.next_run_at, late_cutoff, OCCURRENCE_CHUNK
+        decision = decide_due(
+            schedule,
+            task,
+            now,
+            misfire_grace=timedelta(seconds=self.settings.misfire_grace_seconds),
+            max_catchup_runs=self.settings.max_catchup_runs,
         )
-        policy = MisfirePolicy(task.schedule_misfire)
-        backlog_continues = len(late) == OCCURRENCE_CHUNK and following is not None
-        fire: datetime | None
-        if backlog_continues or policy is MisfirePolicy.SKIP:
-            fire = None
-        elif policy is MisfirePolicy.RUN_ONCE:
-            fire = late[-1]  # one run now, for the most recent missed occurrence
-        else:  # RUN_ALL: the most recent ones, in order, one run at a time
-            fire = late[-self.settings.max_catchup_runs :][0]
-        missed = [o for o in late if fire is None or o < fire]
-        return _Decision(task, schedule, fire=fire, missed=missed, following=following)
+        return _Decision(task, schedule, decision)
 
     async def _settle(
         self, session: AsyncSession, tasks: Sequence[TaskState], now: datetime
@@ -347,23 +331,23 @@ class RunStore:
                 )
         await self._record_many(
             session,
-            [(d.task, o) for d in decisions for o in d.missed],
+            [(d.task, o) for d in decisions for o in d.due.missed],
             RunStatus.MISSED,
             now,
         )
         # An occurrence claimed ahead of its due instant starts at that instant.
         starts = {d.task.id: max(now, d.task.due_at or now) for d in decisions}
-        fired = [d for d in decisions if d.fire is not None]
+        fired = [d for d in decisions if d.due.fire is not None]
         inserted = await self._insert_runs(
             session,
-            [(d.task, d.fire, starts[d.task.id]) for d in fired if d.fire is not None],
+            [(d.task, d.due.fire, starts[d.task.id]) for d in fired if d.due.fire is not None],
             now,
         )
         claimed: list[ClaimedRun] = []
         for decision in decisions:
-            task, occurrence = decision.task, decision.fire
+            task, occurrence = decision.task, decision.due.fire
             if occurrence is None:
-                set_next_run(task, decision.following)
+                set_next_run(task, decision.due.following)
                 continue
             run_id = inserted.get(task.id)
             if run_id is None:
@@ -392,7 +376,10 @@ class RunStore:
             logger.info("occurrence %s of task %s was already recorded", occurrence, task.id)
         else:
             claimed = self._take(task, run_id, RunTrigger.SCHEDULE, occurrence, now)
-        set_next_run(task, then if then is not None else fire_after(schedule, task, occurrence))
+        following = fire_after(schedule, task, occurrence)
+        if then is not None and following is not None:
+            following = then  # past occurrences already recorded (run_count counts this run)
+        set_next_run(task, following)
         return claimed
 
     async def _insert_runs(
@@ -896,24 +883,20 @@ class RunStore:
     async def _settle_after_run(
         self, session: AsyncSession, task: TaskState, started: datetime, now: datetime
     ) -> ClaimedRun | None:
-        """Occurrences that came due while the run was running meet the overlap policy now.
-
-        Occurrences older than the run (a run_all catch-up backlog) are left to the claim.
-        """
-        if not task.schedule_enabled or task.next_run_at is None or task.due_at is None:
-            return None
-        if task.due_at > now or task.next_run_at < started:
+        """Occurrences that came due while the run was running meet the overlap policy now."""
+        if not task.schedule_enabled or task.next_run_at is None:
             return None
         schedule = schedule_of(task)
-        during, following = occurrences_due(schedule, task, task.next_run_at, now, OCCURRENCE_CHUNK)
-        if OverlapPolicy(task.schedule_overlap) is OverlapPolicy.BUFFER_ONE:
-            # The first to come due waited in the buffer; the buffer was full for the rest.
-            await self._record(session, task, during[1:], RunStatus.SKIPPED, now)
-            then = following if len(during) > 1 else None
-            return await self._fire(session, task, schedule, during[0], now, then=then)
-        await self._record(session, task, during, RunStatus.SKIPPED, now)
-        set_next_run(task, following)
-        return None
+        decision = decide_after_run(schedule, task, started, now)
+        if decision is None:
+            return None
+        await self._record(session, task, decision.skipped, RunStatus.SKIPPED, now)
+        if decision.fire is None:
+            set_next_run(task, decision.following)
+            return None
+        return await self._fire(
+            session, task, schedule, decision.fire, now, then=decision.following
+        )
 
     # ------------------------------------------------------------------ sleeping
 

@@ -222,6 +222,38 @@ async def test_overlap_cancel_other_replaces_the_running_run(
     ]
 
 
+async def test_overlap_cancel_other_runs_the_newest_when_the_run_ends_before_its_claim(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="cancel_other")
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    # 2 and 3 came due, and the run ended before a claim could cancel it: the newest runs.
+    clock.now = T0 + 3 * MINUTE + timedelta(seconds=10)
+    follow_up = await store.finish(run, RunResult(RunStatus.COMPLETED))
+    assert follow_up is not None and follow_up.scheduled_for == T0 + 3 * MINUTE
+    rows = await history(database, task.id)
+    assert [(r.scheduled_for, r.status) for r in rows] == [
+        (T0 + MINUTE, "completed"),
+        (T0 + 2 * MINUTE, "skipped"),
+        (T0 + 3 * MINUTE, "running"),
+    ]
+    assert (await reload(database, task.id)).next_run_at == T0 + 4 * MINUTE
+
+
+async def test_a_buffered_run_that_reaches_max_runs_ends_the_schedule(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="buffer_one", max_runs=2)
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    clock.now = T0 + 3 * MINUTE + timedelta(seconds=10)
+    follow_up = await store.finish(run, RunResult(RunStatus.COMPLETED))
+    assert follow_up is not None and follow_up.scheduled_for == T0 + 2 * MINUTE
+    stored = await reload(database, task.id)
+    assert (stored.run_count, stored.schedule_enabled, stored.next_run_at) == (2, False, None)
+
+
 async def test_max_runs_disables_after_the_last_run(
     store: RunStore, repo: TaskRepository, database: Database, clock: Clock
 ) -> None:

@@ -1,0 +1,101 @@
+"""The misfire and overlap rules, as decisions over a task's schedule position.
+
+Pure: storage calls these inside the transaction that holds the task's row, and applies what
+they decide (records the missed or skipped occurrences, starts the run, moves the schedule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from apflow_server.core.types import MisfirePolicy, OverlapPolicy
+from apflow_server.schedules.plan import ScheduledRow, occurrences_due
+from apflow_server.schedules.schedule import Schedule
+
+# Occurrences examined per decision. A backlog longer than this (a schedule down for years)
+# is walked a chunk per claim, recording each chunk as missed, so one claim stays bounded.
+OCCURRENCE_CHUNK = 1000
+
+
+class PolicyRow(ScheduledRow, Protocol):
+    schedule_misfire: str
+    schedule_overlap: str
+
+
+@dataclass(frozen=True)
+class DueDecision:
+    """What to do with a task whose occurrence is due."""
+
+    fire: datetime | None  # the occurrence to run now, if any
+    missed: list[datetime] = field(default_factory=list)  # recorded as missed, not run
+    following: datetime | None = None  # where the schedule moves when nothing fires
+
+
+def decide_due(
+    schedule: Schedule,
+    task: PolicyRow,
+    now: datetime,
+    *,
+    misfire_grace: timedelta,
+    max_catchup_runs: int,
+) -> DueDecision:
+    """An occurrence due within `misfire_grace` fires. Later than that it is a misfire, and the
+    task's misfire policy chooses among the late occurrences: `skip` fires none, `run_once`
+    the most recent, `run_all` the oldest of the most recent `max_catchup_runs` (the others
+    follow one claim at a time). Every late occurrence before the one fired is missed."""
+    assert task.next_run_at is not None and task.due_at is not None
+    late_cutoff = now - misfire_grace
+    if task.due_at > late_cutoff:  # on time
+        return DueDecision(fire=task.next_run_at)
+    late, following = occurrences_due(
+        schedule, task, task.next_run_at, late_cutoff, OCCURRENCE_CHUNK
+    )
+    policy = MisfirePolicy(task.schedule_misfire)
+    backlog_continues = len(late) == OCCURRENCE_CHUNK and following is not None
+    fire: datetime | None
+    if backlog_continues or policy is MisfirePolicy.SKIP:
+        fire = None
+    elif policy is MisfirePolicy.RUN_ONCE:
+        fire = late[-1]
+    else:  # RUN_ALL
+        fire = late[-max_catchup_runs:][0]
+    missed = [occurrence for occurrence in late if fire is None or occurrence < fire]
+    return DueDecision(fire=fire, missed=missed, following=following)
+
+
+@dataclass(frozen=True)
+class AfterRunDecision:
+    """What the overlap policy does with the occurrences that came due during a run."""
+
+    skipped: list[datetime]
+    fire: datetime | None  # the buffered occurrence to run now (buffer_one)
+    # Where the schedule moves; with `fire` and None here, to the occurrence after `fire`.
+    following: datetime | None
+
+
+def decide_after_run(
+    schedule: Schedule, task: PolicyRow, started: datetime, now: datetime
+) -> AfterRunDecision | None:
+    """None when nothing came due during the run (started at `started`, ending `now`).
+    Occurrences older than the run (a run_all catch-up backlog) are left to the claim.
+
+    `buffer_one` kept the first that came due and runs it now; the buffer was full for the
+    rest. `cancel_other` runs the newest now: its claim would have cancelled this run had the
+    run not ended first. `skip` skips them all."""
+    if not task.schedule_enabled or task.next_run_at is None or task.due_at is None:
+        return None
+    if task.due_at > now or task.next_run_at < started:
+        return None
+    during, following = occurrences_due(schedule, task, task.next_run_at, now, OCCURRENCE_CHUNK)
+    policy = OverlapPolicy(task.schedule_overlap)
+    if policy is OverlapPolicy.BUFFER_ONE:
+        return AfterRunDecision(
+            skipped=during[1:],
+            fire=during[0],
+            following=following if len(during) > 1 else None,
+        )
+    if policy is OverlapPolicy.CANCEL_OTHER:
+        return AfterRunDecision(skipped=during[:-1], fire=during[-1], following=None)
+    return AfterRunDecision(skipped=during, fire=None, following=following)
