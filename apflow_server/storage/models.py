@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -167,6 +168,43 @@ class TaskRun(Base):
             sqlite_where=text("status = 'running'"),
         ),
     )
+
+
+def run_row(
+    task_id: str,
+    user_id: str | None,
+    trigger: str,
+    scheduled_for: datetime | None,
+    status: str,
+    now: datetime,
+    *,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    attempt: int = 0,
+    instance_id: str | None = None,
+    lease_expires_at: datetime | None = None,
+    error: str | None = None,
+    result: Any = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """A new history row, every column given: the one way runs are written."""
+    return {
+        "id": str(uuid.uuid4()),
+        "task_id": task_id,
+        "user_id": user_id,
+        "trigger": trigger,
+        "scheduled_for": scheduled_for,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "status": status,
+        "attempt": attempt,
+        "instance_id": instance_id,
+        "lease_expires_at": lease_expires_at,
+        "created_at": now,
+        "error": error,
+        "result": result,
+        "idempotency_key": idempotency_key,
+    }
 
 
 class SchedulerInstance(Base):

@@ -6,7 +6,6 @@ anything is refused.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,7 +53,7 @@ from apflow_server.schedules.plan import (
     set_next_run,
 )
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import TASKS, Task, TaskRun
+from apflow_server.storage.models import TASKS, Task, TaskRun, run_row
 from apflow_server.storage.signals import schedule_write
 
 MAX_PAGE = 1000
@@ -515,22 +514,20 @@ class TaskRepository:
                     task.next_run_at if task.next_run_at and task.next_run_at <= now else None
                 )
                 status = RunStatus.COMPLETED if success else RunStatus.FAILED
-                session.add(
-                    TaskRun(
-                        id=str(uuid.uuid4()),
-                        task_id=task.id,
-                        user_id=task.user_id,
-                        trigger=RunTrigger.API.value,
-                        scheduled_for=occurrence,
-                        started_at=now,
-                        finished_at=now,
-                        status=status.value,
-                        attempt=1,
-                        error=None if success else (error or "failed"),
-                        result=result,
-                        created_at=now,
-                    )
+                outcome = run_row(
+                    task.id,
+                    task.user_id,
+                    RunTrigger.API.value,
+                    occurrence,
+                    status.value,
+                    now,
+                    started_at=now,
+                    finished_at=now,
+                    attempt=1,
+                    error=None if success else (error or "failed"),
+                    result=result,
                 )
+                session.add(TaskRun(**outcome))
                 task.status = TaskStatus.COMPLETED.value if success else TaskStatus.FAILED.value
                 task.result = result
                 task.error = None if success else (error or "failed")
@@ -685,27 +682,39 @@ def build_tree(rows: Sequence[Task], root_id: str) -> TaskNode:
     return nodes[root_id]
 
 
-async def subtree_of(session: AsyncSession, root_id: str) -> list[Task]:
-    tree = select(Task.id).where(Task.id == root_id).cte("subtree", recursive=True)
+def subtree_ids(root_id: str, *, with_root: bool = True) -> Select[tuple[str]]:
+    """The ids of the tree under `root_id` (one recursive query, the only one): every
+    statement about a whole tree (read, size, release, busy) selects from it."""
+    start = Task.id == root_id if with_root else Task.parent_id == root_id
+    tree = select(Task.id).where(start).cte("subtree", recursive=True)
     tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
-    return list(await session.scalars(select(Task).where(Task.id.in_(select(tree.c.id)))))
+    return select(tree.c.id)
 
 
-async def _ancestry(session: AsyncSession, task: Task) -> list[Task]:
-    """The task and its ancestors, up to its root (last); at most MAX_TREE_DEPTH + 1 of them."""
-    chain = [task]
-    while chain[-1].parent_id is not None and len(chain) <= MAX_TREE_DEPTH:
-        parent = await session.get(Task, chain[-1].parent_id)
+async def subtree_of(session: AsyncSession, root_id: str) -> list[Task]:
+    return list(await session.scalars(select(Task).where(Task.id.in_(subtree_ids(root_id)))))
+
+
+async def ancestors(session: AsyncSession, parent_id: str | None) -> list[Task]:
+    """The ancestors from `parent_id` up to the root (last); at most MAX_TREE_DEPTH of them."""
+    chain: list[Task] = []
+    while parent_id is not None and len(chain) < MAX_TREE_DEPTH:
+        parent = await session.get(Task, parent_id)
         if parent is None:
             break
         chain.append(parent)
+        parent_id = parent.parent_id
     return chain
+
+
+async def _ancestry(session: AsyncSession, task: Task) -> list[Task]:
+    """The task and its ancestors, up to its root (last)."""
+    return [task, *await ancestors(session, task.parent_id)]
 
 
 async def tree_size(session: AsyncSession, root_id: str) -> int:
     """How many tasks the tree under `root_id` holds (the root included)."""
-    tree = select(Task.id).where(Task.id == root_id).cte("sized", recursive=True)
-    tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
+    tree = subtree_ids(root_id).subquery()
     return int(await session.scalar(select(func.count()).select_from(tree)) or 0)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -47,8 +46,8 @@ from apflow_server.schedules.policy import DueDecision, decide_after_run, decide
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
-from apflow_server.storage.models import RUNS, TASKS, Task, TaskRun
-from apflow_server.storage.repository import due_filter, prune_runs
+from apflow_server.storage.models import RUNS, TASKS, Task, TaskRun, run_row
+from apflow_server.storage.repository import ancestors, due_filter, prune_runs, subtree_ids
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
 logger = logging.getLogger(__name__)
@@ -457,23 +456,20 @@ class RunStore:
         started: datetime | None = None,
     ) -> dict[str, Any]:
         running = status is RunStatus.RUNNING
-        return {
-            "id": str(uuid.uuid4()),
-            "task_id": task.id,
-            "user_id": task.user_id,
-            "trigger": trigger.value,
-            "scheduled_for": occurrence,
-            "started_at": (started or now) if running else None,
-            "finished_at": None if running else now,
-            "status": status.value,
-            "attempt": 1 if running else 0,
-            "instance_id": self.instance_id if running else None,
-            "lease_expires_at": now + self.lease if running else None,
-            "created_at": now,
-            "error": None,
-            "result": None,
-            "idempotency_key": idempotency_key,
-        }
+        return run_row(
+            task.id,
+            task.user_id,
+            trigger.value,
+            occurrence,
+            status.value,
+            now,
+            started_at=(started or now) if running else None,
+            finished_at=None if running else now,
+            attempt=1 if running else 0,
+            instance_id=self.instance_id if running else None,
+            lease_expires_at=now + self.lease if running else None,
+            idempotency_key=idempotency_key,
+        )
 
     async def _insert_run(
         self,
@@ -869,12 +865,10 @@ class RunStore:
     ) -> None:
         """Descendants a run left unfinished (pending or in_progress) fail with its reason, so no
         task stays pending after the run that should have run it."""
-        tree = select(Task.id).where(Task.parent_id == root_id).cte("below", recursive=True)
-        tree = tree.union_all(select(Task.id).where(Task.parent_id == tree.c.id))
         await session.execute(
             update(Task)
             .where(
-                Task.id.in_(select(tree.c.id)),
+                Task.id.in_(subtree_ids(root_id, with_root=False)),
                 Task.status.in_([IN_PROGRESS, TaskStatus.PENDING.value]),
             )
             .values(status=TaskStatus.FAILED.value, error=reason, completed_at=now, updated_at=now)
@@ -946,20 +940,14 @@ def _replayed(run: TaskRun) -> ClaimedRun:
 
 async def _busy_relative(session: AsyncSession, task: TaskState) -> Task | None:
     """An ancestor or descendant of `task` that is running, if any."""
-    parent_id = task.parent_id
-    while parent_id is not None:
-        parent = await session.get(Task, parent_id)
-        if parent is None:
-            break
+    for parent in await ancestors(session, task.parent_id):
         if parent.status == IN_PROGRESS:
             return parent
-        parent_id = parent.parent_id
     has_children = await session.scalar(select(Task.id).where(Task.parent_id == task.id).limit(1))
     if has_children is None:
         return None
-    below = select(Task.id).where(Task.parent_id == task.id).cte("busy_below", recursive=True)
-    below = below.union_all(select(Task.id).where(Task.parent_id == below.c.id))
-    query = select(Task).where(Task.id.in_(select(below.c.id)), Task.status == IN_PROGRESS)
+    below = subtree_ids(task.id, with_root=False)
+    query = select(Task).where(Task.id.in_(below), Task.status == IN_PROGRESS)
     return await session.scalar(query.limit(1))
 
 
