@@ -3,7 +3,7 @@ tree it ran, and reporting it (exit 1 unless it completed)."""
 
 from __future__ import annotations
 
-from apflow_server.core.errors import ApflowError, NotFoundError
+from apflow_server.core.errors import ApflowError, NotFoundError, TaskNotFoundError
 from apflow_server.core.types import RunStatus
 from apflow_server.service.runs import OPERATOR_INSTANCE
 from apflow_server.storage.database import Database
@@ -43,7 +43,7 @@ async def task_subtree(repository: TaskRepository, task_id: str) -> TaskNode:
     root = await repository.get_tree(task_id)
     found = _find(root, task_id)
     if found is None:  # the tree changed under us
-        raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+        raise TaskNotFoundError(task_id)
     return found
 
 

@@ -41,6 +41,13 @@ class NotFoundError(ApflowError):
     kind = "not_found"
 
 
+class TaskNotFoundError(NotFoundError):
+    """No task with this id (or none the caller may see: the answer is the same)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} not found", data={"task_id": task_id})
+
+
 class ConflictError(ApflowError):
     code = -32009
     http_status = 409

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from apflow_server.core.errors import ForbiddenError, NotFoundError, ValidationError
+from apflow_server.core.errors import (
+    ForbiddenError,
+    NotFoundError,
+    TaskNotFoundError,
+    ValidationError,
+)
 from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
 from apflow_server.service.command_tasks import refuse_command_tasks_unless_admin
 from apflow_server.storage.models import Task
@@ -16,7 +21,7 @@ def checked_task_id(task_id: Any) -> str:
     if not isinstance(task_id, str) or not task_id:
         raise ValidationError("task_id", "must be a task id")
     if "\x00" in task_id:
-        raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+        raise TaskNotFoundError(task_id)
     return task_id
 
 

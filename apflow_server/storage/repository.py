@@ -19,7 +19,11 @@ from apflow_server.config import Settings
 from apflow_server.core.clock import Clock, utcnow
 from apflow_server.core.commands import check_command_env, names_command_executor
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
-from apflow_server.core.errors import ConflictError, NotFoundError, ValidationError
+from apflow_server.core.errors import (
+    ConflictError,
+    TaskNotFoundError,
+    ValidationError,
+)
 from apflow_server.core.task_fields import (
     SCHEDULE_FIELDS,
     parse_instant,
@@ -243,7 +247,7 @@ class TaskRepository:
     async def require_task(self, task_id: str) -> Task:
         task = await self.get_task_by_id(task_id)
         if task is None:
-            raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            raise TaskNotFoundError(task_id)
         return task
 
     async def list_tasks(
@@ -274,7 +278,7 @@ class TaskRepository:
         async with database.transaction() as session:
             task = await session.get(Task, task_id)
             if task is None:
-                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                raise TaskNotFoundError(task_id)
             root = (await _ancestry(session, task))[-1]
             rows = await subtree_of(session, root.id)
         return build_tree(rows, root.id)
@@ -294,7 +298,7 @@ class TaskRepository:
         async with schedule_write(database) as session:
             task = await session.get(Task, task_id)
             if task is None:
-                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                raise TaskNotFoundError(task_id)
             if check_task is not None:
                 check_task(task)
             definition = ("params", "schemas", "inputs")
@@ -384,7 +388,7 @@ class TaskRepository:
         async with database.transaction(write=True) as session:
             task = await session.get(Task, task_id)
             if task is None:
-                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                raise TaskNotFoundError(task_id)
             rows = await subtree_of(session, task.id)
             busy = [row for row in rows if row.status == TaskStatus.IN_PROGRESS.value]
             if busy:
@@ -458,7 +462,7 @@ class TaskRepository:
         async with schedule_write(database) as session:
             task = await session.get(Task, task_id)
             if task is None:
-                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                raise TaskNotFoundError(task_id)
             if task.schedule_type is None:
                 raise ValidationError("schedule_type", "the task has no schedule")
             if not task.schedule_enabled:
@@ -504,7 +508,7 @@ class TaskRepository:
             async with schedule_write(database) as session:
                 task = await session.get(Task, task_id)
                 if task is None:
-                    raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                    raise TaskNotFoundError(task_id)
                 if task.status == TaskStatus.IN_PROGRESS.value:
                     raise ConflictError(
                         f"task {task_id!r} is running here; its run completes itself",

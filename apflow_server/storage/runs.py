@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
-from apflow_server.core.errors import ApflowError, ConflictError, NotFoundError
+from apflow_server.core.errors import ApflowError, ConflictError, TaskNotFoundError
 from apflow_server.core.types import (
     OverlapPolicy,
     RunStatus,
@@ -594,9 +594,7 @@ class RunStore:
     ) -> ClaimedRun:
         task = tasks.get(request.task_id)
         if task is None:
-            raise NotFoundError(
-                f"task {request.task_id!r} not found", data={"task_id": request.task_id}
-            )
+            raise TaskNotFoundError(request.task_id)
         if request.check is not None:
             request.check(task)
         key = (task.id, request.idempotency_key) if request.idempotency_key else None
@@ -667,7 +665,7 @@ class RunStore:
         query = states_query(definition=True).where(TASKS.c.id == task_id).with_for_update()
         found = await load_states(session, query, definition=True)
         if not found:
-            raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+            raise TaskNotFoundError(task_id)
         return found[0]
 
     async def request_trigger(self, task_id: str) -> None:
@@ -676,7 +674,7 @@ class RunStore:
         async with schedule_write(self.database) as session:
             task = await session.get(Task, task_id)
             if task is None:
-                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                raise TaskNotFoundError(task_id)
             task.trigger_requested_at = now
 
     async def cancel(self, task_id: str) -> bool:
@@ -686,7 +684,7 @@ class RunStore:
             query = states_query().where(TASKS.c.id == task_id).with_for_update()
             found = await load_states(session, query)
             if not found:
-                raise NotFoundError(f"task {task_id!r} not found", data={"task_id": task_id})
+                raise TaskNotFoundError(task_id)
             task = found[0]
             if task.status != IN_PROGRESS:
                 return False
