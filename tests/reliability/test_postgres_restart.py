@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_support import SERVER_SCRIPT, free_port, server_env
 from sqlalchemy import select
 
 from apflow_server.config import Settings
@@ -28,18 +28,12 @@ from apflow_server.storage.database import Database
 from apflow_server.storage.models import TaskRun
 from apflow_server.storage.repository import TaskRepository
 
-SERVER = Path(__file__).parent.parent / "api" / "server_process.py"
+SERVER = SERVER_SCRIPT
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir(),
     reason="needs a local PostgreSQL cluster managed by pg_ctlcluster",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def restart_postgres() -> None:
@@ -58,13 +52,13 @@ async def test_server_survives_a_postgres_restart(
     journal = tmp_path / "journal.txt"
     journal.touch()
     port = free_port()
-    env = {
-        **os.environ,
-        "APFLOW_DATABASE_URL": migrated_postgres_url,
-        "APFLOW_HOME": str(tmp_path),
-        "APFLOW_TEST_JOURNAL": str(journal),
-        "APFLOW_LEASE_SECONDS": "10",
-    }
+    # server_env puts tests/ on the child's path: server_process.py imports the test executors.
+    env = server_env(
+        tmp_path,
+        APFLOW_DATABASE_URL=migrated_postgres_url,
+        APFLOW_TEST_JOURNAL=str(journal),
+        APFLOW_LEASE_SECONDS="10",
+    )
     server = subprocess.Popen(
         [sys.executable, str(SERVER), "serve", "--port", str(port)],
         env=env,
