@@ -22,7 +22,7 @@ from apflow_server.core.compute import off_loop
 from apflow_server.core.errors import ApflowError, ForbiddenError, UnauthenticatedError
 from apflow_server.core.task_fields import check_user_id
 from apflow_server.exports.ical import ICalExporter
-from apflow_server.storage import feed_keys
+from apflow_server.service.feeds import looks_like_feed_key
 
 FEED_NAME = "APFlow Tasks"
 
@@ -35,13 +35,11 @@ async def feed_user(request: Request, services: Services) -> str | None:
     api_key = request.query_params.get("api_key") or None
     principal: Principal | None = principal_of(request)
     if api_key is not None:
-        if feed_keys.looks_like_feed_key(api_key):
-            record = await feed_keys.resolve(services.database, api_key)
-            if record is None:
-                raise UnauthenticatedError("unknown or revoked feed key")
-            if requested is not None and requested != record.user_id:
+        if looks_like_feed_key(api_key):
+            owner = await services.service.feeds.user_of(api_key)
+            if requested is not None and requested != owner:
                 raise ForbiddenError("this feed key opens another user's calendar")
-            return record.user_id
+            return owner
         principal = decode_token(api_key, settings)
     if principal is not None:
         if principal.is_admin:

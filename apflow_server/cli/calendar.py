@@ -3,27 +3,20 @@ that open a user's live calendar feed (GET /scheduler/ical)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import click
 
 from apflow_server.config import Settings
-from apflow_server.core.clock import utcnow
-from apflow_server.core.errors import NotFoundError
-from apflow_server.exports.ical import (
-    DEFAULT_CALENDAR_NAME,
-    ICalExporter,
-    generate_ical_feed_url,
-)
-from apflow_server.storage import feed_keys
+from apflow_server.exports.ical import DEFAULT_CALENDAR_NAME, generate_ical_feed_url
+from apflow_server.service import Service
+from apflow_server.storage.feed_keys import IssuedKey
 from apflow_server.storage.models import FeedKey
-from apflow_server.storage.repository import TaskRepository
 
 from . import output
 from .gateway import base_url_of, base_url_option
 from .options import format_option
-from .runtime import run_with_repository
+from .runtime import OPERATOR, run_with_service
 from .scheduler import scheduler_group
 
 
@@ -42,13 +35,17 @@ def export_ical(
 ) -> None:
     """Write the scheduled tasks as an iCalendar file (stdout without -o)."""
 
-    async def work(repository: TaskRepository) -> tuple[str, int]:
-        exporter = ICalExporter(name, base_url=base_url, repository=repository)
+    async def work(service: Service) -> tuple[str, int]:
         with output.console(stderr=True).status("Exporting the schedule ..."):
-            tasks = await exporter.fetch_tasks(user_id=user_id, enabled_only=not include_disabled)
-            return await asyncio.to_thread(exporter.render, tasks), len(tasks)
+            return await service.schedules.export_ical(
+                OPERATOR,
+                calendar_name=name,
+                enabled_only=not include_disabled,
+                user_id=user_id,
+                base_url=base_url,
+            )
 
-    content, count = run_with_repository(work)
+    content, count = run_with_service(work)
     if path is None:
         click.echo(content, nl=False)
         return
@@ -89,8 +86,8 @@ def feed_key(
 
 
 def _list_keys(user_id: str | None, output_format: str) -> None:
-    async def work(repository: TaskRepository) -> list[FeedKey]:
-        return await feed_keys.listing(await repository.db(), user_id)
+    async def work(service: Service) -> list[FeedKey]:
+        return await service.feeds.listing(OPERATOR, user_id)
 
     rows = [
         {
@@ -100,7 +97,7 @@ def _list_keys(user_id: str | None, output_format: str) -> None:
             "created_at": key.created_at.isoformat(),
             "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
         }
-        for key in run_with_repository(work)
+        for key in run_with_service(work)
     ]
     if output_format == "json":
         output.print_json({"items": rows, "total": len(rows)})
@@ -111,19 +108,18 @@ def _list_keys(user_id: str | None, output_format: str) -> None:
 
 
 def _revoke_key(key_id: str) -> None:
-    async def work(repository: TaskRepository) -> FeedKey | None:
-        return await feed_keys.revoke(await repository.db(), key_id, utcnow())
+    async def work(service: Service) -> FeedKey:
+        return await service.feeds.revoke(OPERATOR, key_id)
 
-    if run_with_repository(work) is None:
-        raise NotFoundError(f"no feed key {key_id!r}")
+    run_with_service(work)
     output.line(f"Revoked feed key {key_id}.")
 
 
 def _issue_key(user_id: str, label: str | None, base_url: str, output_format: str) -> None:
-    async def work(repository: TaskRepository) -> feed_keys.IssuedKey:
-        return await feed_keys.issue(await repository.db(), user_id, utcnow(), label)
+    async def work(service: Service) -> IssuedKey:
+        return await service.feeds.issue(OPERATOR, user_id, label)
 
-    issued = run_with_repository(work)
+    issued = run_with_service(work)
     url = generate_ical_feed_url(base_url, user_id=user_id, api_key=issued.key)
     if output_format == "json":
         output.print_json(

@@ -28,12 +28,12 @@ from apflow_server.exports.triggers import (
     generate_cron_config,
     generate_webhook_url,
 )
+from apflow_server.service import Service
 from apflow_server.storage.models import Task
-from apflow_server.storage.repository import TaskRepository
 
 from . import output
 from .options import format_option
-from .runtime import run_with_repository
+from .runtime import OPERATOR, run_with_service
 from .scheduler import scheduler_group
 
 # The webhook URL and the crontab line may well run on the server's own host; a Kubernetes
@@ -53,10 +53,10 @@ def base_url_of(given: str | None, settings: Settings) -> str:
 
 
 def _load_task(task_id: str) -> Task:
-    async def work(repository: TaskRepository) -> Task:
-        return await repository.require_task(task_id)
+    async def work(service: Service) -> Task:
+        return await service.tasks.get(OPERATOR, task_id)
 
-    return run_with_repository(work)
+    return run_with_service(work)
 
 
 def _schedule_of(task: Task) -> tuple[str, str]:

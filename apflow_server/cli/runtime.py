@@ -17,6 +17,10 @@ from apflow_server.storage.repository import TaskRepository
 
 T = TypeVar("T")
 
+# The CLI acts as the local operator, who may do everything: the caller it passes to the
+# service.
+OPERATOR = None
+
 
 def open_database(settings: Settings) -> Database:
     """The configured database, or a DatabaseError saying why it cannot be opened."""
@@ -57,21 +61,10 @@ def run_with_database(work: Callable[[Database], Awaitable[T]]) -> T:
     return asyncio.run(_with_database(Settings.from_env(), work, ensure_schema=False))
 
 
-def run_with_repository(work: Callable[[TaskRepository], Awaitable[T]]) -> T:
-    """Run `work` with a TaskRepository on the configured database, its schema ensured first:
-    a fresh SQLite file is migrated; PostgreSQL must have been migrated by `apflow db upgrade`.
-    """
-    settings = Settings.from_env()
-
-    def with_repository(database: Database) -> Awaitable[T]:
-        return work(TaskRepository(database, settings=settings))
-
-    return asyncio.run(_with_database(settings, with_repository, ensure_schema=True))
-
-
 def run_with_service(work: Callable[[Service], Awaitable[T]]) -> T:
     """Run `work` with the service (as the local operator: pass None as the caller) on the
-    configured database, its schema ensured first (see run_with_repository)."""
+        configured database, its schema ensured first: a fresh SQLite file is migrated; PostgreSQL
+    must have been migrated by `apflow db upgrade`."""
     settings = Settings.from_env()
 
     def with_service(database: Database) -> Awaitable[T]:

@@ -12,7 +12,6 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,18 +25,16 @@ from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.types import RunStatus, RunTrigger, TaskStatus
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
-from apflow_server.scheduler.base import SchedulerState
-from apflow_server.storage.database import Database
-from apflow_server.storage.instances import instances, is_live
+from apflow_server.service import Service
+from apflow_server.service.runs import takers
 from apflow_server.storage.models import SchedulerInstance, Task, TaskRun
-from apflow_server.storage.repository import TaskNode, TaskRepository
-from apflow_server.storage.runs import RunStore
+from apflow_server.storage.repository import TaskNode
 
 from . import daemon, output
 from .daemon import DaemonError, DaemonFiles, DaemonState
 from .options import format_option
-from .runs import CLI_INSTANCE, load_run, report_run, task_subtree
-from .runtime import database_errors, open_database, run_with_repository
+from .runs import report_run
+from .runtime import OPERATOR, database_errors, open_database, run_with_service
 from .scheduled import list_scheduled
 
 logger = logging.getLogger("apflow_server.cli.scheduler")
@@ -49,7 +46,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s[%(process)d]: %(message)s"
 # while its request waits to be claimed.
 WAIT_POLL = 0.2
 TAKER_CHECK = 5.0
-DEFAULT_HEARTBEAT = 5.0
 
 
 @click.group("scheduler")
@@ -332,15 +328,6 @@ def stop(timeout: float) -> None:
 # ---------------------------------------------------------------------- status
 
 
-def heartbeat_interval(instance: SchedulerInstance) -> float:
-    value = (instance.stats or {}).get("heartbeat_interval", DEFAULT_HEARTBEAT)
-    return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_HEARTBEAT
-
-
-def live_instances(rows: Sequence[SchedulerInstance], now: datetime) -> list[SchedulerInstance]:
-    return [row for row in rows if is_live(row, now, heartbeat_interval(row))]
-
-
 @scheduler_group.command("status")
 @format_option
 def status(output_format: str) -> None:
@@ -349,12 +336,11 @@ def status(output_format: str) -> None:
     files = DaemonFiles.of(Settings.from_env().home)
     found = daemon.probe(files)
 
-    async def work(repository: TaskRepository) -> list[SchedulerInstance]:
-        return await instances(await repository.db())
+    async def work(service: Service) -> list[SchedulerInstance]:
+        return await service.runs.live_schedulers(OPERATOR)
 
-    rows = run_with_repository(work)
+    live = run_with_service(work)
     now = utcnow()
-    live = live_instances(rows, now)
     host = socket.gethostname()
     own = [
         row.id
@@ -374,34 +360,8 @@ def status(output_format: str) -> None:
 # ---------------------------------------------------------------------- trigger
 
 
-def takers(rows: Sequence[SchedulerInstance], task: Task, now: datetime) -> list[SchedulerInstance]:
-    """Live, running (not paused) schedulers that would claim a trigger of `task`."""
-    return [
-        row
-        for row in live_instances(rows, now)
-        if row.state == SchedulerState.RUNNING.value
-        and row.mode == "internal"
-        and (row.user_filter is None or row.user_filter == task.user_id)
-    ]
-
-
-def _nobody_message(rows: Sequence[SchedulerInstance], task: Task, now: datetime) -> str:
-    live = live_instances(rows, now)
-    fallback = f"or run it in this process with `apflow tasks execute {task.id}`"
-    if not live:
-        return (
-            "no scheduler is running to take the trigger: start one with "
-            f"`apflow scheduler start`, {fallback}"
-        )
-    return (
-        f"no running scheduler takes task {task.id!r} (the {len(live)} live one(s) are paused "
-        f"or only run other users' tasks), {fallback}"
-    )
-
-
 async def _wait_for_run(
-    repository: TaskRepository,
-    database: Database,
+    service: Service,
     task: Task,
     known: set[str],
     patience: float | None,
@@ -415,7 +375,7 @@ async def _wait_for_run(
     while True:
         elapsed = loop.time() - began
         if run_id is None:
-            page = await repository.list_runs(task_id=task.id, limit=20)
+            page = await service.runs.list_runs(OPERATOR, task_id=task.id, limit=20)
             fresh = [
                 run
                 for run in page.items
@@ -425,13 +385,13 @@ async def _wait_for_run(
                 run_id = fresh[-1].id  # the oldest new one: newest first
             elif loop.time() - last_check >= TAKER_CHECK:
                 last_check = loop.time()
-                if not takers(await instances(database), task, utcnow()):
+                if not takers(await service.runs.live_schedulers(OPERATOR), task):
                     raise ApflowError(
                         f"no running scheduler is left to start task {task.id!r}; the request "
                         "stays queued until one starts"
                     )
         if run_id is not None:
-            run = await load_run(database, run_id)
+            run = await service.runs.get_run(OPERATOR, run_id)
             if run.status != RunStatus.RUNNING.value:
                 return run
             spinner.update(f"Run {run_id} of task {task.id} is running ({elapsed:.0f} s) ...")
@@ -465,24 +425,19 @@ def trigger(task_id: str, wait: bool, timeout: float | None, output_format: str)
         raise click.UsageError("--timeout: only with --wait")
 
     async def work(
-        repository: TaskRepository,
+        service: Service,
     ) -> tuple[Task, list[SchedulerInstance], TaskRun | None, TaskNode | None]:
-        task = await repository.require_task(task_id)
-        database = await repository.db()
-        found = takers(await instances(database), task, utcnow())
-        if not found:
-            raise ApflowError(_nobody_message(await instances(database), task, utcnow()))
-        history = await repository.list_runs(task_id=task_id, limit=100)
+        history = await service.runs.list_runs(OPERATOR, task_id=task_id, limit=100)
         known = {run.id for run in history.items}
-        await RunStore(database, repository.settings, CLI_INSTANCE).request_trigger(task_id)
+        task, found = await service.runs.request_trigger(OPERATOR, task_id)
         if not wait:
             return task, found, None, None
         waiting = f"Waiting for a scheduler to start task {task_id} ..."
         with output.console(stderr=True).status(waiting) as spinner:
-            run = await _wait_for_run(repository, database, task, known, timeout, spinner)
-        return task, found, run, await task_subtree(repository, task_id)
+            run = await _wait_for_run(service, task, known, timeout, spinner)
+        return task, found, run, await service.tasks.subtree(OPERATOR, task_id)
 
-    task, found, run, node = run_with_repository(work)
+    task, found, run, node = run_with_service(work)
     if run is not None and node is not None:
         report_run(run, node, output_format)
         return

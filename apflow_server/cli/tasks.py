@@ -14,7 +14,7 @@ from apflow_server.core.types import RunTrigger
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.service import Service
 from apflow_server.storage.models import Task, TaskRun
-from apflow_server.storage.repository import TaskNode, TaskRepository
+from apflow_server.storage.repository import TaskNode
 
 from . import output
 from .options import (
@@ -35,16 +35,13 @@ from .options import (
     user_id_filter,
 )
 from .params import TaskFile
-from .runs import load_run, report_run, task_subtree
-from .runtime import run_with_repository, run_with_service
+from .runs import report_run
+from .runtime import OPERATOR, run_with_service
 from .scheduled import scheduled_group
 
 # Options that set a task field, by parameter name: every field a create may write (the one
 # list, in core/task_fields.py), with `id` taken as --id (parameter new_id) and `executor`
 # folded into params.
-# The CLI acts as the local operator: no caller to check.
-OPERATOR = None
-
 FIELD_PARAMS = (*sorted(WRITABLE_ON_CREATE - {"id"}), "new_id", "executor")
 
 
@@ -324,14 +321,13 @@ def execute(task_id: str, timeout: float, output_format: str) -> None:
     """Run a task and its subtree now, in this process (no scheduler needed), and show the
     outcome of every task. Exits 1 unless the run completes; refused while the task runs."""
 
-    async def work(repository: TaskRepository) -> tuple[TaskRun, TaskNode]:
-        await repository.require_task(task_id)
-        database = await repository.db()
+    async def work(service: Service) -> tuple[TaskRun, TaskNode]:
+        await service.tasks.get(OPERATOR, task_id)
         # claim=False: this instance runs only what is started here, never due schedules.
         scheduler = InternalScheduler(
             SchedulerConfig(task_timeout=timeout, shutdown_grace_seconds=0),
-            database=database,
-            settings=repository.settings,
+            database=service.database,
+            settings=service.settings,
             claim=False,
         )
         with quiet_logger("apflow_server.scheduler"):
@@ -344,9 +340,10 @@ def execute(task_id: str, timeout: float, output_format: str) -> None:
                 await scheduler.wait_idle()
             finally:
                 await scheduler.stop()
-        return await load_run(database, run_id), await task_subtree(repository, task_id)
+        run = await service.runs.get_run(OPERATOR, run_id)
+        return run, await service.tasks.subtree(OPERATOR, task_id)
 
-    run, node = run_with_repository(work)
+    run, node = run_with_service(work)
     report_run(run, node, output_format)
 
 

@@ -3,15 +3,24 @@ list the history."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from apflow_server.core.errors import ForbiddenError, ValidationError
+from apflow_server.core.clock import utcnow
+from apflow_server.core.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    ValidationError,
+)
 from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.scheduler.base import SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
 from apflow_server.service.tasks import Tasks, checked_task_id
-from apflow_server.storage.models import TaskRun
+from apflow_server.storage.instances import live_instances
+from apflow_server.storage.models import SchedulerInstance, Task, TaskRun
 from apflow_server.storage.repository import Page, TaskRepository, subtree_of
 from apflow_server.storage.runs import RunStore
 
@@ -81,11 +90,43 @@ class Runs:
         """Cancel the task's running run, wherever it runs (its process stops it at its next
         lease renewal); False when none runs."""
         await self.tasks.get(caller, task_id)
-        store = self.scheduler.store if self.scheduler is not None else None
-        if store is None:
-            database = await self.repository.db()
-            store = RunStore(database, self.repository.settings, OPERATOR_INSTANCE)
-        return await store.cancel(task_id)
+        return await (await self._store()).cancel(task_id)
+
+    async def request_trigger(
+        self, caller: Principal | None, task_id: Any
+    ) -> tuple[Task, list[SchedulerInstance]]:
+        """Ask the running schedulers to start the task now (one claims the request as a
+        manual run): the task and the live schedulers that would take it. Refused, with what
+        to do instead, when none would."""
+        task = await self.tasks.get(caller, task_id)
+        live = await self._live()
+        found = takers(live, task)
+        if not found:
+            raise ConflictError(nobody_takes(live, task))
+        await (await self._store()).request_trigger(task.id)
+        return task, found
+
+    async def live_schedulers(self, caller: Principal | None) -> list[SchedulerInstance]:
+        """Every scheduler instance alive now, on any host (they show hosts and users)."""
+        if not is_admin(caller):
+            raise ForbiddenError("only an admin may list the schedulers")
+        return await self._live()
+
+    async def _live(self) -> list[SchedulerInstance]:
+        return await live_instances(await self.repository.db(), utcnow())
+
+    async def get_run(self, caller: Principal | None, run_id: str) -> TaskRun:
+        """One run of the history, if the caller may see its task's runs."""
+        run = await self._run(run_id)
+        if run is None or (caller is not None and not caller.may_act_for(run.user_id)):
+            raise NotFoundError(f"run {run_id!r} not found (its history may have been pruned)")
+        return run
+
+    async def _store(self) -> RunStore:
+        if self.scheduler is not None and self.scheduler.store is not None:
+            return self.scheduler.store
+        database = await self.repository.db()
+        return RunStore(database, self.repository.settings, OPERATOR_INSTANCE)
 
     async def list_runs(
         self,
@@ -121,3 +162,29 @@ class Runs:
             for row in rows
             if row.id != task_id
         ]
+
+
+def takers(live: Sequence[SchedulerInstance], task: Task) -> list[SchedulerInstance]:
+    """Of the live schedulers, the running (not paused) internal ones that would claim a
+    trigger of `task`."""
+    return [
+        row
+        for row in live
+        if row.state == SchedulerState.RUNNING.value
+        and row.mode == "internal"
+        and (row.user_filter is None or row.user_filter == task.user_id)
+    ]
+
+
+def nobody_takes(live: Sequence[SchedulerInstance], task: Task) -> str:
+    """Why no scheduler would take a trigger of `task`, and what to do instead."""
+    fallback = f"or run it in this process with `apflow tasks execute {task.id}`"
+    if not live:
+        return (
+            "no scheduler is running to take the trigger: start one with "
+            f"`apflow scheduler start`, {fallback}"
+        )
+    return (
+        f"no running scheduler takes task {task.id!r} (the {len(live)} live one(s) are paused "
+        f"or only run other users' tasks), {fallback}"
+    )

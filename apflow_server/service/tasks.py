@@ -115,3 +115,21 @@ class Tasks:
     async def tree(self, caller: Principal | None, task_id: Any) -> TaskNode:
         await self.get(caller, task_id)
         return await self.repository.get_tree(task_id)
+
+    async def subtree(self, caller: Principal | None, task_id: Any) -> TaskNode:
+        """The task with its descendants (what one of its runs runs)."""
+        root = await self.tree(caller, task_id)
+        found = _find(root, task_id)
+        if found is None:  # the tree changed between the two reads
+            raise TaskNotFoundError(task_id)
+        return found
+
+
+def _find(root: TaskNode, task_id: str) -> TaskNode | None:
+    pending = [root]
+    while pending:
+        node = pending.pop()
+        if node.task.id == task_id:
+            return node
+        pending.extend(node.children)
+    return None

@@ -59,6 +59,11 @@ async def resolve(database: Database, key: str) -> FeedKey | None:
     return record
 
 
+async def get(database: Database, key_id: str) -> FeedKey | None:
+    async with database.transaction() as session:
+        return await session.get(FeedKey, key_id)
+
+
 async def revoke(database: Database, key_id: str, now: datetime) -> FeedKey | None:
     async with database.transaction(write=True) as session:
         record = await session.get(FeedKey, key_id)

@@ -14,6 +14,8 @@ from apflow_server.storage.models import SchedulerInstance
 
 # Rows of instances silent for this long are removed by any beating instance.
 FORGET_AFTER = timedelta(days=1)
+# The beat interval assumed for a row that does not say its own.
+DEFAULT_HEARTBEAT = 5.0
 
 
 async def beat(database: Database, row: dict[str, Any]) -> None:
@@ -43,3 +45,14 @@ def is_live(instance: SchedulerInstance, now: datetime, interval: float) -> bool
     """Live: beating recently (three missed beats make it stale) and not stopped."""
     fresh = now - instance.heartbeat_at <= timedelta(seconds=max(3 * interval, 15))
     return fresh and instance.state not in {"stopped", "error"}
+
+
+def heartbeat_interval(instance: SchedulerInstance) -> float:
+    """How often the instance said it beats (its stats carry it)."""
+    value = (instance.stats or {}).get("heartbeat_interval", DEFAULT_HEARTBEAT)
+    return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_HEARTBEAT
+
+
+async def live_instances(database: Database, now: datetime) -> list[SchedulerInstance]:
+    """The instances alive at `now`, oldest first."""
+    return [row for row in await instances(database) if is_live(row, now, heartbeat_interval(row))]
