@@ -262,6 +262,8 @@ class Settings:
     misfire_grace_seconds: int = setting(60, "APFLOW_MISFIRE_GRACE_SECONDS", whole())
     max_catchup_runs: int = setting(100, "APFLOW_MAX_CATCHUP_RUNS", whole(minimum=1))
     lease_seconds: int = setting(30, "APFLOW_LEASE_SECONDS", whole(minimum=2))
+    # How often every scheduler refreshes its instance row (three missed beats: not live).
+    heartbeat_seconds: int = setting(10, "APFLOW_HEARTBEAT_SECONDS", whole(minimum=1))
     run_history_keep: int = setting(1000, "APFLOW_RUN_HISTORY_KEEP", whole(minimum=1))
     rest_allow_private_urls: bool = setting(False, "APFLOW_REST_ALLOW_PRIVATE_URLS", flag)
     rest_max_connections: int = setting(100, "APFLOW_REST_MAX_CONNECTIONS", whole(minimum=1))

@@ -1,15 +1,22 @@
-"""What `tasks execute` and `scheduler trigger --wait` share: reporting a finished run with the
-tree it ran (exit 1 unless it completed)."""
+"""What `tasks execute` and `scheduler trigger` share: running a task in this process, and
+reporting a finished run with the tree it ran (exit 1 unless it completed)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from apflow_server.core.errors import ApflowError
-from apflow_server.core.types import RunStatus
+from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.scheduler import InternalScheduler, SchedulerConfig
+from apflow_server.service import Service
 from apflow_server.service.runs import OPERATOR_INSTANCE
 from apflow_server.storage.models import TaskRun
 from apflow_server.storage.repository import TaskNode
 
 from . import output
+from .runtime import OPERATOR
 
 # The instance id the CLI's own writes are recorded under (requests, cancellations).
 CLI_INSTANCE = OPERATOR_INSTANCE
@@ -26,3 +33,42 @@ def report_run(run: TaskRun, node: TaskNode, output_format: str) -> None:
     if run.status != RunStatus.COMPLETED.value:
         reason = f": {run.error}" if run.error else ""
         raise RunFailed(f"run {run.id} of task {run.task_id} ended {run.status}{reason}")
+
+
+@contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Keep a library's warnings off a one-shot command's stderr (its outcome says it all)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+async def execute_here(
+    service: Service, task_id: str, task_timeout: float
+) -> tuple[TaskRun, TaskNode]:
+    """Run the task and its subtree now, in this process, as a manual run; its history row and
+    the tree it ran."""
+    await service.tasks.get(OPERATOR, task_id)
+    # claim=False: this instance runs only what is started here, never due schedules.
+    scheduler = InternalScheduler(
+        SchedulerConfig(task_timeout=task_timeout, shutdown_grace_seconds=0),
+        database=service.database,
+        settings=service.settings,
+        claim=False,
+    )
+    with quiet_logger("apflow_server.scheduler"):
+        await scheduler.start()
+        try:
+            # trigger + wait_idle rather than run_and_wait: the run's outcome is read back from
+            # its history row, so a run cancelled from elsewhere (`tasks cancel`) is reported
+            # as such instead of ending without an outcome.
+            run_id = await scheduler.trigger(task_id, RunTrigger.MANUAL)
+            await scheduler.wait_idle()
+        finally:
+            await scheduler.stop()
+    run = await service.runs.get_run(OPERATOR, run_id)
+    return run, await service.tasks.subtree(OPERATOR, task_id)

@@ -33,7 +33,7 @@ from apflow_server.storage.repository import TaskNode
 from . import daemon, output
 from .daemon import DaemonError, DaemonFiles, DaemonState
 from .options import format_option
-from .runs import report_run
+from .runs import execute_here, report_run
 from .runtime import OPERATOR, database_errors, open_database, run_with_service
 from .scheduled import list_scheduled
 
@@ -46,6 +46,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s[%(process)d]: %(message)s"
 # while its request waits to be claimed.
 WAIT_POLL = 0.2
 TAKER_CHECK = 5.0
+# The longest a run started here by `trigger` may take, unless --timeout says otherwise.
+DEFAULT_RUN_TIMEOUT = 3600.0
 
 
 @click.group("scheduler")
@@ -414,19 +416,28 @@ async def _wait_for_run(
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
-    help="With --wait: stop waiting after this many seconds (the run goes on).",
+    help="With --wait: stop waiting after this many seconds (the run goes on). Run here: the "
+    "longest the run may take (default 3600).",
 )
 @format_option
 def trigger(task_id: str, wait: bool, timeout: float | None, output_format: str) -> None:
-    """Ask the running scheduler(s) to run a task now, outside its schedule: one of them claims
-    the request as a manual run. Refused when no live scheduler would take it (run it here
-    with `apflow tasks execute` instead). With --wait, exits 1 unless the run completes."""
+    """Run a task now, outside its schedule: a live scheduler that takes the task claims the
+    request as a manual run; when none would, the task runs here, in this process, as
+    `apflow tasks execute` runs it. Exits 1 unless a run waited for (or run here) completes."""
     if timeout is not None and not wait:
         raise click.UsageError("--timeout: only with --wait")
 
     async def work(
         service: Service,
     ) -> tuple[Task, list[SchedulerInstance], TaskRun | None, TaskNode | None]:
+        task = await service.tasks.get(OPERATOR, task_id)
+        if not takers(await service.runs.live_schedulers(OPERATOR), task):
+            output.console(stderr=True).print(
+                f"No live scheduler takes task {task_id}: running it in this process.",
+                highlight=False,
+            )
+            run, node = await execute_here(service, task_id, timeout or DEFAULT_RUN_TIMEOUT)
+            return task, [], run, node
         history = await service.runs.list_runs(OPERATOR, task_id=task_id, limit=100)
         known = {run.id for run in history.items}
         task, found = await service.runs.request_trigger(OPERATOR, task_id)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from apflow_server.core.task_fields import WRITABLE_ON_CREATE
-from apflow_server.core.types import RunTrigger
-from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.service import Service
 from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import TaskNode
@@ -35,7 +30,7 @@ from .options import (
     user_id_filter,
 )
 from .params import TaskFile
-from .runs import report_run
+from .runs import execute_here, report_run
 from .runtime import OPERATOR, run_with_service
 from .scheduled import scheduled_group
 
@@ -295,18 +290,6 @@ def delete(task_id: str, output_format: str) -> None:
 # ---------------------------------------------------------------------- run now, cancel
 
 
-@contextmanager
-def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
-    """Keep a library's warnings off a one-shot command's stderr (its outcome says it all)."""
-    logger = logging.getLogger(name)
-    before = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
-
-
 @tasks_group.command("execute")
 @click.argument("task_id")
 @click.option(
@@ -322,26 +305,7 @@ def execute(task_id: str, timeout: float, output_format: str) -> None:
     outcome of every task. Exits 1 unless the run completes; refused while the task runs."""
 
     async def work(service: Service) -> tuple[TaskRun, TaskNode]:
-        await service.tasks.get(OPERATOR, task_id)
-        # claim=False: this instance runs only what is started here, never due schedules.
-        scheduler = InternalScheduler(
-            SchedulerConfig(task_timeout=timeout, shutdown_grace_seconds=0),
-            database=service.database,
-            settings=service.settings,
-            claim=False,
-        )
-        with quiet_logger("apflow_server.scheduler"):
-            await scheduler.start()
-            try:
-                # trigger + wait_idle rather than run_and_wait: the run's outcome is read back
-                # from its history row, so a run cancelled from elsewhere (`tasks cancel`) is
-                # reported as such instead of ending without an outcome.
-                run_id = await scheduler.trigger(task_id, RunTrigger.MANUAL)
-                await scheduler.wait_idle()
-            finally:
-                await scheduler.stop()
-        run = await service.runs.get_run(OPERATOR, run_id)
-        return run, await service.tasks.subtree(OPERATOR, task_id)
+        return await execute_here(service, task_id, timeout)
 
     run, node = run_with_service(work)
     report_run(run, node, output_format)

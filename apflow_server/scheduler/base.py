@@ -33,8 +33,8 @@ class SchedulerConfig:
     retry_backoff_seconds: float = 1
     # How long a graceful stop waits for running runs before cancelling them.
     shutdown_grace_seconds: float = 30
-    # How often the instance's heartbeat row is refreshed.
-    heartbeat_interval: float = 5
+    # How often the instance's heartbeat row is refreshed (None: APFLOW_HEARTBEAT_SECONDS).
+    heartbeat_interval: float | None = None
     # Parallel tasks inside one tree run.
     max_parallel_per_run: int = 8
 
@@ -46,7 +46,7 @@ class SchedulerConfig:
             "max_retries": self.max_retries >= 0,
             "retry_backoff_seconds": self.retry_backoff_seconds >= 0,
             "shutdown_grace_seconds": self.shutdown_grace_seconds >= 0,
-            "heartbeat_interval": self.heartbeat_interval > 0,
+            "heartbeat_interval": self.heartbeat_interval is None or self.heartbeat_interval > 0,
             "max_parallel_per_run": self.max_parallel_per_run >= 1,
         }
         for name, ok in checks.items():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from apflow_server.config import Settings
@@ -34,7 +35,7 @@ from apflow_server.scheduler.base import (
     SchedulerState,
     SchedulerStats,
 )
-from apflow_server.scheduler.listener import ScheduleListener
+from apflow_server.scheduler.listener import ScheduleListener, SqliteFileWatcher
 from apflow_server.storage import instances, signals
 from apflow_server.storage.database import Database, DatabaseError
 from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore, TaskState
@@ -104,8 +105,8 @@ class InternalScheduler:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
-        self._listener: ScheduleListener | None = None
-        self._last_beat: datetime | None = None
+        self._listener: ScheduleListener | SqliteFileWatcher | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self.store: RunStore | None = None
         self.executor: RunExecutor | None = None
 
@@ -120,6 +121,10 @@ class InternalScheduler:
         """ "internal" claims due work; "executor" only runs what is started in this process
         (an API server with --no-scheduler, `apflow tasks execute`)."""
         return "internal" if self.claiming else "executor"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.config.heartbeat_interval or self.settings.heartbeat_seconds
 
     @property
     def database(self) -> Database:
@@ -158,9 +163,10 @@ class InternalScheduler:
         self.stats.started_at = utcnow()
         self.stats.state = SchedulerState.RUNNING
         signals.subscribe(self._wake.set)
-        if self._database.dialect == "postgresql" and self.claiming:
-            self._listener = ScheduleListener(self._database.url, self._wake.set)
-            self._listener.start()
+        if self.claiming:
+            self._listener = _change_listener(self._database, self._wake.set)
+            if self._listener is not None:
+                self._listener.start()
         logger.info(
             "scheduler %s started: host=%s pid=%s mode=%s user=%s database=%s poll=%ss "
             "max_concurrent=%s",
@@ -173,11 +179,12 @@ class InternalScheduler:
             self.config.poll_interval,
             self.config.max_concurrent_tasks,
         )
-        await self._beat(force=True)
+        await self._beat()
         self._finishing = asyncio.Queue()
         self._finisher_task = asyncio.create_task(self._finisher(), name="apflow-finisher")
         self._loop_task = asyncio.create_task(self._loop(), name="apflow-scheduler")
         self._lease_task = asyncio.create_task(self._renew_leases(), name="apflow-leases")
+        self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="apflow-heartbeat")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let running runs finish within the grace period, then cancel them."""
@@ -200,7 +207,7 @@ class InternalScheduler:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        for helper in (self._lease_task, self._finisher_task):
+        for helper in (self._lease_task, self._finisher_task, self._heartbeat_task):
             if helper is not None:
                 helper.cancel()
                 await asyncio.gather(helper, return_exceptions=True)
@@ -208,7 +215,7 @@ class InternalScheduler:
             await self.executor_services.aclose()
         self.stats.state = SchedulerState.STOPPED
         try:
-            await self._beat(force=True)
+            await self._beat()
         except TRANSIENT_ERRORS:
             logger.warning("could not record the stop of %s", self.instance_id)
         if self._owns_database and self._database is not None:
@@ -220,13 +227,13 @@ class InternalScheduler:
         """Stop claiming new occurrences; running runs continue and leases are kept."""
         if self.state is SchedulerState.RUNNING:
             self.stats.state = SchedulerState.PAUSED
-            await self._beat(force=True)
+            await self._beat()
 
     async def resume(self) -> None:
         if self.state is SchedulerState.PAUSED:
             self.stats.state = SchedulerState.RUNNING
             self._wake.set()
-            await self._beat(force=True)
+            await self._beat()
 
     async def trigger(self, task_id: str, trigger: RunTrigger = RunTrigger.MANUAL) -> str:
         """Run a task now, in this process; returns the run id."""
@@ -328,7 +335,6 @@ class InternalScheduler:
             if reclaimed:
                 self.stats.runs_reclaimed += len(reclaimed)
                 logger.warning("recorded %d abandoned run(s): %s", len(reclaimed), reclaimed)
-        await self._beat()
         if not self.claiming:
             return self.config.poll_interval
         if self.config.max_concurrent_tasks - len(self._active) <= 0:
@@ -506,17 +512,24 @@ class InternalScheduler:
                     active.lost = True
                     active.task.cancel()
 
-    async def _beat(self, *, force: bool = False) -> None:
+    async def _heartbeats(self) -> None:
+        """Refresh the instance row every heartbeat_interval, whatever the poll interval and
+        however long the loop sleeps: `scheduler status`, `scheduler trigger` and /readyz judge
+        liveness by it."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._beat()
+            except TRANSIENT_ERRORS as exc:
+                logger.warning("heartbeat failed: %s", exc)
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    async def _beat(self) -> None:
+        """Write this instance's row: its state, its stats and the time."""
         if self._database is None:
             return
         now = utcnow()
-        if (
-            not force
-            and self._last_beat is not None
-            and (now - self._last_beat).total_seconds() < self.config.heartbeat_interval
-        ):
-            return
-        self._last_beat = now
         self.stats.active_tasks = len(self._active)
         await instances.beat(
             self._database,
@@ -531,7 +544,19 @@ class InternalScheduler:
                 "heartbeat_at": now,
                 "stats": {
                     **self.stats.to_dict(),
-                    "heartbeat_interval": self.config.heartbeat_interval,
+                    "heartbeat_interval": self.heartbeat_interval,
                 },
             },
         )
+
+
+def _change_listener(
+    database: Database, on_change: Callable[[], None]
+) -> ScheduleListener | SqliteFileWatcher | None:
+    """What tells this process that another one changed the schedules."""
+    if database.dialect == "postgresql":
+        return ScheduleListener(database.url, on_change)
+    path = make_url(database.url).database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        return SqliteFileWatcher(path, on_change)
+    return None

@@ -1,10 +1,11 @@
-"""LISTEN for schedule changes on PostgreSQL, so a scheduler wakes when another process changes
-a schedule instead of sleeping until its poll_interval runs out."""
+"""Wake a scheduler when another process changes the schedules, instead of letting it sleep
+until its poll_interval runs out: LISTEN on PostgreSQL, watching the file on SQLite."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -65,3 +66,45 @@ class ScheduleListener:
                     await connection.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30)
+
+
+class SqliteFileWatcher:
+    """Watches an SQLite database for commits made by other processes (SQLite has no
+    notifications): a commit changes the size or modification time of the database file or its
+    write-ahead log. Checked every `interval` seconds, a stat of two files each time; our own
+    commits wake the scheduler too, which costs it one extra look at what is due."""
+
+    def __init__(self, path: str, on_change: Callable[[], None], interval: float = 1.0) -> None:
+        self.paths = (path, f"{path}-wal")
+        self.on_change = on_change
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="apflow-sqlite-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def signature(self) -> tuple[tuple[int, int], ...]:
+        found = []
+        for path in self.paths:
+            try:
+                status = os.stat(path)
+            except OSError:
+                found.append((0, 0))
+            else:
+                found.append((status.st_size, status.st_mtime_ns))
+        return tuple(found)
+
+    async def _run(self) -> None:
+        last = self.signature()
+        while True:
+            await asyncio.sleep(self.interval)
+            now = self.signature()
+            if now != last:
+                last = now
+                self.on_change()

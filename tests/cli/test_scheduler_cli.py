@@ -81,26 +81,50 @@ def test_list_shows_scheduled_tasks_with_the_guides_filters(scli: Cli) -> None:
 # ---------------------------------------------------------------------- trigger and status
 
 
-def test_trigger_needs_a_live_scheduler_that_takes_the_task(scli: Cli) -> None:
+def runs_of(cli: Cli, task_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cli.json("tasks", "runs", task_id)["items"]
+    return items
+
+
+def test_trigger_runs_here_when_no_live_scheduler_takes_the_task(scli: Cli) -> None:
     cli = scli
     task_id = cli.create("--name", "Report", "--user-id", "bob", "--executor", "echo_executor")[
         "id"
     ]
     trigger = ("scheduler", "trigger", task_id)
-    hint = f"apflow tasks execute {task_id}"
-    cli.fails(REFUSED, *trigger, names=("no scheduler is running", hint))
+    result = cli(*trigger)
+    assert result.exit_code == 0, result.stderr
+    assert "running it in this process" in result.stderr
+    assert "completed" in result.stdout
+    assert [(run["trigger"], run["status"]) for run in runs_of(cli, task_id)] == [
+        ("manual", "completed")
+    ]
 
     # Rows of schedulers that stopped or stopped beating are not live.
     now = datetime.now(UTC)
     add_instance(cli.url, id="silent", heartbeat_at=now - timedelta(minutes=2))
     add_instance(cli.url, id="stopped", heartbeat_at=now, state="stopped")
-    cli.fails(REFUSED, *trigger, "--wait", names=("no scheduler is running",))
+    result = cli(*trigger, "--wait", "-f", "json")
+    assert result.exit_code == 0 and "running it in this process" in result.stderr
+    assert json.loads(result.stdout)["status"] == "completed"
+    assert len(runs_of(cli, task_id)) == 2
 
-    # Live ones that would not claim it: paused, or running only another user's tasks.
+    # Live ones that would not claim it (paused, or running only another user's tasks): here.
     add_instance(cli.url, id="paused", heartbeat_at=now, state="paused")
     add_instance(cli.url, id="alice-only", heartbeat_at=now, user_filter="alice")
-    cli.fails(REFUSED, *trigger, names=("no running scheduler takes task", "the 2 live one(s)"))
+    assert "running it in this process" in cli(*trigger).stderr
+    assert len(runs_of(cli, task_id)) == 3
     assert task_row(cli.url, task_id).trigger_requested_at is None
+
+    # A run made here that fails exits 1 with one error line.
+    # (the private-address guard refuses the URL)
+    inputs = '{"url": "http://127.0.0.1:1/", "method": "GET"}'
+    failing = cli.create("--name", "Broken", "--executor", "rest_executor", "--inputs", inputs)
+    result = cli("scheduler", "trigger", failing["id"])
+    assert result.exit_code == REFUSED
+    notice, error = result.stderr.splitlines()
+    assert "running it in this process" in notice
+    assert error.startswith("Error: run ") and f"of task {failing['id']} ended failed" in error
 
     status = cli.json("scheduler", "status")
     assert status["daemon"]["state"] == "not_running" and status["daemon"]["pid"] is None
@@ -115,7 +139,7 @@ def test_trigger_needs_a_live_scheduler_that_takes_the_task(scli: Cli) -> None:
     assert requested == {
         "task_id": task_id,
         "requested": True,
-        "task_status": "pending",
+        "task_status": "completed",  # its last run (made here, above)
         "schedulers": ["bob-only"],
     }
     assert task_row(cli.url, task_id).trigger_requested_at is not None

@@ -142,9 +142,7 @@ async def test_heartbeat_row_carries_identity_and_stats(
             name="x", user_id="alice", params={"executor_id": "echo_executor"}
         )
         await scheduler.run_and_wait(task.id, RunTrigger.MANUAL)
-        await asyncio.sleep(0.4)
-        scheduler._wake.set()  # a beat is due: let the loop write it
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)  # a beat is due (every 0.2 s), the loop asleep for 60 s
         [row] = await instances.instances(database)
         assert row.id == scheduler.instance_id
         assert (row.mode, row.user_filter, row.state) == ("internal", "alice", "running")
@@ -154,6 +152,31 @@ async def test_heartbeat_row_carries_identity_and_stats(
         await scheduler.stop()
     [row] = await instances.instances(database)
     assert row.state == "stopped"
+
+
+async def test_the_heartbeat_does_not_wait_for_the_poll(
+    database: Database, settings: Settings
+) -> None:
+    """The row is refreshed every heartbeat interval while the loop sleeps its 60 s poll
+    (the scheduler inside `apflow serve` looked dead between polls)."""
+    scheduler = scheduler_for(database, settings, heartbeat_interval=0.3)
+    await scheduler.start()
+    try:
+        beats = set()
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            [row] = await instances.instances(database)
+            beats.add(row.heartbeat_at)
+            await asyncio.sleep(0.1)
+        assert len(beats) >= 5, beats  # at start, then every 0.3 s
+    finally:
+        await scheduler.stop()
+
+
+def test_the_heartbeat_defaults_to_apflow_heartbeat_seconds(database: Database, tmp_path) -> None:
+    settings = Settings(home=tmp_path, database_url=database.url, heartbeat_seconds=7)
+    assert InternalScheduler(SchedulerConfig(), settings=settings).heartbeat_interval == 7
+    assert scheduler_for(database, settings).heartbeat_interval == 0.2
 
 
 async def test_user_filter_only_claims_that_users_tasks(

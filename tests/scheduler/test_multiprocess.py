@@ -153,12 +153,13 @@ async def test_a_killed_process_is_reclaimed_and_the_schedule_continues(
         await database.dispose()
 
 
-async def test_notify_wakes_a_scheduler_in_another_process(
-    migrated_postgres_url: str, tmp_path: Path
+async def test_a_change_wakes_a_scheduler_in_another_process(
+    shared_url: str, tmp_path: Path
 ) -> None:
     """A scheduler asleep on a 60 s poll in another process fires a task created here and due
-    in one second, on time: the change reaches it through LISTEN/NOTIFY."""
-    url = migrated_postgres_url
+    in one second, on time: the change reaches it through LISTEN/NOTIFY on PostgreSQL, and by
+    watching the database file on SQLite."""
+    url = shared_url
     journal = tmp_path / "journal.txt"
     journal.touch()
     database = Database(url)
