@@ -208,6 +208,13 @@ def hmac_algorithm(raw: str | None, name: str, default: Any) -> str:
     return str(value)
 
 
+def log_format(raw: str | None, name: str, default: Any) -> str:
+    value = (raw or "").strip().lower() or default
+    if value not in {"text", "json"}:
+        raise ConfigError(f"{name} must be text or json, not {raw!r}")
+    return str(value)
+
+
 def setting(
     default: Any,
     env: str,
@@ -262,6 +269,8 @@ class Settings:
     misfire_grace_seconds: int = setting(60, "APFLOW_MISFIRE_GRACE_SECONDS", whole())
     max_catchup_runs: int = setting(100, "APFLOW_MAX_CATCHUP_RUNS", whole(minimum=1))
     lease_seconds: int = setting(30, "APFLOW_LEASE_SECONDS", whole(minimum=2))
+    # text: one plain line per record; json: one JSON object per line.
+    log_format: str = setting("text", "APFLOW_LOG_FORMAT", log_format)
     # How often every scheduler refreshes its instance row (three missed beats: not live).
     heartbeat_seconds: int = setting(10, "APFLOW_HEARTBEAT_SECONDS", whole(minimum=1))
     run_history_keep: int = setting(1000, "APFLOW_RUN_HISTORY_KEEP", whole(minimum=1))

@@ -9,15 +9,12 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import click
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.status import Status
 
 from apflow_server.config import Settings
@@ -32,6 +29,7 @@ from apflow_server.storage.repository import TaskNode
 
 from . import daemon, output
 from .daemon import DaemonError, DaemonFiles, DaemonState
+from .logs import configure_logging
 from .options import format_option
 from .runs import execute_here, report_run
 from .runtime import OPERATOR, database_errors, open_database, run_with_service
@@ -39,9 +37,6 @@ from .scheduled import list_scheduled
 
 logger = logging.getLogger("apflow_server.cli.scheduler")
 
-# Loggers that are noise at INFO (and DEBUG) for someone watching a scheduler.
-QUIET_LOGGERS = ("aiosqlite", "asyncio", "asyncpg", "httpcore", "sqlalchemy")
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s[%(process)d]: %(message)s"
 # How often `trigger --wait` looks at the run history, and re-checks that a scheduler is alive
 # while its request waits to be claimed.
 WAIT_POLL = 0.2
@@ -95,25 +90,6 @@ async def scheduler_for(
         yield InternalScheduler(config, database=database, settings=settings)
     finally:
         await database.dispose()
-
-
-def configure_logging(verbose: bool) -> None:
-    """INFO (DEBUG with --verbose) on stderr: rich on a terminal, plain lines otherwise (the
-    daemon's log file)."""
-    handler: logging.Handler
-    if sys.stderr.isatty():
-        handler = RichHandler(console=Console(stderr=True), show_path=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S%z"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 async def run_scheduler(config: SchedulerConfig, settings: Settings, pid_file: Path | None) -> None:
@@ -248,7 +224,9 @@ def _start_background(files: DaemonFiles, arguments: Sequence[str]) -> None:
     help="Run as a daemon: detached from this terminal, PID file APFLOW_HOME/scheduler.pid, "
     "log APFLOW_HOME/scheduler.log.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="DEBUG-level logging.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="DEBUG-level logging: every poll, and library detail."
+)
 @click.option("--daemon", "daemon_child", is_flag=True, hidden=True)
 def start(
     poll_interval: float,
@@ -280,7 +258,9 @@ def start(
     if background and not daemon_child:
         _start_background(files, _daemon_arguments(config, verbose))
         return
-    configure_logging(verbose)
+    configure_logging(
+        logging.DEBUG if verbose else logging.INFO, settings.log_format, verbose=verbose
+    )
     asyncio.run(run_scheduler(config, settings, files.pid_file if daemon_child else None))
 
 

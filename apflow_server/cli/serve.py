@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
+from sqlalchemy.engine import make_url
 
 from apflow_server.config import CONFIG_FILE, MIN_JWT_SECRET_BYTES, ConfigError, Settings
 from apflow_server.storage.database import Database
+
+from .logs import configure_logging
 
 if TYPE_CHECKING:
     import uvicorn
@@ -60,12 +63,18 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def graceful_server(config: uvicorn.Config) -> uvicorn.Server:
+def graceful_server(config: uvicorn.Config, started: str = "") -> uvicorn.Server:
     """uvicorn's Server, except that SIGTERM/SIGINT end the process with status 0 after a
-    clean shutdown (uvicorn re-raises the signal, which looks like a crash to supervisors)."""
+    clean shutdown (uvicorn re-raises the signal, which looks like a crash to supervisors), and
+    `started` is logged once it serves (uvicorn says nothing of sockets handed to it)."""
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and started:
+                logging.getLogger("apflow_server.serve").info("%s", started)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED}
@@ -134,9 +143,8 @@ def serve(
 
     from apflow_server.api.app import create_app
 
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        getattr(logging, log_level.upper()), settings.log_format, verbose=log_level == "debug"
     )
     if short_secret:
         logging.getLogger("apflow_server.serve").warning(
@@ -161,8 +169,10 @@ def serve(
         raise
     # proxy_headers off: X-Forwarded-For is believed only from APFLOW_TRUSTED_PROXIES, by the
     # app itself; uvicorn would otherwise trust it from any loopback peer.
+    # log_config None: uvicorn's records go through the root handler configured above.
     config = uvicorn.Config(
         app,
+        log_config=None,
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=30,
@@ -171,7 +181,15 @@ def serve(
     from apflow_server.api import access_log
 
     access_log.install()  # after uvicorn.Config, which configures its loggers
-    server = graceful_server(config)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    scheduler = "off" if no_scheduler else "on"
+    backend = make_url(settings.database_url).get_backend_name()
+    server = graceful_server(
+        config,
+        f"listening on http://{shown}:{bound_port} (JSON-RPC at /tasks/; scheduler {scheduler}; "
+        f"database {backend})",
+    )
     server.run(sockets=[sock])
     if not server.started:
         raise ConfigError("the server did not start; see the log above")

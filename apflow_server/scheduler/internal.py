@@ -29,6 +29,7 @@ from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.registry import registry as default_registry
 from apflow_server.execution.runner import RunExecutor
 from apflow_server.execution.services import ExecutorServices
+from apflow_server.scheduler import run_log
 from apflow_server.scheduler.base import (
     RunObserver,
     SchedulerConfig,
@@ -341,6 +342,12 @@ class InternalScheduler:
             return self.config.poll_interval  # a finishing run frees a slot and wakes us
         wake_at = await self.store.next_wake_at(self.config.user_id)
         self.stats.next_wake_at = wake_at
+        logger.debug(
+            "poll: claimed %d, running %d, next due %s",
+            len(claimed),
+            len(self._active),
+            wake_at.isoformat() if wake_at else "none",
+        )
         if wake_at is None or self.state is not SchedulerState.RUNNING:
             return self.config.poll_interval  # a change wakes us
         delay = (wake_at - CLAIM_AHEAD - utcnow()).total_seconds()
@@ -398,6 +405,7 @@ class InternalScheduler:
                         # what the history records: when it really started
                         current = dataclasses.replace(current, started_at=utcnow())
                         claimed = current
+                    run_log.started(current)
                     outcome = await self.executor.execute(current)
                 except asyncio.CancelledError:
                     if active.lost:
@@ -476,6 +484,7 @@ class InternalScheduler:
 
     async def _completed(self, claimed: ClaimedRun, outcome: RunResult) -> None:
         success = outcome.status is RunStatus.COMPLETED
+        run_log.finished(claimed, outcome)
         if self.observer is not None:
             self.observer.run_finished(outcome)
         self.stats.tasks_executed += 1

@@ -1,0 +1,58 @@
+"""The one log format of `apflow serve` and `apflow scheduler start`."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from apflow_server.cli.logs import JsonFormatter, configure_logging
+
+
+def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
+    made = logging.LogRecord("apflow_server.runs", logging.INFO, __file__, 1, message, args, None)
+    for key, value in extra.items():
+        setattr(made, key, value)
+    return made
+
+
+def test_json_lines_carry_the_fields_beside_the_message() -> None:
+    line = JsonFormatter().format(
+        record("run %s finished", "r1", fields={"run": "r1", "status": "failed", "level": "x"})
+    )
+    data = json.loads(line)
+    assert data["message"] == "run r1 finished" and data["logger"] == "apflow_server.runs"
+    assert (data["run"], data["status"]) == ("r1", "failed")
+    assert data["level"] == "info"  # a field never overwrites the record's own keys
+    assert "\n" not in line
+
+
+def test_an_exception_stays_on_its_json_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        made = record("it broke")
+        made.exc_info = sys.exc_info()
+    data = json.loads(JsonFormatter().format(made))
+    assert "ValueError: boom" in data["exception"]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_configure_logging_replaces_the_handlers_and_quiets_libraries(log_format: str) -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("httpx").level)
+    try:
+        configure_logging(logging.INFO, log_format)
+        assert len(root.handlers) == 1
+        formatter = root.handlers[0].formatter
+        assert isinstance(formatter, JsonFormatter) == (log_format == "json")
+        assert logging.getLogger("httpx").level == logging.WARNING
+        configure_logging(logging.DEBUG, log_format, verbose=True)
+        assert len(root.handlers) == 1
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.getLogger("httpx").setLevel(saved[2])
