@@ -269,6 +269,10 @@ class Settings:
     misfire_grace_seconds: int = setting(60, "APFLOW_MISFIRE_GRACE_SECONDS", whole())
     max_catchup_runs: int = setting(100, "APFLOW_MAX_CATCHUP_RUNS", whole(minimum=1))
     lease_seconds: int = setting(30, "APFLOW_LEASE_SECONDS", whole(minimum=2))
+    # Modules imported at start-up (they register executors and verify hooks).
+    plugins: tuple[str, ...] = setting((), "APFLOW_PLUGINS", names)
+    # Accept executor ids no loaded plugin provides (an API tier without the workers' plugins).
+    allow_unknown_executors: bool = setting(False, "APFLOW_ALLOW_UNKNOWN_EXECUTORS", flag)
     # text: one plain line per record; json: one JSON object per line.
     log_format: str = setting("text", "APFLOW_LOG_FORMAT", log_format)
     # How often every scheduler refreshes its instance row (three missed beats: not live).

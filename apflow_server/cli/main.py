@@ -66,6 +66,10 @@ COMMANDS = {
         "The configuration file (APFLOW_HOME/config.cli.yaml) and tokens.",
     ),
     "db": ("apflow_server.cli.db:db_group", "The database schema (Alembic migrations)."),
+    "plugins": (
+        "apflow_server.cli.plugins:plugins",
+        "The plugins, executors and webhook verify hook this installation loads.",
+    ),
     "scheduler": (
         "apflow_server.cli.scheduler:scheduler_group",
         "Run the internal scheduler and see what it does.",

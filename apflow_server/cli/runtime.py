@@ -11,6 +11,7 @@ from typing import TypeVar
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
 from apflow_server.config import Settings
+from apflow_server.plugins import load_plugins
 from apflow_server.service import Service
 from apflow_server.storage.database import Database, DatabaseError
 from apflow_server.storage.repository import TaskRepository
@@ -66,6 +67,7 @@ def run_with_service(work: Callable[[Service], Awaitable[T]]) -> T:
         configured database, its schema ensured first: a fresh SQLite file is migrated; PostgreSQL
     must have been migrated by `apflow db upgrade`."""
     settings = Settings.from_env()
+    load_plugins(settings)  # their executors: tasks are checked against them, and run here
 
     def with_service(database: Database) -> Awaitable[T]:
         return work(Service(settings, database, TaskRepository(database, settings=settings)))

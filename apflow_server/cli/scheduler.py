@@ -21,6 +21,7 @@ from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.types import RunStatus, RunTrigger, TaskStatus
+from apflow_server.plugins import load_plugins
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.service import Service
 from apflow_server.service.runs import takers
@@ -245,6 +246,7 @@ def start(
 
     Any number of schedulers may share one database: each occurrence runs exactly once."""
     settings = Settings.from_env()
+    load_plugins(settings)
     config = SchedulerConfig(
         poll_interval=poll_interval,
         max_concurrent_tasks=max_concurrent,

@@ -15,6 +15,7 @@ import click
 from sqlalchemy.engine import make_url
 
 from apflow_server.config import CONFIG_FILE, MIN_JWT_SECRET_BYTES, ConfigError, Settings
+from apflow_server.plugins import load_plugins
 from apflow_server.storage.database import Database
 
 from .logs import configure_logging
@@ -129,6 +130,7 @@ def serve(
     /readyz and /metrics. The internal scheduler runs in the same process unless
     --no-scheduler."""
     settings = Settings.from_env()
+    load_plugins(settings)
     if not settings.jwt_secret and not is_loopback(host) and not insecure:
         raise ConfigError(
             f"refusing to serve on {host} with the JSON-RPC API unauthenticated: set "

@@ -10,6 +10,7 @@ from apflow_server.core.errors import (
     TaskNotFoundError,
     ValidationError,
 )
+from apflow_server.execution.registry import ExecutorRegistry, registry
 from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
 from apflow_server.service.command_tasks import refuse_command_tasks_unless_admin
 from apflow_server.storage.models import Task
@@ -26,8 +27,30 @@ def checked_task_id(task_id: Any) -> str:
 
 
 class Tasks:
-    def __init__(self, repository: TaskRepository) -> None:
+    def __init__(self, repository: TaskRepository, executors: ExecutorRegistry = registry) -> None:
         self.repository = repository
+        self.executors = executors
+
+    def check_executors(self, spec: dict[str, Any], prefix: str = "") -> None:
+        """Refuse an executor that no built-in or loaded plugin provides: the task would fail
+        at every run. APFLOW_ALLOW_UNKNOWN_EXECUTORS lets an API tier that does not load the
+        workers' plugins accept them."""
+        if self.repository.settings.allow_unknown_executors:
+            return
+        # The executor a run uses: params.executor_id, else schemas.method (the guide's form).
+        for holder, key in (("params", "executor_id"), ("schemas", "method")):
+            named = spec.get(holder)
+            name = named.get(key) if isinstance(named, dict) else None
+            if not isinstance(name, str) or not name:
+                continue
+            if name not in self.executors.names():
+                known = ", ".join(self.executors.names())
+                raise ValidationError(
+                    f"{prefix}{holder}.{key}",
+                    f"no executor named {name!r} is loaded (known: {known}; plugins load "
+                    "through APFLOW_PLUGINS or the apflow_server.plugins entry points)",
+                )
+            return
 
     async def get(self, caller: Principal | None, task_id: Any) -> Task:
         """The task, if it exists and the caller may touch it."""
@@ -43,6 +66,8 @@ class Tasks:
         if not specs or not all(isinstance(spec, dict) for spec in specs):
             raise ValidationError("tasks", "must be a non-empty list of task objects")
         refuse_command_tasks_unless_admin(caller, {"tasks": specs} if batch else specs[0])
+        for index, spec in enumerate(specs):
+            self.check_executors(spec, f"tasks[{index}]." if batch else "")
         if caller is not None and not caller.is_admin:
             for index, spec in enumerate(specs):
                 owner = spec.get("user_id")
@@ -73,11 +98,20 @@ class Tasks:
         return await self.repository.create_tasks(specs, check_parent=check_parent)
 
     async def update(self, caller: Principal | None, task_id: Any, fields: dict[str, Any]) -> Task:
-        await self.get(caller, task_id)
+        current = await self.get(caller, task_id)
         if "user_id" in fields and not is_admin(caller):
             raise ForbiddenError("user_id: only an admin may change a task's owner")
         if not fields:
             raise ValidationError("params", "name at least one field to change")
+        if "params" in fields or "schemas" in fields:
+            # What the task will name: a new params.executor_id decides over a stored
+            # schemas.method, and the other way round.
+            self.check_executors(
+                {
+                    "params": fields.get("params", current.params),
+                    "schemas": fields.get("schemas", current.schemas),
+                }
+            )
 
         def check_task(stored: Task) -> None:
             # Again inside the writing transaction: the stored task decides (an admin may have

@@ -131,6 +131,17 @@ def test_create_refuses_an_executor_id_that_is_not_a_string(service: Service) ->
     assert "executor_id" in error["data"]["field"]
 
 
+def test_create_and_update_refuse_an_executor_nobody_provides(service: Service) -> None:
+    error = service.api.fail("tasks.create", {"name": "x", "params": {"executor_id": "nope"}})
+    assert_field(error, INVALID, "params.executor_id")
+    assert service.api.call("tasks.list", {})["total"] == 0
+    task = service.api.create(name="y")
+    error = service.api.fail(
+        "tasks.update", {"task_id": task["id"], "params": {"executor_id": "nope"}}
+    )
+    assert_field(error, INVALID, "params.executor_id")
+
+
 def test_create_refuses_an_end_before_its_start(service: Service) -> None:
     error = service.api.fail(
         "tasks.create",

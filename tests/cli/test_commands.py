@@ -150,8 +150,10 @@ def test_update_sends_only_the_flags_given(cli: Cli) -> None:
     # --executor keeps the other params.
     moved = cli.json("tasks", "update", task_id, "--executor", "rest_executor")
     assert moved["params"] == {"executor_id": "rest_executor", "x": 1}
-    replaced = cli.json("tasks", "update", task_id, "--params", '{"y": 2}', "--executor", "echo")
-    assert replaced["params"] == {"y": 2, "executor_id": "echo"}
+    replaced = cli.json(
+        "tasks", "update", task_id, "--params", '{"y": 2}', "--executor", "echo_executor"
+    )
+    assert replaced["params"] == {"y": 2, "executor_id": "echo_executor"}
 
     scheduled = cli.json(
         "tasks",
