@@ -17,7 +17,7 @@ from apflow_server.core.types import (
 )
 from apflow_server.storage.repository import MAX_PAGE
 
-from .params import CLEAR, JSON_LIST, JSON_OBJECT, Clearable
+from .params import CLEAR, JSON_LIST, JSON_OBJECT, AliasedChoice, Clearable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,7 +71,9 @@ def page_options(default_limit: int = 50) -> Callable[[F], F]:
 
 user_id_filter = click.option("--user-id", help="Only tasks of this owner.")
 task_status_filter = click.option(
-    "--status", type=choice_of(TaskStatus), help="Only tasks in this status."
+    "--status",
+    type=AliasedChoice([str(value) for value in TaskStatus], {"running": "in_progress"}),
+    help="Only tasks in this status (`running` is in_progress).",
 )
 run_status_filter = click.option(
     "--status", type=choice_of(RunStatus), help="Only runs in this status."

@@ -140,7 +140,10 @@ class Clearable(ParamType):
         self.name = inner.name
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
-        return self.inner.get_metavar(param, ctx)
+        inner = self.inner.get_metavar(param, ctx) or self.inner.name.upper()
+        if inner.startswith("[") and inner.endswith("]"):  # the choices: none is one more
+            return f"{inner[:-1]}|none]"
+        return f"{inner}|none"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value.strip().lower() == "none":
@@ -173,3 +176,16 @@ class Instant(ParamType):
 
 
 INSTANT = Instant()
+
+
+class AliasedChoice(click.Choice[str]):
+    """Choices that also accept other words for some of them (the guide's `running` for
+    `in_progress`); the value passed on is always the canonical one."""
+
+    def __init__(self, choices: list[str], aliases: dict[str, str]) -> None:
+        super().__init__([*choices, *aliases], case_sensitive=False)
+        self.aliases = aliases
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        chosen = super().convert(value, param, ctx)
+        return self.aliases.get(chosen, chosen)

@@ -44,6 +44,17 @@ def task_row(url: str, task_id: str) -> Task:
     return query(url, work)
 
 
+def set_task_status(url: str, task_id: str, status: str) -> None:
+    """As a scheduler elsewhere would leave the task (e.g. in_progress while it runs)."""
+
+    async def work(session: AsyncSession) -> None:
+        task = await session.get(Task, task_id)
+        assert task is not None
+        task.status = status
+
+    query(url, work)
+
+
 def runs_of(url: str, task_id: str) -> list[TaskRun]:
     async def work(session: AsyncSession) -> list[TaskRun]:
         found = select(TaskRun).where(TaskRun.task_id == task_id).order_by(TaskRun.created_at)

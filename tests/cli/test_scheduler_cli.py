@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from cli_support import Cli, assert_one_error_line
-from scheduler_support import add_instance, forget_instances, task_row
+from scheduler_support import add_instance, forget_instances, set_task_status, task_row
 
 REFUSED, USAGE = 1, 2
 
@@ -344,3 +344,26 @@ def test_stale_pid_files_are_reported_and_removed_without_signalling(sqlite_cli:
     }
     assert "it held no pid" in cli.ok("scheduler", "stop")
     assert not pid_file.exists()
+
+
+def test_the_guides_running_is_in_progress_and_help_shows_none(cli: Cli) -> None:
+    task_id = cli.create("--name", "busy", "--executor", "echo_executor")["id"]
+    cli.ok(
+        "tasks",
+        "update",
+        task_id,
+        "--schedule-type",
+        "interval",
+        "--schedule-expression",
+        "60",
+        "--schedule-enabled",
+    )
+    set_task_status(cli.url, task_id, "in_progress")
+    running = cli.json("scheduler", "list", "--status", "running")
+    assert [item["id"] for item in running["items"]] == [task_id]
+    assert running == cli.json("scheduler", "list", "--status", "in_progress")
+    assert cli.json("tasks", "list", "--status", "running")["total"] == 1
+
+    help_text = cli.ok("tasks", "update", "--help")
+    assert "[once|interval|cron|daily|weekly|monthly|none]" in help_text
+    assert "--max-runs INTEGER|none" in help_text
