@@ -32,6 +32,7 @@ OBJECT = {"type": "object"}
 DATETIME = {"type": "string", "format": "date-time"}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
 OFFSET = {"type": "integer", "minimum": 0, "maximum": 1_000_000_000}
+NOTE = {"type": "string", "maxLength": 1000}
 TASK = {"type": "object", "description": "a task: its fields, as README.md lists them"}
 TASK_OBJECT = {
     "type": "object",
@@ -259,6 +260,28 @@ async def scheduled_init(ctx: CallContext, params: dict[str, Any]) -> Any:
     return task_to_dict(task)
 
 
+async def scheduled_pause(ctx: CallContext, params: dict[str, Any]) -> Any:
+    task = await ctx.service.schedules.pause(
+        ctx.principal, params["task_id"], note=params.get("note"), until=params.get("until")
+    )
+    return task_to_dict(task)
+
+
+async def scheduled_resume(ctx: CallContext, params: dict[str, Any]) -> Any:
+    task = await ctx.service.schedules.resume(
+        ctx.principal, params["task_id"], note=params.get("note")
+    )
+    return task_to_dict(task)
+
+
+async def scheduled_skip(ctx: CallContext, params: dict[str, Any]) -> Any:
+    count = params.get("count")
+    task = await ctx.service.schedules.skip(
+        ctx.principal, params["task_id"], count=1 if count is None else count
+    )
+    return task_to_dict(task)
+
+
 async def scheduled_complete(ctx: CallContext, params: dict[str, Any]) -> Any:
     calculate = params.get("calculate_next_run")
     success = params.get("success")
@@ -281,7 +304,16 @@ async def scheduled_preview(ctx: CallContext, params: dict[str, Any]) -> Any:
     fires = await ctx.service.schedules.preview(
         ctx.principal, task_id=task_id, count=count, after=after, budget=ctx.budget, **fields
     )
-    return {"fire_times": [fire.isoformat() for fire in fires]}
+    answer: dict[str, Any] = {"fire_times": [fire.isoformat() for fire in fires]}
+    if task_id is not None:
+        # The fire times that will be recorded skipped (paused, or skipped by an operator).
+        holds = await ctx.service.schedules.preview_holds(ctx.principal, task_id, fires)
+        answer["skipped"] = [
+            {"fire_time": fire.isoformat(), "reason": reason}
+            for fire, reason in zip(fires, holds, strict=True)
+            if reason is not None
+        ]
+    return answer
 
 
 async def webhook_trigger(ctx: CallContext, params: dict[str, Any]) -> Any:
@@ -412,6 +444,29 @@ METHODS: tuple[RpcMethod, ...] = (
         "Recompute next_run_at from `from_time` (default now).",
         scheduled_init,
         (TASK_ID, Param("from_time", DATETIME)),
+        TASK,
+    ),
+    RpcMethod(
+        "tasks.scheduled.pause",
+        "Pause the schedule: each occurrence due while paused is recorded skipped (reason "
+        "paused); with `until` it resumes by itself then. The note shows on the task.",
+        scheduled_pause,
+        (TASK_ID, Param("note", NOTE), Param("until", DATETIME)),
+        TASK,
+    ),
+    RpcMethod(
+        "tasks.scheduled.resume",
+        "Resume a paused schedule: its next occurrence runs.",
+        scheduled_resume,
+        (TASK_ID, Param("note", NOTE)),
+        TASK,
+    ),
+    RpcMethod(
+        "tasks.scheduled.skip",
+        "Skip the next `count` occurrences (default 1): each is recorded skipped, reason "
+        "'skipped by <user>'.",
+        scheduled_skip,
+        (TASK_ID, Param("count", {"type": "integer", "minimum": 1, "maximum": 1000})),
         TASK,
     ),
     RpcMethod(

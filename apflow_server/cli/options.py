@@ -156,6 +156,11 @@ schedule_options: Callable[[F], F] = compose(
         type=click.INT,
         help="Delay each occurrence by a fixed pseudo-random 0..N seconds.",
     ),
+    click.option(
+        "--pause-after-failures",
+        type=Clearable(click.INT),
+        help="Pause the schedule after this many failed runs in a row" + _CLEARS + ".",
+    ),
 )
 
 

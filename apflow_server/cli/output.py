@@ -78,7 +78,13 @@ def schedule_text(task: Task) -> str:
         return "-"
     text = f"{task.schedule_type} {task.schedule_expression or ''}".strip()
     text += f" {task.schedule_timezone}"
-    return text if task.schedule_enabled else f"{text} (disabled)"
+    if not task.schedule_enabled:
+        return f"{text} (disabled)"
+    if task.schedule_paused:
+        return f"{text} (paused)"
+    if task.schedule_skip_count:
+        return f"{text} (skips {task.schedule_skip_count})"
+    return text
 
 
 def runs_text(task: Task) -> str:
@@ -262,11 +268,13 @@ def show_preview(
     fire_times: Sequence[datetime],
     output_format: str,
     *,
+    holds: Sequence[str | None] = (),
     task_id: str | None,
     schedule_type: str,
     expression: str,
     zone: str,
 ) -> None:
+    reasons = list(holds) or [None] * len(fire_times)
     if output_format == "json":
         local = ZoneInfo(zone)
         print_json(
@@ -279,8 +287,9 @@ def show_preview(
                     {
                         "utc": when.astimezone(UTC).isoformat(),
                         "local": when.astimezone(local).isoformat(),
+                        **({"skipped": reason} if reason else {}),
                     }
-                    for when in fire_times
+                    for when, reason in zip(fire_times, reasons, strict=True)
                 ],
             }
         )
@@ -295,8 +304,12 @@ def show_preview(
     table.add_column("#", justify="right")
     table.add_column("UTC", no_wrap=True)
     table.add_column(f"Local ({zone})", no_wrap=True)
-    for number, when in enumerate(fire_times, start=1):
-        table.add_row(str(number), instant(when), local_instant(when, zone))
+    held = any(reasons)
+    if held:
+        table.add_column("Skipped")
+    for number, (when, reason) in enumerate(zip(fire_times, reasons, strict=True), start=1):
+        row = [str(number), instant(when), local_instant(when, zone)]
+        table.add_row(*row, *([reason or ""] if held else []))
     console().print(table)
 
 

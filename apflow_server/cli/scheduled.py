@@ -1,4 +1,5 @@
-"""`apflow tasks scheduled ...`: the schedules of tasks: list, due, init, complete, preview."""
+"""`apflow tasks scheduled ...`: the schedules of tasks: list, due, init, complete, preview,
+and the operator's controls: pause, resume, skip."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .options import (
     user_id_filter,
 )
 from .params import INSTANT, JSON_ANY
-from .runtime import run_with_service
+from .runtime import OPERATOR, run_with_service
 
 PREVIEW_FIELDS = (
     "schedule_type",
@@ -122,6 +123,68 @@ def init(task_id: str, from_time: datetime | None, output_format: str) -> None:
     output.show_task_row(task, output_format, headline)
 
 
+@scheduled_group.command("pause")
+@click.argument("task_id")
+@click.option("--note", help="Why, shown on the task (default: who paused it).")
+@click.option(
+    "--until",
+    help="Resume by itself at this ISO 8601 datetime (no offset: in the schedule's zone).",
+)
+@format_option
+def pause(task_id: str, note: str | None, until: str | None, output_format: str) -> None:
+    """Pause a schedule: each occurrence that falls due while paused is recorded skipped
+    (reason paused) instead of running; `resume` (or --until) ends the pause."""
+
+    async def work(service: Service) -> Task:
+        return await service.schedules.pause(OPERATOR, task_id, note=note, until=until)
+
+    task = run_with_service(work)
+    ends = (
+        f" until {output.instant(task.schedule_paused_until)}" if task.schedule_paused_until else ""
+    )
+    headline = f"Paused task {output.describe(task)}{ends}: {task.schedule_pause_note}"
+    output.show_task_row(task, output_format, headline)
+
+
+@scheduled_group.command("resume")
+@click.argument("task_id")
+@click.option("--note", help="Why (written to the service's log).")
+@format_option
+def resume(task_id: str, note: str | None, output_format: str) -> None:
+    """Resume a paused schedule: its next occurrence runs."""
+
+    async def work(service: Service) -> Task:
+        return await service.schedules.resume(OPERATOR, task_id, note=note)
+
+    task = run_with_service(work)
+    following = output.instant(task.next_run_at) if task.next_run_at else "none"
+    headline = f"Resumed task {output.describe(task)}; next run: {following}"
+    output.show_task_row(task, output_format, headline)
+
+
+@scheduled_group.command("skip")
+@click.argument("task_id")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="How many of the next occurrences to skip.",
+)
+@format_option
+def skip(task_id: str, count: int, output_format: str) -> None:
+    """Skip the next occurrences of a schedule: each is recorded skipped when it falls due."""
+
+    async def work(service: Service) -> Task:
+        return await service.schedules.skip(OPERATOR, task_id, count=count)
+
+    task = run_with_service(work)
+    headline = (
+        f"Task {output.describe(task)} skips its next {task.schedule_skip_count} occurrence(s)"
+    )
+    output.show_task_row(task, output_format, headline)
+
+
 @scheduled_group.command("complete")
 @click.argument("task_id")
 @click.option(
@@ -195,24 +258,31 @@ def preview(
             "give a TASK_ID, or --schedule-type and --schedule-expression to preview"
         )
 
-    async def work(service: Service) -> tuple[list[datetime], str, str, str]:
+    async def work(
+        service: Service,
+    ) -> tuple[list[datetime], list[str | None], str, str, str]:
         if task_id is not None:
-            task = await service.tasks.get(None, task_id)
-            times = await service.schedules.preview(None, task_id=task_id, count=count, after=after)
+            task = await service.tasks.get(OPERATOR, task_id)
+            times = await service.schedules.preview(
+                OPERATOR, task_id=task_id, count=count, after=after
+            )
             return (
                 times,
+                await service.schedules.preview_holds(OPERATOR, task_id, times),
                 task.schedule_type or "",
                 task.schedule_expression or "",
                 task.schedule_timezone,
             )
-        times = await service.schedules.preview(None, count=count, after=after, **fields)
+        times = await service.schedules.preview(OPERATOR, count=count, after=after, **fields)
         zone = fields.get("schedule_timezone") or service.settings.default_timezone
-        return times, fields["schedule_type"], fields["schedule_expression"], zone
+        holds: list[str | None] = [None] * len(times)
+        return times, holds, fields["schedule_type"], fields["schedule_expression"], zone
 
-    times, schedule_type, expression, zone = run_with_service(work)
+    times, holds, schedule_type, expression, zone = run_with_service(work)
     output.show_preview(
         times,
         output_format,
+        holds=holds,
         task_id=task_id,
         schedule_type=schedule_type,
         expression=expression,

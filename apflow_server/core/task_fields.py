@@ -33,6 +33,7 @@ SCHEDULE_FIELDS = frozenset(
         "schedule_misfire",
         "schedule_overlap",
         "schedule_jitter_seconds",
+        "pause_after_failures",
     }
 )
 DEFINITION_FIELDS = frozenset(
@@ -54,8 +55,15 @@ READ_ONLY_FIELDS = frozenset(
         "run_count",
         "next_run_at",
         "last_run_at",
+        # Written by tasks.scheduled.pause / resume / skip and by the run lifecycle.
+        "schedule_paused",
+        "schedule_pause_note",
+        "schedule_paused_until",
+        "consecutive_failures",
+        "schedule_skip_count",
     }
 )
+MAX_PAUSE_AFTER_FAILURES = 1000
 
 MAX_JITTER_SECONDS = 86_400
 MAX_INT32 = 2_147_483_647  # the columns are INTEGER
@@ -323,6 +331,7 @@ _CHECKS: dict[str, Any] = {
     "schedule_misfire": _choice(MisfirePolicy),
     "schedule_overlap": _choice(OverlapPolicy),
     "schedule_jitter_seconds": _int_in(0, MAX_JITTER_SECONDS),
+    "pause_after_failures": _optional(_int_in(1, MAX_PAUSE_AFTER_FAILURES)),
 }
 
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
@@ -367,4 +376,10 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "schedule_misfire": {"type": "string", "enum": [policy.value for policy in MisfirePolicy]},
     "schedule_overlap": {"type": "string", "enum": [policy.value for policy in OverlapPolicy]},
     "schedule_jitter_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_JITTER_SECONDS},
+    "pause_after_failures": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_PAUSE_AFTER_FAILURES,
+        "description": "pause the schedule after this many failed runs in a row",
+    },
 }

@@ -6,6 +6,7 @@ they decide (records the missed or skipped occurrences, starts the run, moves th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -22,6 +23,59 @@ OCCURRENCE_CHUNK = 1000
 class PolicyRow(ScheduledRow, Protocol):
     schedule_misfire: str
     schedule_overlap: str
+
+
+class HoldRow(Protocol):
+    """What an operator set on a schedule: a pause (with its end) and skips."""
+
+    schedule_paused: bool
+    schedule_paused_until: datetime | None
+    schedule_skip_count: int
+    schedule_skip_by: str | None
+
+
+PAUSED = "paused"
+
+
+def paused_at(task: HoldRow, occurrence: datetime) -> bool:
+    """Whether the occurrence falls due while the schedule is paused (a pause with an end
+    covers the occurrences before it)."""
+    return task.schedule_paused and (
+        task.schedule_paused_until is None or occurrence < task.schedule_paused_until
+    )
+
+
+def held_reason(task: HoldRow, occurrence: datetime) -> str | None:
+    """Why an occurrence that would run is recorded skipped instead, or None: paused, else
+    one of the skips an operator asked for."""
+    if paused_at(task, occurrence):
+        return PAUSED
+    if task.schedule_skip_count > 0:
+        return f"skipped by {task.schedule_skip_by or 'an operator'}"
+    return None
+
+
+def holds_ahead(task: HoldRow, fires: Sequence[datetime]) -> list[str | None]:
+    """For upcoming fire times in order, why each will be recorded skipped (None: it runs),
+    as the claim will decide: paused ones, then the skips left, one per occurrence."""
+    skips = task.schedule_skip_count
+    reasons: list[str | None] = []
+    for fire in fires:
+        if paused_at(task, fire):
+            reasons.append(PAUSED)
+        elif skips > 0:
+            skips -= 1
+            reasons.append(f"skipped by {task.schedule_skip_by or 'an operator'}")
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def after_failure(failures: int, pause_after: int | None) -> str | None:
+    """The pause note when `failures` failed runs in a row reach `pause_after`, else None."""
+    if pause_after is not None and failures >= pause_after:
+        return f"paused after {failures} consecutive failed runs"
+    return None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -109,6 +110,17 @@ class Task(Base):
     current_run_id: Mapped[str | None] = mapped_column(String(64))
     # Internal: a manual trigger waiting for a scheduler (`apflow scheduler trigger`).
     trigger_requested_at: Mapped[datetime | None]
+    # Paused: occurrences keep falling due and are recorded skipped ("paused") until resumed,
+    # or until schedule_paused_until, when the schedule resumes by itself.
+    schedule_paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    schedule_pause_note: Mapped[str | None] = mapped_column(Text)
+    schedule_paused_until: Mapped[datetime | None]
+    # Pause the schedule after this many failed runs in a row (None: never).
+    pause_after_failures: Mapped[int | None] = mapped_column(Integer)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The next this-many occurrences are recorded skipped ("skipped by <who>").
+    schedule_skip_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    schedule_skip_by: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         # The claim query: enabled schedules ordered by due time. Partial, so the index holds
@@ -154,6 +166,8 @@ class TaskRun(Base):
     created_at: Mapped[datetime]
     # A client's Idempotency-Key: a repeated trigger with the same key returns this run.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Why a skipped or missed occurrence did not run (paused, skipped by <who>, overlap...).
+    reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # Exactly once: an occurrence of a task can be recorded a single time, whoever claims it.
@@ -186,6 +200,7 @@ def run_row(
     error: str | None = None,
     result: Any = None,
     idempotency_key: str | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """A new history row, every column given: the one way runs are written."""
     return {
@@ -204,6 +219,7 @@ def run_row(
         "error": error,
         "result": result,
         "idempotency_key": idempotency_key,
+        "reason": reason,
     }
 
 
@@ -281,6 +297,12 @@ TASK_FIELDS = (
     "schedule_misfire",
     "schedule_overlap",
     "schedule_jitter_seconds",
+    "schedule_paused",
+    "schedule_pause_note",
+    "schedule_paused_until",
+    "pause_after_failures",
+    "consecutive_failures",
+    "schedule_skip_count",
 )
 RUN_FIELDS = (
     "id",
@@ -295,6 +317,7 @@ RUN_FIELDS = (
     "error",
     "result",
     "instance_id",
+    "reason",
 )
 
 

@@ -328,6 +328,20 @@ class TaskRepository:
             task.updated_at = now
         return task
 
+    async def set_hold(self, task_id: str, check: Callable[[Task], dict[str, Any]]) -> Task:
+        """Write what `check` returns (pause, resume or skip columns) on the task, under its
+        row lock: `check` sees the stored task in the writing transaction and raises to refuse,
+        so a schedule disabled meanwhile is not paused. The grid is untouched."""
+        database = await self.db()
+        async with schedule_write(database) as session:
+            task = await session.get(Task, task_id, with_for_update=True)
+            if task is None:
+                raise TaskNotFoundError(task_id)
+            for name, value in check(task).items():
+                setattr(task, name, value)
+            task.updated_at = self.clock()
+        return task
+
     def _check_command_env(self, task: Mapping[str, Any]) -> None:
         """A task that runs commands may set only the environment variables the operator
         listed (the executor checks again at run time)."""

@@ -42,7 +42,15 @@ from apflow_server.core.types import (
 )
 from apflow_server.schedules import Schedule
 from apflow_server.schedules.plan import fire_after, schedule_of, set_next_run
-from apflow_server.schedules.policy import DueDecision, decide_after_run, decide_due
+from apflow_server.schedules.policy import (
+    PAUSED,
+    DueDecision,
+    after_failure,
+    decide_after_run,
+    decide_due,
+    held_reason,
+    paused_at,
+)
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
@@ -110,6 +118,13 @@ class TaskState:
     next_run_at: datetime | None
     due_at: datetime | None
     trigger_requested_at: datetime | None
+    schedule_paused: bool
+    schedule_pause_note: str | None
+    schedule_paused_until: datetime | None
+    pause_after_failures: int | None
+    consecutive_failures: int
+    schedule_skip_count: int
+    schedule_skip_by: str | None
     # The definition, when the task was read to be run and has no children.
     snapshot: TaskSnapshot | None = None
 
@@ -132,6 +147,12 @@ WRITTEN_COLUMNS = (
     "next_run_at",
     "due_at",
     "trigger_requested_at",
+    "schedule_paused",
+    "schedule_pause_note",
+    "schedule_paused_until",
+    "consecutive_failures",
+    "schedule_skip_count",
+    "schedule_skip_by",
 )
 # The history's unique key: one row per occurrence of a task (uq_task_runs_occurrence).
 OCCURRENCE = ("task_id", "scheduled_for")
@@ -323,20 +344,26 @@ class RunStore:
         """Apply the misfire and overlap rules to due tasks and start the runs they call for,
         with one insert for all the fired occurrences (and one for the missed ones)."""
         decisions = [self._decide(task, now) for task in tasks]
+        # Late occurrences are missed, unless they fell due while paused: skipped, as every
+        # occurrence of a paused schedule is (read before a pause that ends here is lifted).
+        late = [(d.task, o) for d in decisions for o in d.due.missed]
+        skipped = [(task, o, PAUSED) for task, o in late if paused_at(task, o)]
+        missed = [(task, o, _missed_reason(task)) for task, o in late if not paused_at(task, o)]
+        held: dict[str, str] = {}
         for decision in decisions:
-            if decision.task.status == IN_PROGRESS:  # cancel_other: the newer occurrence wins
-                await self._cancel_current(
-                    session, decision.task, now, "cancelled by a newer occurrence"
-                )
-        await self._record_many(
-            session,
-            [(d.task, o) for d in decisions for o in d.due.missed],
-            RunStatus.MISSED,
-            now,
-        )
+            task, occurrence = decision.task, decision.due.fire
+            reason = self._hold(task, occurrence) if occurrence is not None else None
+            if reason is not None and occurrence is not None:
+                held[task.id] = reason
+                skipped.append((task, occurrence, reason))
+            elif occurrence is not None and task.status == IN_PROGRESS:
+                # cancel_other: the newer occurrence wins
+                await self._cancel_current(session, task, now, "cancelled by a newer occurrence")
+        await self._record_many(session, missed, RunStatus.MISSED, now)
+        await self._record_many(session, skipped, RunStatus.SKIPPED, now)
         # An occurrence claimed ahead of its due instant starts at that instant.
         starts = {d.task.id: max(now, d.task.due_at or now) for d in decisions}
-        fired = [d for d in decisions if d.due.fire is not None]
+        fired = [d for d in decisions if d.due.fire is not None and d.task.id not in held]
         inserted = await self._insert_runs(
             session,
             [(d.task, d.due.fire, starts[d.task.id]) for d in fired if d.due.fire is not None],
@@ -347,6 +374,9 @@ class RunStore:
             task, occurrence = decision.task, decision.due.fire
             if occurrence is None:
                 set_next_run(task, decision.due.following)
+                continue
+            if task.id in held:
+                set_next_run(task, fire_after(decision.schedule, task, occurrence))
                 continue
             run_id = inserted.get(task.id)
             if run_id is None:
@@ -454,6 +484,7 @@ class RunStore:
         idempotency_key: str | None = None,
         *,
         started: datetime | None = None,
+        reason: str | None = None,
     ) -> dict[str, Any]:
         running = status is RunStatus.RUNNING
         return run_row(
@@ -469,6 +500,7 @@ class RunStore:
             instance_id=self.instance_id if running else None,
             lease_expires_at=now + self.lease if running else None,
             idempotency_key=idempotency_key,
+            reason=reason,
         )
 
     async def _insert_run(
@@ -493,24 +525,43 @@ class RunStore:
         occurrences: Sequence[datetime],
         status: RunStatus,
         now: datetime,
+        reason: str,
     ) -> None:
         """History rows for occurrences of one task that will not run (missed or skipped)."""
-        await self._record_many(session, [(task, o) for o in occurrences], status, now)
+        await self._record_many(session, [(task, o, reason) for o in occurrences], status, now)
 
     async def _record_many(
         self,
         session: AsyncSession,
-        occurrences: Sequence[tuple[TaskState, datetime]],
+        occurrences: Sequence[tuple[TaskState, datetime, str]],
         status: RunStatus,
         now: datetime,
     ) -> None:
+        """History rows, each with why it did not run, for occurrences that will not run."""
         if not occurrences:
             return
         rows = [
-            self._run_row(task, RunTrigger.SCHEDULE, occurrence, status, now)
-            for task, occurrence in occurrences
+            self._run_row(task, RunTrigger.SCHEDULE, occurrence, status, now, reason=reason)
+            for task, occurrence, reason in occurrences
         ]
         await insert_rows(session, RUNS, rows, unique=OCCURRENCE)
+
+    def _hold(self, task: TaskState, occurrence: datetime) -> str | None:
+        """Why `occurrence`, about to run, is recorded skipped instead (paused, or a skip an
+        operator asked for, which it uses up); None when it runs. A pause that ends at or
+        before the occurrence ends here: the schedule resumes by itself."""
+        until = task.schedule_paused_until
+        if task.schedule_paused and until is not None and occurrence >= until:
+            task.schedule_paused = False
+            task.schedule_pause_note = None
+            task.schedule_paused_until = None
+        reason = held_reason(task, occurrence)
+        if reason is not None and reason != PAUSED:
+            task.schedule_skip_count -= 1
+            if task.schedule_skip_count <= 0:
+                task.schedule_skip_count = 0
+                task.schedule_skip_by = None
+        return reason
 
     async def _cancel_current(
         self, session: AsyncSession, task: TaskState, now: datetime, reason: str
@@ -831,6 +882,7 @@ class RunStore:
                     RunStatus.CANCELLED: TaskStatus.CANCELLED,
                 }.get(outcome.status, TaskStatus.FAILED)
                 self._release(task, status, outcome.result, outcome.error, now)
+                self._count_failures(task, outcome.status)
                 if status is not TaskStatus.COMPLETED:
                     reason = outcome.error or f"run ended {outcome.status.value}"
                     await self._release_tree(session, task.id, reason, now)
@@ -858,6 +910,22 @@ class RunStore:
         task.current_run_id = None
         task.updated_at = now
 
+    def _count_failures(self, task: TaskState, status: RunStatus) -> None:
+        """Failed runs in a row; at the task's pause_after_failures the schedule pauses, with a
+        note saying so. A completed run starts the count again; a cancelled one is neither."""
+        if status is RunStatus.COMPLETED:
+            task.consecutive_failures = 0
+            return
+        if status is RunStatus.CANCELLED:
+            return
+        task.consecutive_failures += 1
+        note = after_failure(task.consecutive_failures, task.pause_after_failures)
+        if note is not None and task.schedule_enabled and not task.schedule_paused:
+            task.schedule_paused = True
+            task.schedule_pause_note = note
+            task.schedule_paused_until = None
+            logger.warning("task %s: %s", task.id, note)
+
     async def _release_tree(
         self, session: AsyncSession, root_id: str, reason: str, now: datetime
     ) -> None:
@@ -882,9 +950,20 @@ class RunStore:
         decision = decide_after_run(schedule, task, started, now)
         if decision is None:
             return None
-        await self._record(session, task, decision.skipped, RunStatus.SKIPPED, now)
+        overlap = f"the previous run was still running (overlap {task.schedule_overlap})"
+        await self._record(session, task, decision.skipped, RunStatus.SKIPPED, now, overlap)
         if decision.fire is None:
             set_next_run(task, decision.following)
+            return None
+        reason = self._hold(task, decision.fire)
+        if reason is not None:
+            await self._record(session, task, [decision.fire], RunStatus.SKIPPED, now, reason)
+            # As _fire moves it: past the held occurrence, or to `following` when the policy
+            # already recorded the ones between.
+            following = fire_after(schedule, task, decision.fire)
+            if following is not None and decision.following is not None:
+                following = decision.following
+            set_next_run(task, following)
             return None
         return await self._fire(
             session, task, schedule, decision.fire, now, then=decision.following
@@ -917,6 +996,10 @@ class RunStore:
             ]
         found = [_aware(c) for c in candidates if c is not None]
         return min(found) if found else None
+
+
+def _missed_reason(task: TaskState) -> str:
+    return f"late beyond the misfire grace (misfire {task.schedule_misfire})"
 
 
 def _aware(value: datetime) -> datetime:

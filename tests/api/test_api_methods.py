@@ -774,3 +774,54 @@ def test_discover_describes_every_task_field_and_every_error(service: Service) -
 
 def test_discover_refuses_params(service: Service) -> None:
     assert_field(service.api.fail("rpc.discover", {"x": 1}), INVALID, "params")
+
+
+# ---------------------------------------------------------------------- operator controls
+
+
+def test_pause_resume_and_skip_through_json_rpc(service: Service) -> None:
+    api = service.api
+    task = api.create(**EVERY_MINUTE, schedule_enabled=True)
+    until = soon(7200)
+    paused = api.call(
+        "tasks.scheduled.pause", {"task_id": task["id"], "note": "upgrade", "until": iso(until)}
+    )
+    assert paused["schedule_paused"] is True and paused["schedule_pause_note"] == "upgrade"
+    assert datetime.fromisoformat(paused["schedule_paused_until"]) == until
+    preview = api.call("tasks.scheduled.preview", {"task_id": task["id"], "count": 3})
+    assert [entry["reason"] for entry in preview["skipped"]] == ["paused"] * 3
+    resumed = api.call("tasks.scheduled.resume", {"task_id": task["id"], "note": "done"})
+    assert resumed["schedule_paused"] is False and resumed["schedule_paused_until"] is None
+    skipping = api.call("tasks.scheduled.skip", {"task_id": task["id"], "count": 2})
+    assert skipping["schedule_skip_count"] == 2
+    preview = api.call("tasks.scheduled.preview", {"task_id": task["id"], "count": 3})
+    assert preview["skipped"] == [
+        {"fire_time": preview["fire_times"][0], "reason": "skipped by the operator"},
+        {"fire_time": preview["fire_times"][1], "reason": "skipped by the operator"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "field"),
+    [
+        ("tasks.scheduled.pause", {"until": "2020-01-01T00:00:00Z"}, "until"),
+        ("tasks.scheduled.pause", {"until": "2030-01-01T00:00:00"}, "until"),
+        ("tasks.scheduled.pause", {"note": 5}, "note"),
+        ("tasks.scheduled.skip", {"count": 0}, "count"),
+        ("tasks.scheduled.skip", {"count": 1001}, "count"),
+    ],
+)
+def test_operator_controls_refuse_bad_input_naming_the_field(
+    service: Service, method: str, params: dict[str, Any], field: str
+) -> None:
+    task = service.api.create(**EVERY_MINUTE, schedule_enabled=True)
+    error = service.api.fail(method, {"task_id": task["id"], **params})
+    assert_field(error, INVALID, field)
+    stored = service.api.call("tasks.get", {"task_id": task["id"]})
+    assert stored["schedule_paused"] is False and stored["schedule_skip_count"] == 0
+
+
+def test_pausing_a_task_without_an_enabled_schedule_names_the_task(service: Service) -> None:
+    plain = service.api.create()
+    for method in ("tasks.scheduled.pause", "tasks.scheduled.skip"):
+        assert_field(service.api.fail(method, {"task_id": plain["id"]}), INVALID, "task_id")

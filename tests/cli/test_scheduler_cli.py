@@ -371,3 +371,54 @@ def test_the_guides_running_is_in_progress_and_help_shows_none(cli: Cli) -> None
     help_text = cli.ok("tasks", "update", "--help")
     assert "[once|interval|cron|daily|weekly|monthly|none]" in help_text
     assert "--max-runs INTEGER|none" in help_text
+
+
+def test_pause_resume_and_skip_from_the_cli(cli: Cli) -> None:
+    task_id = cli.create(
+        "--name",
+        "nightly",
+        "--executor",
+        "echo_executor",
+        "--schedule-type",
+        "daily",
+        "--schedule-expression",
+        "03:00",
+        "--schedule-enabled",
+    )["id"]
+    paused = cli.json(
+        "tasks",
+        "scheduled",
+        "pause",
+        task_id,
+        "--note",
+        "holiday freeze",
+        "--until",
+        "2099-01-02T00:00:00+00:00",
+    )
+    assert paused["schedule_paused"] is True
+    assert paused["schedule_pause_note"] == "holiday freeze"
+    table = cli.ok("tasks", "scheduled", "preview", task_id, "--count", "2")
+    assert "Skipped" in table and table.count("paused") == 2
+    assert "(paused)" in cli.ok("scheduler", "list")
+    resumed = cli.ok("tasks", "scheduled", "resume", task_id)
+    assert resumed.startswith(f"Resumed task {task_id} (nightly); next run: ")
+    skipped = cli.json("tasks", "scheduled", "skip", task_id, "--count", "3")
+    assert skipped["schedule_skip_count"] == 3
+    preview = cli.json("tasks", "scheduled", "preview", task_id, "--count", "4")
+    assert [entry.get("skipped") for entry in preview["fire_times"]] == [
+        "skipped by the operator"
+    ] * 3 + [None]
+
+    plain = cli.create("--name", "plain")["id"]
+    cli.fails(REFUSED, "tasks", "scheduled", "pause", plain, names=("task_id", "no schedule"))
+    cli.fails(
+        REFUSED,
+        "tasks",
+        "scheduled",
+        "pause",
+        task_id,
+        "--until",
+        "2001-01-01T00:00:00Z",
+        names=("until", "in the future"),
+    )
+    cli.fails(2, "tasks", "scheduled", "skip", task_id, "--count", "0", names=("--count",))
