@@ -125,6 +125,12 @@ def test_every_method_over_a_real_server(api: Api) -> None:
         {"task_id": one["id"], "success": True, "calculate_next_run": False},
     )
     assert done["status"] == "completed"
+    paused = call("tasks.scheduled.pause", {"task_id": one["id"], "note": "live"})
+    assert paused["schedule_paused"] is True and paused["schedule_pause_note"] == "live"
+    assert (
+        call("tasks.scheduled.skip", {"task_id": one["id"], "count": 2})["schedule_skip_count"] == 2
+    )
+    assert call("tasks.scheduled.resume", {"task_id": one["id"]})["schedule_paused"] is False
     preview = call(
         "tasks.scheduled.preview",
         {
