@@ -282,6 +282,21 @@ async def scheduled_skip(ctx: CallContext, params: dict[str, Any]) -> Any:
     return task_to_dict(task)
 
 
+async def scheduler_heartbeat(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.service.runs.record_heartbeat(
+        ctx.principal,
+        instance_id=params["instance_id"],
+        host=params["host"],
+        pid=params["pid"],
+        state=params["state"],
+        user_filter=params.get("user_filter"),
+        started_at=params.get("started_at"),
+        stats=params.get("stats") or {},
+        heartbeat_interval=params["heartbeat_interval"],
+    )
+    return {"recorded": True}
+
+
 async def scheduled_complete(ctx: CallContext, params: dict[str, Any]) -> Any:
     calculate = params.get("calculate_next_run")
     success = params.get("success")
@@ -468,6 +483,23 @@ METHODS: tuple[RpcMethod, ...] = (
         scheduled_skip,
         (TASK_ID, Param("count", {"type": "integer", "minimum": 1, "maximum": 1000})),
         TASK,
+    ),
+    RpcMethod(
+        "scheduler.heartbeat",
+        "An API-mode scheduler's heartbeat: its instance row (admins only; the scheduler "
+        "calls it every APFLOW_HEARTBEAT_SECONDS).",
+        scheduler_heartbeat,
+        (
+            Param("instance_id", {"type": "string", "minLength": 1, "maxLength": 128}, True),
+            Param("host", {"type": "string", "minLength": 1, "maxLength": 255}, True),
+            Param("pid", {"type": "integer", "minimum": 0, "maximum": 2_147_483_647}, True),
+            Param("state", {"type": "string", "maxLength": 16}, True),
+            Param("user_filter", {"type": "string", "maxLength": 255}),
+            Param("started_at", DATETIME),
+            Param("stats", OBJECT),
+            Param("heartbeat_interval", {"type": "integer", "minimum": 1, "maximum": 86400}, True),
+        ),
+        {"type": "object", "properties": {"recorded": {"type": "boolean"}}},
     ),
     RpcMethod(
         "tasks.scheduled.complete",

@@ -97,8 +97,13 @@ class ApiScheduler:
         self.stats = SchedulerStats(instance_id=self.instance_id)
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._ids = 0
+
+    @property
+    def heartbeat_interval(self) -> int:
+        return max(1, round(self.config.heartbeat_interval or self.settings.heartbeat_seconds))
 
     @property
     def state(self) -> SchedulerState:
@@ -128,7 +133,9 @@ class ApiScheduler:
             self.token.subject,
             self.token.source,
         )
+        await self._beat()
         self._task = asyncio.create_task(self._loop(), name="apflow-api-scheduler")
+        self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="apflow-heartbeat")
 
     async def stop(self, grace: float | None = None) -> None:
         if self.state in {SchedulerState.STOPPED, SchedulerState.STOPPING}:
@@ -137,13 +144,46 @@ class ApiScheduler:
         self._stopping.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        self.stats.state = SchedulerState.STOPPED
+        await self._beat()
         if self._client is not None:
             await self._client.aclose()
-        self.stats.state = SchedulerState.STOPPED
         logger.info("scheduler %s stopped", self.instance_id)
 
     async def get_status(self) -> SchedulerStats:
         return self.stats
+
+    async def _heartbeats(self) -> None:
+        """Beat every heartbeat interval, whatever the poll interval, so `scheduler status`
+        on any host sees this scheduler (the server writes its instance row)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        try:
+            await self.call(
+                "scheduler.heartbeat",
+                {
+                    "instance_id": self.instance_id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "state": self.state.value,
+                    "user_filter": self.config.user_id,
+                    "started_at": (self.stats.started_at or utcnow()).isoformat(),
+                    "stats": {
+                        key: value
+                        for key, value in self.stats.to_dict().items()
+                        if key not in {"extra", "instance_id"}
+                    },
+                    "heartbeat_interval": self.heartbeat_interval,
+                },
+            )
+        except ApiError as exc:
+            logger.warning("heartbeat not recorded: %s", exc)
 
     async def call(self, method: str, params: dict[str, Any]) -> Any:
         assert self._client is not None

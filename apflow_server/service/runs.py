@@ -3,6 +3,7 @@ list the history."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -14,17 +15,19 @@ from apflow_server.core.errors import (
     NotFoundError,
     ValidationError,
 )
+from apflow_server.core.task_fields import json_depth
 from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.scheduler.base import SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
 from apflow_server.service.tasks import Tasks, checked_task_id
-from apflow_server.storage.instances import live_instances
+from apflow_server.storage.instances import beat, live_instances
 from apflow_server.storage.models import SchedulerInstance, Task, TaskRun
 from apflow_server.storage.repository import Page, TaskRepository, subtree_of
 from apflow_server.storage.runs import RunStore
 
 MAX_IDEMPOTENCY_KEY = 255
+MAX_STATS_BYTES = 16_384
 # The instance id writes made outside any scheduler are recorded under (the CLI's).
 OPERATOR_INSTANCE = "cli"
 
@@ -111,6 +114,43 @@ class Runs:
         if not is_admin(caller):
             raise ForbiddenError("only an admin may list the schedulers")
         return await self._live()
+
+    async def record_heartbeat(
+        self,
+        caller: Principal | None,
+        *,
+        instance_id: str,
+        host: str,
+        pid: int,
+        state: str,
+        user_filter: str | None,
+        started_at: datetime | None,
+        stats: dict[str, Any],
+        heartbeat_interval: int,
+    ) -> None:
+        """An API-mode scheduler's beat (it has no database of its own): its instance row,
+        so `apflow scheduler status` and the dashboard see it. Schedulers act as admins."""
+        if not is_admin(caller):
+            raise ForbiddenError("only an admin (a scheduler) may record a heartbeat")
+        if state not in {member.value for member in SchedulerState}:
+            raise ValidationError("state", "must be a scheduler state")
+        if json_depth(stats) > 4 or len(json.dumps(stats, default=str)) > MAX_STATS_BYTES:
+            raise ValidationError("stats", f"must be a flat object under {MAX_STATS_BYTES} bytes")
+        now = utcnow()
+        await beat(
+            await self.repository.db(),
+            {
+                "id": instance_id,
+                "host": host,
+                "pid": pid,
+                "mode": "api",
+                "user_filter": user_filter,
+                "state": state,
+                "started_at": started_at or now,
+                "heartbeat_at": now,
+                "stats": {**stats, "heartbeat_interval": heartbeat_interval},
+            },
+        )
 
     async def _live(self) -> list[SchedulerInstance]:
         return await live_instances(await self.repository.db(), utcnow())

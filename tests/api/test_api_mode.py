@@ -25,8 +25,10 @@ import pytest
 from api_support import (
     JWT_SECRET,
     SCHEDULER_SCRIPT,
+    Api,
     ServerProcess,
     admin_token,
+    assert_field,
     assert_stopped_gracefully,
     create_pg_database,
     drop_pg_database,
@@ -37,6 +39,8 @@ from api_support import (
 from apflow_server.config import Settings
 from apflow_server.scheduler.api_mode import ApiError, ApiScheduler, resolve_token
 from apflow_server.scheduler.base import SchedulerConfig, SchedulerState
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import SchedulerInstance
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Live:
     server: ServerProcess
     journal: Path
     home: Path
+    url: str
 
     def rpc(self, method: str, params: Any, auth: str | None = None) -> Any:
         response = httpx.post(
@@ -89,7 +94,7 @@ def live(
     server = ServerProcess(env, "--no-scheduler")
     try:
         server.wait_ready()
-        yield Live(server, journal, home)
+        yield Live(server, journal, home, url)
     finally:
         code = server.stop()
         if request.param == "postgresql":
@@ -381,3 +386,59 @@ def test_a_generated_token_is_signed_again_before_it_expires(live: Live) -> None
     assert "items" in due
     assert now_used.value != expired.value and now_used.renew_at is not None
     assert now_used.renew_at > time.monotonic() + 5 * 86400
+
+
+async def instance_row(live: Live, instance_id: str) -> SchedulerInstance | None:
+    database = Database(live.url)
+    try:
+        async with database.transaction() as session:
+            return await session.get(SchedulerInstance, instance_id)
+    finally:
+        await database.dispose()
+
+
+async def test_an_api_scheduler_beats_through_the_server_whatever_its_poll(live: Live) -> None:
+    """It has no database: the server records its instance row, every heartbeat interval
+    while it sleeps its long poll, so `apflow scheduler status` sees it on any host."""
+    settings = scheduler_settings(live)
+    scheduler = ApiScheduler(
+        SchedulerConfig(poll_interval=60, heartbeat_interval=1),
+        settings,
+        resolve_token(settings, JWT_SECRET),
+    )
+
+    await scheduler.start()
+    try:
+        beats = set()
+        for _ in range(30):
+            mine = await instance_row(live, scheduler.instance_id)
+            if mine is not None:
+                beats.add(mine.heartbeat_at)
+                assert (mine.mode, mine.state) == ("api", "running")
+            if len(beats) >= 3:
+                break
+            await asyncio.sleep(0.25)
+        assert len(beats) >= 3, beats
+    finally:
+        await scheduler.stop()
+    stopped = await instance_row(live, scheduler.instance_id)
+    assert stopped is not None and stopped.state == "stopped"
+
+
+async def test_a_heartbeat_needs_an_admin_and_sane_values(live: Live) -> None:
+    beat = {
+        "instance_id": "x",
+        "host": "h",
+        "pid": 1,
+        "state": "running",
+        "heartbeat_interval": 10,
+    }
+    with httpx.Client(base_url=live.server.url) as http:
+        api = Api(http, token("alice"))
+        error = api.fail("scheduler.heartbeat", beat)
+        assert error["code"] == -32003
+        admin = api.as_user(admin_token("ops"))
+        assert admin.call("scheduler.heartbeat", beat) == {"recorded": True}
+        assert_field(admin.fail("scheduler.heartbeat", {**beat, "state": "bogus"}), -32602, "state")
+        deep = {"a": {"b": {"c": {"d": {"e": 1}}}}}
+        assert_field(admin.fail("scheduler.heartbeat", {**beat, "stats": deep}), -32602, "stats")
