@@ -44,7 +44,14 @@ class MisfirePolicy(StrEnum):
 class OverlapPolicy(StrEnum):
     SKIP = "skip"
     BUFFER_ONE = "buffer_one"
+    BUFFER_ALL = "buffer_all"
     CANCEL_OTHER = "cancel_other"
+    ALLOW_ALL = "allow_all"
+
+
+# Policies under which a due occurrence is claimed while the task runs (the others settle
+# what came due when the run ends).
+CLAIMED_WHILE_RUNNING = frozenset({OverlapPolicy.CANCEL_OTHER.value, OverlapPolicy.ALLOW_ALL.value})
 
 
 class RunStatus(StrEnum):

@@ -332,7 +332,10 @@ class InternalScheduler:
             for run in claimed:
                 self._launch(run)
         if self.claiming:  # after claiming: what is due comes first
-            reclaimed = await self.store.reclaim_expired()
+            buffered: list[ClaimedRun] = []
+            reclaimed = await self.store.reclaim_expired(follow_ups=buffered)
+            for run in buffered:  # what the overlap policy started as an abandoned run ended
+                self._launch(run)
             if reclaimed:
                 self.stats.runs_reclaimed += len(reclaimed)
                 logger.warning("recorded %d abandoned run(s): %s", len(reclaimed), reclaimed)

@@ -136,14 +136,22 @@ def decide_after_run(
     Occurrences older than the run (a run_all catch-up backlog) are left to the claim.
 
     `buffer_one` kept the first that came due and runs it now; the buffer was full for the
-    rest. `cancel_other` runs the newest now: its claim would have cancelled this run had the
-    run not ended first. `skip` skips them all."""
+    rest. `buffer_all` kept them all: the oldest runs now, the next when it ends. `cancel_other`
+    runs the newest now: its claim would have cancelled this run had the run not ended first.
+    `allow_all` claimed them beside the run. `skip` skips them all."""
     if not task.schedule_enabled or task.next_run_at is None or task.due_at is None:
         return None
-    if task.due_at > now or task.next_run_at < started:
+    policy = OverlapPolicy(task.schedule_overlap)
+    if policy is OverlapPolicy.ALLOW_ALL:
+        return None  # what came due was claimed beside the run
+    # buffer_all drains its whole buffer, one run after another, however old
+    if task.due_at > now or (task.next_run_at < started and policy is not OverlapPolicy.BUFFER_ALL):
         return None
     during, following = occurrences_due(schedule, task, task.next_run_at, now, OCCURRENCE_CHUNK)
-    policy = OverlapPolicy(task.schedule_overlap)
+    if policy is OverlapPolicy.BUFFER_ALL:
+        # The oldest waiting runs now; the schedule stays at the next, which runs when this
+        # one ends (at most OCCURRENCE_CHUNK are looked at per step).
+        return AfterRunDecision(skipped=[], fire=during[0], following=None)
     if policy is OverlapPolicy.BUFFER_ONE:
         return AfterRunDecision(
             skipped=during[1:],

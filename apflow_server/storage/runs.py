@@ -35,6 +35,7 @@ from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError, ConflictError, TaskNotFoundError
 from apflow_server.core.types import (
+    CLAIMED_WHILE_RUNNING,
     OverlapPolicy,
     RunStatus,
     RunTrigger,
@@ -261,7 +262,7 @@ def claim_query(now: datetime, user_id: str | None, limit: int) -> Select[Any]:
     claimable = due_filter(states_query(definition=True), now, user_id).where(
         or_(
             TASKS.c.status != IN_PROGRESS,
-            TASKS.c.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value,
+            TASKS.c.schedule_overlap.in_(CLAIMED_WHILE_RUNNING),
         )
     )
     return claimable.order_by(TASKS.c.due_at).limit(limit).with_for_update(skip_locked=True)
@@ -357,6 +358,11 @@ class RunStore:
                 held[task.id] = reason
                 skipped.append((task, occurrence, reason))
             elif occurrence is not None and task.status == IN_PROGRESS:
+                if task.schedule_overlap == OverlapPolicy.ALLOW_ALL.value:
+                    if not _overlaps(task):  # a tree: its rows hold one run's state
+                        held[task.id] = TREE_NO_OVERLAP
+                        skipped.append((task, occurrence, TREE_NO_OVERLAP))
+                    continue  # allow_all: the new run starts beside the running one
                 # cancel_other: the newer occurrence wins
                 await self._cancel_current(session, task, now, "cancelled by a newer occurrence")
         await self._record_many(session, missed, RunStatus.MISSED, now)
@@ -651,7 +657,7 @@ class RunStore:
         key = (task.id, request.idempotency_key) if request.idempotency_key else None
         if key is not None and key in replays:
             return replays[key]
-        if task.status == IN_PROGRESS:
+        if task.status == IN_PROGRESS and not _overlaps(task):
             if task.schedule_overlap != OverlapPolicy.CANCEL_OTHER.value:
                 raise ConflictError(
                     f"task {task.id!r} is already running", data={"task_id": task.id}
@@ -701,10 +707,7 @@ class RunStore:
                 and task.next_run_at == scheduled_for
                 and task.due_at is not None
                 and task.due_at <= now
-                and (
-                    task.status != IN_PROGRESS
-                    or task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value
-                )
+                and (task.status != IN_PROGRESS or task.schedule_overlap in CLAIMED_WHILE_RUNNING)
             )
             if not due:
                 return None
@@ -764,8 +767,14 @@ class RunStore:
             )
             return set(owned)
 
-    async def reclaim_expired(self, limit: int = 100) -> list[str]:
-        """Record runs whose owner stopped renewing as abandoned and release their tasks."""
+    async def reclaim_expired(
+        self, limit: int = 100, follow_ups: list[ClaimedRun] | None = None
+    ) -> list[str]:
+        """Record runs whose owner stopped renewing as abandoned and release their tasks.
+
+        The overlap policy then settles what came due during the abandoned run, as when a
+        run ends: a buffered occurrence it starts is ours to run, and is added to
+        `follow_ups` (without the list, nothing is started and the occurrence stays due)."""
         now = self.clock()
         abandoned: list[str] = []
         # A plain read first: the locking transaction (on SQLite, the write lock) only when
@@ -797,7 +806,12 @@ class RunStore:
                     if task.current_run_id == run.id:
                         self._release(task, TaskStatus.FAILED, None, reason, now)
                         await self._release_tree(session, task.id, reason, now)
-                        await self._settle_after_run(session, task, run.started_at or now, now)
+                        if follow_ups is not None:
+                            started = await self._settle_after_run(
+                                session, task, run.started_at or now, now
+                            )
+                            if started is not None:
+                                follow_ups.append(started)
                         await write_back(session, [task])
                 abandoned.append(run.id)
             if abandoned:
@@ -979,7 +993,7 @@ class RunStore:
                 Task.schedule_enabled,
                 or_(
                     Task.status != IN_PROGRESS,
-                    Task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value,
+                    Task.schedule_overlap.in_(CLAIMED_WHILE_RUNNING),
                 ),
             )
             requested = select(func.min(Task.trigger_requested_at)).where(
@@ -996,6 +1010,15 @@ class RunStore:
             ]
         found = [_aware(c) for c in candidates if c is not None]
         return min(found) if found else None
+
+
+TREE_NO_OVERLAP = "the previous run was still running (a tree's runs cannot overlap)"
+
+
+def _overlaps(task: TaskState) -> bool:
+    """Whether a new run of the task may start beside its running one: allow_all, for a task
+    without children (a tree's task rows hold the state of one run at a time)."""
+    return task.schedule_overlap == OverlapPolicy.ALLOW_ALL.value and task.snapshot is not None
 
 
 def _missed_reason(task: TaskState) -> str:

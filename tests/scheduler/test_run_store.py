@@ -340,6 +340,95 @@ async def test_expired_lease_is_reclaimed_and_the_schedule_continues(
     assert next_run.scheduled_for == T0 + 2 * MINUTE
 
 
+async def test_a_buffered_occurrence_after_an_abandoned_run_is_started_and_returned(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    """buffer_one: an occurrence came due while the run ran, and the run's owner died. The
+    reclaiming scheduler starts the buffered occurrence and hands it back to be run (before,
+    it was recorded running and never launched, then abandoned in turn)."""
+    task = await every_minute(repo, schedule_overlap="buffer_one")
+    crashed = RunStore(database, settings, "crashed", clock=clock)
+    survivor = RunStore(database, settings, "survivor", clock=clock)
+    clock.now = T0 + MINUTE
+    [run] = await crashed.claim_due(10)
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=5)  # occurrence 2 came due meanwhile
+    started: list = []
+    assert await survivor.reclaim_expired(follow_ups=started) == [run.run_id]
+    [follow_up] = started
+    assert follow_up.scheduled_for == T0 + 2 * MINUTE
+    stored = await reload(database, task.id)
+    assert stored.status == "in_progress" and stored.current_run_id == follow_up.run_id
+    assert await survivor.finish(follow_up, RunResult(RunStatus.COMPLETED)) is None
+    rows = await history(database, task.id)
+    assert [(r.scheduled_for, r.status) for r in rows] == [
+        (T0 + MINUTE, "abandoned"),
+        (T0 + 2 * MINUTE, "completed"),
+    ]
+
+
+async def test_overlap_buffer_all_runs_every_waiting_occurrence_in_order(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="buffer_all")
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    clock.now = T0 + 4 * MINUTE + timedelta(seconds=10)  # 2, 3 and 4 came due meanwhile
+    assert await store.claim_due(10) == []  # the running task is left alone
+    ran = [run.scheduled_for]
+    while run is not None:
+        clock.now += timedelta(seconds=5)
+        follow_up = await store.finish(run, RunResult(RunStatus.COMPLETED))
+        if follow_up is not None:
+            ran.append(follow_up.scheduled_for)
+        run = follow_up
+    assert ran == [T0 + k * MINUTE for k in (1, 2, 3, 4)]
+    rows = await history(database, task.id)
+    assert [r.status for r in rows] == ["completed"] * 4
+    assert (await reload(database, task.id)).next_run_at == T0 + 5 * MINUTE
+
+
+async def test_overlap_allow_all_starts_each_occurrence_beside_the_running_one(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="allow_all")
+    clock.now = T0 + MINUTE
+    [first] = await store.claim_due(10)
+    clock.now = T0 + 2 * MINUTE
+    [second] = await store.claim_due(10)  # the first still runs
+    assert second.scheduled_for == T0 + 2 * MINUTE
+    # A manual start overlaps too.
+    manual = await store.start_now(task.id, RunTrigger.MANUAL)
+    assert manual.run_id not in {first.run_id, second.run_id}
+    # The first ends after the newer ones started: its outcome is recorded, and the task
+    # keeps showing its newest run.
+    assert await store.finish(first, RunResult(RunStatus.FAILED, None, "slow")) is None
+    stored = await reload(database, task.id)
+    assert stored.status == "in_progress" and stored.current_run_id == manual.run_id
+    await store.finish(second, RunResult(RunStatus.COMPLETED))
+    await store.finish(manual, RunResult(RunStatus.COMPLETED))
+    async with database.transaction() as session:
+        rows = list(await session.scalars(select(TaskRun).where(TaskRun.task_id == task.id)))
+    assert Counter(r.status for r in rows) == {"failed": 1, "completed": 2}
+    assert (await reload(database, task.id)).status == "completed"
+
+
+async def test_overlap_allow_all_does_not_overlap_a_tree(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    root = await every_minute(repo, schedule_overlap="allow_all")
+    await repo.create_task(name="child", parent_id=root.id, params={"executor_id": "echo_executor"})
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    clock.now = T0 + 2 * MINUTE
+    assert await store.claim_due(10) == []
+    rows = await history(database, root.id)
+    assert [(r.status, r.reason) for r in rows][1] == (
+        "skipped",
+        "the previous run was still running (a tree's runs cannot overlap)",
+    )
+    del run
+
+
 async def test_renewal_extends_the_lease(
     store: RunStore, repo: TaskRepository, database: Database, clock: Clock
 ) -> None:
