@@ -46,12 +46,23 @@ class OverlapPolicy(StrEnum):
     BUFFER_ONE = "buffer_one"
     BUFFER_ALL = "buffer_all"
     CANCEL_OTHER = "cancel_other"
+    TERMINATE_OTHER = "terminate_other"
     ALLOW_ALL = "allow_all"
 
 
 # Policies under which a due occurrence is claimed while the task runs (the others settle
 # what came due when the run ends).
-CLAIMED_WHILE_RUNNING = frozenset({OverlapPolicy.CANCEL_OTHER.value, OverlapPolicy.ALLOW_ALL.value})
+CLAIMED_WHILE_RUNNING = frozenset(
+    {
+        OverlapPolicy.CANCEL_OTHER.value,
+        OverlapPolicy.TERMINATE_OTHER.value,
+        OverlapPolicy.ALLOW_ALL.value,
+    }
+)
+# Policies under which a newer run replaces the running one.
+REPLACES_RUNNING = frozenset(
+    {OverlapPolicy.CANCEL_OTHER.value, OverlapPolicy.TERMINATE_OTHER.value}
+)
 
 
 class RunStatus(StrEnum):
@@ -60,6 +71,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    TERMINATED = "terminated"
     ABANDONED = "abandoned"
     SKIPPED = "skipped"
     MISSED = "missed"

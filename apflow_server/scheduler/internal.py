@@ -51,6 +51,9 @@ MIN_SLEEP = 0.05
 # Occurrences due this soon are claimed now and started at their instant: claiming is a
 # transaction of a few milliseconds, which would otherwise make every run that much late.
 CLAIM_AHEAD = timedelta(milliseconds=50)
+# After a change signal, how long the lease task waits before checking ownership (signals
+# come in bursts; one check serves them all).
+OWNERSHIP_CHECK = 0.25
 MAX_KEPT_OUTCOMES = 1000
 # Most outcomes recorded in one transaction.
 FINISH_BATCH = 200
@@ -108,6 +111,9 @@ class InternalScheduler:
         self._lease_task: asyncio.Task[None] | None = None
         self._listener: ScheduleListener | SqliteFileWatcher | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Set when a run of ours may have been ended elsewhere (terminate_other): the lease
+        # task checks ownership at once instead of at its next renewal.
+        self._ownership = asyncio.Event()
         self.store: RunStore | None = None
         self.executor: RunExecutor | None = None
 
@@ -149,6 +155,7 @@ class InternalScheduler:
             self.stats.state = SchedulerState.ERROR
             raise
         self._wake = asyncio.Event()
+        self._ownership = asyncio.Event()
         self._stopping = False
         self.store = RunStore(self._database, self.settings, self.instance_id)
         self.executor = RunExecutor(
@@ -165,7 +172,7 @@ class InternalScheduler:
         self.stats.state = SchedulerState.RUNNING
         signals.subscribe(self._wake.set)
         if self.claiming:
-            self._listener = _change_listener(self._database, self._wake.set)
+            self._listener = _change_listener(self._database, self._on_change)
             if self._listener is not None:
                 self._listener.start()
         logger.info(
@@ -264,6 +271,7 @@ class InternalScheduler:
             claimed = await store.start_now(
                 task_id, trigger, idempotency_key=idempotency_key, check=check
             )
+        self._check_terminated()
         if claimed is not None and not claimed.replayed:
             self._launch(claimed)
         return claimed
@@ -329,6 +337,7 @@ class InternalScheduler:
         free = self.config.max_concurrent_tasks - len(self._active)
         if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
             claimed = await self.store.claim_due(free, self.config.user_id, ahead=CLAIM_AHEAD)
+            self._check_terminated()
             for run in claimed:
                 self._launch(run)
         if self.claiming:  # after claiming: what is due comes first
@@ -505,11 +514,29 @@ class InternalScheduler:
             except Exception:
                 logger.exception("on_task_complete callback failed for %s", claimed.task_id)
 
+    def _on_change(self) -> None:
+        """Another process changed something: what is due, or who owns a run of ours."""
+        self._wake.set()
+        self._ownership.set()
+
+    def _check_terminated(self) -> None:
+        """After our own claim or start: if it terminated a run of ours, stop it now."""
+        if self.store is not None and self.store.terminated:
+            self.store.terminated.clear()
+            self._ownership.set()
+
     async def _renew_leases(self) -> None:
-        """Renew our leases well before they expire; stop runs we no longer own."""
+        """Renew our leases well before they expire; stop runs we no longer own. A change
+        signal checks at once (terminate_other ends a run elsewhere), at most every
+        OWNERSHIP_CHECK seconds."""
         interval = max(self.settings.lease_seconds / 3, 0.5)
         while True:
-            await asyncio.sleep(interval)
+            try:
+                await asyncio.wait_for(self._ownership.wait(), interval)
+                await asyncio.sleep(OWNERSHIP_CHECK)  # a burst of signals costs one check
+            except TimeoutError:
+                pass
+            self._ownership.clear()
             if not self._active or self.store is None:
                 continue
             ids = list(self._active)

@@ -158,6 +158,6 @@ def decide_after_run(
             fire=during[0],
             following=following if len(during) > 1 else None,
         )
-    if policy is OverlapPolicy.CANCEL_OTHER:
+    if policy in (OverlapPolicy.CANCEL_OTHER, OverlapPolicy.TERMINATE_OTHER):
         return AfterRunDecision(skipped=during[:-1], fire=during[-1], following=None)
     return AfterRunDecision(skipped=during, fire=None, following=following)

@@ -36,6 +36,7 @@ from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError, ConflictError, TaskNotFoundError
 from apflow_server.core.types import (
     CLAIMED_WHILE_RUNNING,
+    REPLACES_RUNNING,
     OverlapPolicy,
     RunStatus,
     RunTrigger,
@@ -283,6 +284,9 @@ class RunStore:
         self.settings = settings
         self.instance_id = instance_id
         self.clock = clock
+        # Runs of this store's own instance that terminate_other ended: its scheduler stops
+        # them at once (other instances learn it from NOTIFY or the SQLite file watcher).
+        self.terminated: set[str] = set()
         # SQLite runs one writer at a time anyway; PostgreSQL overlaps a few transactions.
         self._starts: GroupCommit[StartRequest, ClaimedRun] = GroupCommit(
             self._start_batch, writers=1 if database.is_sqlite else 4
@@ -363,8 +367,8 @@ class RunStore:
                         held[task.id] = TREE_NO_OVERLAP
                         skipped.append((task, occurrence, TREE_NO_OVERLAP))
                     continue  # allow_all: the new run starts beside the running one
-                # cancel_other: the newer occurrence wins
-                await self._cancel_current(session, task, now, "cancelled by a newer occurrence")
+                # cancel_other, terminate_other: the newer occurrence wins
+                await self._replace_current(session, task, now, "occurrence")
         await self._record_many(session, missed, RunStatus.MISSED, now)
         await self._record_many(session, skipped, RunStatus.SKIPPED, now)
         # An occurrence claimed ahead of its due instant starts at that instant.
@@ -569,8 +573,29 @@ class RunStore:
                 task.schedule_skip_by = None
         return reason
 
+    async def _replace_current(
+        self, session: AsyncSession, task: TaskState, now: datetime, newer: str
+    ) -> None:
+        """cancel_other and terminate_other: end the running run for a newer one. A cancelled
+        run's process stops it at its next lease renewal; a terminated one's at once (it is
+        told: NOTIFY, and `terminated` for this process's own scheduler)."""
+        if task.schedule_overlap != OverlapPolicy.TERMINATE_OTHER.value:
+            await self._cancel_current(session, task, now, f"cancelled by a newer {newer}")
+            return
+        if task.current_run_id is not None:
+            self.terminated.add(task.current_run_id)
+        await self._cancel_current(
+            session, task, now, f"terminated by a newer {newer}", RunStatus.TERMINATED
+        )
+        await notify_in_transaction(session)
+
     async def _cancel_current(
-        self, session: AsyncSession, task: TaskState, now: datetime, reason: str
+        self,
+        session: AsyncSession,
+        task: TaskState,
+        now: datetime,
+        reason: str,
+        status: RunStatus = RunStatus.CANCELLED,
     ) -> None:
         """End the task's current run as cancelled; its process learns it at its next renewal."""
         if task.current_run_id is not None:
@@ -578,7 +603,7 @@ class RunStore:
                 update(RUNS)
                 .where(RUNS.c.id == task.current_run_id, RUNS.c.status == RUNNING)
                 .values(
-                    status=RunStatus.CANCELLED.value,
+                    status=status.value,
                     finished_at=now,
                     error=reason,
                     lease_expires_at=None,
@@ -658,12 +683,12 @@ class RunStore:
         if key is not None and key in replays:
             return replays[key]
         if task.status == IN_PROGRESS and not _overlaps(task):
-            if task.schedule_overlap != OverlapPolicy.CANCEL_OTHER.value:
+            if task.schedule_overlap not in REPLACES_RUNNING:
                 raise ConflictError(
                     f"task {task.id!r} is already running", data={"task_id": task.id}
                 )
             await pending.flush()  # the run it cancels may be one this batch started
-            await self._cancel_current(pending.session, task, now, "cancelled by a newer trigger")
+            await self._replace_current(pending.session, task, now, "trigger")
         if task.parent_id is not None or task.snapshot is None:  # part of a tree
             await pending.flush()
             busy = await _busy_relative(pending.session, task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -201,3 +202,49 @@ async def test_user_filter_only_claims_that_users_tasks(
         await scheduler.stop()
     assert len(ran) == 1
     assert (await repo.require_task(ran[0])).user_id == "alice"
+
+
+async def test_terminate_other_kills_the_running_command_at_once(
+    database: Database, tmp_path, repo: TaskRepository
+) -> None:
+    """A command that outlives its interval: the next occurrence terminates it (SIGKILL to the
+    process, recorded terminated) and starts, without waiting for a lease renewal."""
+    settings = Settings(
+        home=tmp_path,
+        database_url=database.url,
+        lease_seconds=30,  # renewal every 10 s: the kill must not wait for it
+        allow_command_executor=True,
+        command_allowlist=(("sh",),),
+    )
+    pids = tmp_path / "pids"
+    scheduler = scheduler_for(database, settings, poll_interval=60)
+    await scheduler.start()
+    try:
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        task = await TaskRepository(database, settings=settings).create_task(
+            name="slow",
+            params={"executor_id": "command_executor"},
+            inputs={"command": ["sh", "-c", f"echo $$ >> {pids}; exec sleep 60"]},
+            schedule_type="interval",
+            schedule_expression="2s",
+            schedule_start_at=start.isoformat(),
+            schedule_overlap="terminate_other",
+            schedule_enabled=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = pids.read_text().split() if pids.exists() else []
+            if len(lines) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        first_pid = int(pids.read_text().split()[0])
+        await asyncio.sleep(1.0)
+        with pytest.raises(ProcessLookupError):
+            os.kill(first_pid, 0)  # gone: killed, not left sleeping
+        runs = await repo.list_runs(task_id=task.id, limit=10)
+        first = min(runs.items, key=lambda run: run.scheduled_for)
+        assert first.status == "terminated"
+        assert first.error == "terminated by a newer occurrence"
+        assert (first.finished_at - first.started_at).total_seconds() < 3
+    finally:
+        await scheduler.stop(grace=0)

@@ -222,6 +222,29 @@ async def test_overlap_cancel_other_replaces_the_running_run(
     ]
 
 
+async def test_overlap_terminate_other_records_terminated_and_names_the_run(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="terminate_other")
+    first = RunStore(database, settings, "a", clock=clock)
+    clock.now = T0 + MINUTE
+    [old] = await first.claim_due(10)
+    clock.now = T0 + 2 * MINUTE
+    [new] = await first.claim_due(10)
+    # Its own scheduler is told which runs to stop now (others learn it from NOTIFY).
+    assert first.terminated == {old.run_id}
+    assert await first.renew([old.run_id, new.run_id]) == {new.run_id}
+    manual = await first.start_now(task.id, RunTrigger.MANUAL)  # a trigger replaces it too
+    assert first.terminated == {old.run_id, new.run_id}
+    rows = {r.id: (r.status, r.error) for r in await history(database, task.id)}
+    assert rows == {
+        old.run_id: ("terminated", "terminated by a newer occurrence"),
+        new.run_id: ("terminated", "terminated by a newer trigger"),
+        manual.run_id: ("running", None),
+    }
+    assert (await reload(database, task.id)).current_run_id == manual.run_id
+
+
 async def test_overlap_cancel_other_runs_the_newest_when_the_run_ends_before_its_claim(
     store: RunStore, repo: TaskRepository, database: Database, clock: Clock
 ) -> None:
