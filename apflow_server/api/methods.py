@@ -18,7 +18,7 @@ from apflow_server.core.task_fields import (
     WRITABLE_ON_UPDATE,
     parse_instant,
 )
-from apflow_server.core.types import RunTrigger
+from apflow_server.core.types import OverlapPolicy, RunTrigger
 from apflow_server.service import Principal, Service
 from apflow_server.storage.models import run_to_dict, task_to_dict
 from apflow_server.storage.repository import Page
@@ -203,7 +203,11 @@ async def tree(ctx: CallContext, params: dict[str, Any]) -> Any:
 
 async def execute(ctx: CallContext, params: dict[str, Any]) -> Any:
     return await ctx.service.runs.trigger(
-        ctx.principal, params["task_id"], wait=params.get("wait") or False, trigger=RunTrigger.API
+        ctx.principal,
+        params["task_id"],
+        wait=params.get("wait") or False,
+        trigger=RunTrigger.API,
+        overlap=params.get("overlap"),
     )
 
 
@@ -424,7 +428,15 @@ METHODS: tuple[RpcMethod, ...] = (
         "tasks.execute",
         "Run a task tree now on this server (wait=true returns its outcome).",
         execute,
-        (TASK_ID, Param("wait", BOOLEAN)),
+        (
+            TASK_ID,
+            Param("wait", BOOLEAN),
+            Param(
+                "overlap",
+                {"type": "string", "enum": [policy.value for policy in OverlapPolicy]},
+                description="while the task runs: this policy instead of its own",
+            ),
+        ),
     ),
     RpcMethod("tasks.cancel", "Cancel a task's running run.", cancel, (TASK_ID,)),
     RpcMethod(

@@ -257,6 +257,7 @@ class InternalScheduler:
         idempotency_key: str | None = None,
         scheduled_for: datetime | None = None,
         check: Callable[[TaskState], None] | None = None,
+        overlap: str | None = None,
     ) -> ClaimedRun | None:
         """Start a run here: ad hoc, or (with `scheduled_for`) the named due occurrence.
 
@@ -269,7 +270,7 @@ class InternalScheduler:
             claimed = await store.claim_occurrence(task_id, scheduled_for, check=check)
         else:
             claimed = await store.start_now(
-                task_id, trigger, idempotency_key=idempotency_key, check=check
+                task_id, trigger, idempotency_key=idempotency_key, check=check, overlap=overlap
             )
         self._check_terminated()
         if claimed is not None and not claimed.replayed:

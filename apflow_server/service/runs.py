@@ -16,7 +16,7 @@ from apflow_server.core.errors import (
     ValidationError,
 )
 from apflow_server.core.task_fields import json_depth
-from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.core.types import OverlapPolicy, RunStatus, RunTrigger
 from apflow_server.scheduler.base import SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
@@ -49,8 +49,10 @@ class Runs:
         trigger: RunTrigger,
         idempotency_key: str | None = None,
         scheduled_for: datetime | None = None,
+        overlap: str | None = None,
     ) -> dict[str, Any]:
-        """Start a run of the task here (or fire its due occurrence) and describe it.
+        """Start a run of the task here (or fire its due occurrence) and describe it; while
+        it runs, `overlap` (else the task's policy) decides what happens.
 
         The caller's permission is checked under the task's row lock, in the transaction that
         starts the run (concurrent starts share that transaction)."""
@@ -58,6 +60,8 @@ class Runs:
             not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY
         ):
             raise ValidationError("Idempotency-Key", "must be 1-255 characters")
+        if overlap is not None and overlap not in {policy.value for policy in OverlapPolicy}:
+            raise ValidationError("overlap", "must be an overlap policy")
         if scheduled_for is not None and not is_admin(caller):
             # Firing a named due occurrence is what an API-mode scheduler does.
             raise ForbiddenError("scheduled_for: only an admin (a scheduler) may fire occurrences")
@@ -70,6 +74,7 @@ class Runs:
             idempotency_key=idempotency_key,
             scheduled_for=scheduled_for,
             check=lambda task: check_owner(caller, task.user_id),
+            overlap=overlap,
         )
         if claimed is None:
             return {"success": False, "status": "not_due", "task_id": task_id, "run_id": None}

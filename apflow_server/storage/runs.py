@@ -574,12 +574,17 @@ class RunStore:
         return reason
 
     async def _replace_current(
-        self, session: AsyncSession, task: TaskState, now: datetime, newer: str
+        self,
+        session: AsyncSession,
+        task: TaskState,
+        now: datetime,
+        newer: str,
+        policy: str | None = None,
     ) -> None:
         """cancel_other and terminate_other: end the running run for a newer one. A cancelled
         run's process stops it at its next lease renewal; a terminated one's at once (it is
         told: NOTIFY, and `terminated` for this process's own scheduler)."""
-        if task.schedule_overlap != OverlapPolicy.TERMINATE_OTHER.value:
+        if (policy or task.schedule_overlap) != OverlapPolicy.TERMINATE_OTHER.value:
             await self._cancel_current(session, task, now, f"cancelled by a newer {newer}")
             return
         if task.current_run_id is not None:
@@ -623,15 +628,19 @@ class RunStore:
         *,
         idempotency_key: str | None = None,
         check: Callable[[TaskState], None] | None = None,
+        overlap: str | None = None,
     ) -> ClaimedRun:
         """Start a run of a task outside its schedule (manual, webhook, API).
 
-        While the task runs, its overlap policy decides: `cancel_other` replaces the current
-        run; otherwise the request is refused as a conflict (HTTP 409). `check` is called with
+        While the task runs, its overlap policy (or `overlap`, given for this start) decides:
+        `cancel_other` and `terminate_other` replace the current run, `allow_all` runs beside
+        it; otherwise the request is refused as a conflict (HTTP 409). `check` is called with
         the task under its row lock before anything is written, and raises to refuse (the
         caller's permission). Concurrent starts share one transaction (see group_commit.py).
         """
-        return await self._starts.submit(StartRequest(task_id, trigger, idempotency_key, check))
+        return await self._starts.submit(
+            StartRequest(task_id, trigger, idempotency_key, check, overlap)
+        )
 
     async def _start_batch(
         self, requests: Sequence[StartRequest]
@@ -682,13 +691,16 @@ class RunStore:
         key = (task.id, request.idempotency_key) if request.idempotency_key else None
         if key is not None and key in replays:
             return replays[key]
-        if task.status == IN_PROGRESS and not _overlaps(task):
-            if task.schedule_overlap not in REPLACES_RUNNING:
+        policy = request.overlap or task.schedule_overlap
+        if task.status == IN_PROGRESS and not _overlaps(task, policy):
+            # Buffering applies to occurrences; a run asked for now runs now or not at all.
+            if policy not in REPLACES_RUNNING:
                 raise ConflictError(
-                    f"task {task.id!r} is already running", data={"task_id": task.id}
+                    f"task {task.id!r} is already running (overlap {policy})",
+                    data={"task_id": task.id},
                 )
             await pending.flush()  # the run it cancels may be one this batch started
-            await self._replace_current(pending.session, task, now, "trigger")
+            await self._replace_current(pending.session, task, now, "trigger", policy)
         if task.parent_id is not None or task.snapshot is None:  # part of a tree
             await pending.flush()
             busy = await _busy_relative(pending.session, task)
@@ -1040,10 +1052,11 @@ class RunStore:
 TREE_NO_OVERLAP = "the previous run was still running (a tree's runs cannot overlap)"
 
 
-def _overlaps(task: TaskState) -> bool:
+def _overlaps(task: TaskState, policy: str | None = None) -> bool:
     """Whether a new run of the task may start beside its running one: allow_all, for a task
     without children (a tree's task rows hold the state of one run at a time)."""
-    return task.schedule_overlap == OverlapPolicy.ALLOW_ALL.value and task.snapshot is not None
+    chosen = policy or task.schedule_overlap
+    return chosen == OverlapPolicy.ALLOW_ALL.value and task.snapshot is not None
 
 
 def _missed_reason(task: TaskState) -> str:
@@ -1088,6 +1101,8 @@ class StartRequest:
     trigger: RunTrigger
     idempotency_key: str | None = None
     check: Callable[[TaskState], None] | None = None
+    # The overlap policy for this start, instead of the task's own (tasks.execute's overlap).
+    overlap: str | None = None
 
 
 class _PendingStarts:

@@ -393,6 +393,24 @@ def test_execute_errors(service: Service) -> None:
     api.call("tasks.cancel", {"task_id": task["id"]})
 
 
+def test_execute_obeys_the_overlap_policy_unless_given_one(service: Service) -> None:
+    api = service.api
+    task = api.create(params={"executor_id": "test_sleep"}, inputs={"seconds": 5})
+    first = api.call("tasks.execute", {"task_id": task["id"]})["run_id"]
+    assert_field(api.fail("tasks.execute", {"task_id": task["id"]}), CONFLICT)  # skip
+    bad = api.fail("tasks.execute", {"task_id": task["id"], "overlap": "sometimes"})
+    assert_field(bad, INVALID, "overlap")
+    beside = api.call("tasks.execute", {"task_id": task["id"], "overlap": "allow_all"})
+    assert beside["status"] == "triggered" and beside["run_id"] != first
+    replacing = api.call("tasks.execute", {"task_id": task["id"], "overlap": "terminate_other"})
+    runs = {run["id"]: run for run in api.runs(task["id"])}
+    assert runs[beside["run_id"]]["status"] == "terminated"
+    assert runs[first]["status"] == "running"  # allow_all left it alone
+    assert runs[replacing["run_id"]]["status"] == "running"
+    assert api.call("tasks.get", {"task_id": task["id"]})["schedule_overlap"] == "skip"
+    api.call("tasks.cancel", {"task_id": task["id"]})
+
+
 def test_cancel_a_running_task(service: Service) -> None:
     api = service.api
     task = api.create(params={"executor_id": "test_sleep"}, inputs={"seconds": 5})
