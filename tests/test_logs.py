@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 
 import pytest
 
-from apflow_server.cli.logs import JsonFormatter, configure_logging
+from apflow_server.cli.logs import (
+    DroppingQueueHandler,
+    JsonFormatter,
+    configure_logging,
+    writer_handler,
+)
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -47,8 +53,10 @@ def test_configure_logging_replaces_the_handlers_and_quiets_libraries(log_format
     try:
         configure_logging(logging.INFO, log_format)
         assert len(root.handlers) == 1
-        formatter = root.handlers[0].formatter
-        assert isinstance(formatter, JsonFormatter) == (log_format == "json")
+        assert isinstance(root.handlers[0], DroppingQueueHandler)
+        writer = writer_handler()
+        assert writer is not None
+        assert isinstance(writer.formatter, JsonFormatter) == (log_format == "json")
         assert logging.getLogger("httpx").level == logging.WARNING
         configure_logging(logging.DEBUG, log_format, verbose=True)
         assert len(root.handlers) == 1
@@ -56,3 +64,16 @@ def test_configure_logging_replaces_the_handlers_and_quiets_libraries(log_format
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         logging.getLogger("httpx").setLevel(saved[2])
+
+
+def test_a_full_queue_drops_records_instead_of_waiting_and_says_how_many() -> None:
+    records: queue.Queue[logging.LogRecord] = queue.Queue(2)
+    handler = DroppingQueueHandler(records)
+    for index in range(5):
+        handler.handle(record("line %d", index))  # never blocks
+    assert handler.dropped == 3
+    assert [records.get_nowait().getMessage() for _ in range(2)] == ["line 0", "line 1"]
+    handler.handle(record("line 5"))
+    note, line = records.get_nowait(), records.get_nowait()
+    assert note.getMessage() == "3 log records were dropped: the log output fell behind"
+    assert line.getMessage() == "line 5" and handler.dropped == 0

@@ -4,8 +4,11 @@ include the record's `fields` (the run lines carry task, run, trigger, lateness,
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +18,55 @@ DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 # Libraries that are noise at INFO for someone watching a server or a scheduler (httpx logs
 # every request an API-mode scheduler makes); --verbose lets them through.
 QUIET_LOGGERS = ("aiosqlite", "asyncio", "asyncpg", "httpcore", "httpx", "sqlalchemy")
+# Records waiting for the writer thread; beyond this, new ones are dropped (and counted) rather
+# than stalling the event loop.
+QUEUE_SIZE = 10_000
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread without ever waiting: writing to stderr blocks when
+    whoever reads it (a pipe, a log shipper) falls behind, and a blocked write would stall the
+    event loop that fires runs and renews leases. A full queue drops the record; the count of
+    dropped records is written once the queue has room again."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped:
+                note = logging.LogRecord(
+                    "apflow_server.logs", logging.WARNING, __file__, 0,
+                    "%d log records were dropped: the log output fell behind",
+                    (self.dropped,), None,
+                )  # fmt: skip
+                self.queue.put_nowait(note)
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The formatter runs in the writer thread; keep the record as it is (its `fields`
+        # and arguments), formatting only the exception text now, while it exists.
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _stop(listener: logging.handlers.QueueListener) -> None:
+    """Write what is queued and end the writer thread (once)."""
+    if listener._thread is not None:  # stop() may not be called twice
+        listener.stop()
+
+
+def writer_handler() -> logging.Handler | None:
+    """The handler that writes (in the writer thread), for tests and diagnostics."""
+    return _listener.handlers[0] if _listener is not None else None
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,17 +87,25 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: int, log_format: str, *, verbose: bool = False) -> None:
-    """Every record at `level` and above to stderr, in one format; the root logger's handlers
-    are replaced, so uvicorn (started with log_config=None) writes through the same one."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Every record at `level` and above to stderr, in one format, written by a thread of its
+    own (see DroppingQueueHandler); the root logger's handlers are replaced, so uvicorn
+    (started with log_config=None) writes through the same one."""
+    global _listener
+    writer = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        writer.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT, datefmt=DATE_FORMAT))
+        writer.setFormatter(logging.Formatter(TEXT_FORMAT, datefmt=DATE_FORMAT))
+    if _listener is not None:
+        _stop(_listener)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
+    _listener = logging.handlers.QueueListener(records, writer)
+    _listener.start()
+    atexit.register(_stop, _listener)  # what is queued is written before the process ends
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(DroppingQueueHandler(records))
     root.setLevel(level)
     if not verbose:
         for name in QUIET_LOGGERS:

@@ -103,10 +103,16 @@ def test_the_guide_example_exits_on_ctrl_c_while_a_run_is_executing(tmp_path: Pa
     env = {**os.environ, "APFLOW_HOME": str(tmp_path)}
     env.pop("APFLOW_DATABASE_URL", None)
     apflow = str(Path(sys.executable).with_name("apflow"))
+    # The CLI loads the test executors as a plugin, so it accepts a task naming test_sleep.
+    plugged = {
+        **env,
+        "APFLOW_PLUGINS": "support",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")])),
+    }
 
     def cli(*args: str) -> Any:
         done = subprocess.run(
-            [apflow, *args, "-f", "json"], env=env, capture_output=True, text=True, check=True
+            [apflow, *args, "-f", "json"], env=plugged, capture_output=True, text=True, check=True
         )
         return json.loads(done.stdout)
 
