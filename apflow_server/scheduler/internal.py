@@ -171,10 +171,10 @@ class InternalScheduler:
         self.stats.started_at = utcnow()
         self.stats.state = SchedulerState.RUNNING
         signals.subscribe(self._wake.set)
-        if self.claiming:
-            self._listener = _change_listener(self._database, self._on_change)
-            if self._listener is not None:
-                self._listener.start()
+        # Claiming or not: a run started here may be ended elsewhere (terminate_other).
+        self._listener = _change_listener(self._database, self._on_change)
+        if self._listener is not None:
+            self._listener.start()
         logger.info(
             "scheduler %s started: host=%s pid=%s mode=%s user=%s database=%s poll=%ss "
             "max_concurrent=%s",
@@ -343,7 +343,9 @@ class InternalScheduler:
                 self._launch(run)
         if self.claiming:  # after claiming: what is due comes first
             buffered: list[ClaimedRun] = []
-            reclaimed = await self.store.reclaim_expired(follow_ups=buffered)
+            reclaimed = await self.store.reclaim_expired(
+                follow_ups=buffered, user_id=self.config.user_id
+            )
             for run in buffered:  # what the overlap policy started as an abandoned run ended
                 self._launch(run)
             if reclaimed:
@@ -527,22 +529,26 @@ class InternalScheduler:
             self._ownership.set()
 
     async def _renew_leases(self) -> None:
-        """Renew our leases well before they expire; stop runs we no longer own. A change
-        signal checks at once (terminate_other ends a run elsewhere), at most every
-        OWNERSHIP_CHECK seconds."""
+        """Renew our leases well before they expire, every third of the lease; stop runs we no
+        longer own. A change signal (terminate_other ends a run elsewhere) makes a read-only
+        ownership check at once, at most every OWNERSHIP_CHECK seconds, without renewing."""
+        loop = asyncio.get_running_loop()
         interval = max(self.settings.lease_seconds / 3, 0.5)
+        renew_at = loop.time() + interval
         while True:
+            renewing = False
             try:
-                await asyncio.wait_for(self._ownership.wait(), interval)
+                await asyncio.wait_for(self._ownership.wait(), max(renew_at - loop.time(), 0))
                 await asyncio.sleep(OWNERSHIP_CHECK)  # a burst of signals costs one check
             except TimeoutError:
-                pass
+                renewing = True
+                renew_at = loop.time() + interval
             self._ownership.clear()
             if not self._active or self.store is None:
                 continue
             ids = list(self._active)
             try:
-                owned = await self.store.renew(ids)
+                owned = await (self.store.renew(ids) if renewing else self.store.owned(ids))
             except TRANSIENT_ERRORS as exc:
                 logger.warning("lease renewal failed: %s", exc)
                 continue

@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 # History is pruned to APFLOW_RUN_HISTORY_KEEP when a task's run count reaches a multiple of
 # this, so the cost is paid once per so many runs rather than on every one.
 PRUNE_EVERY = 50
+MAX_PRUNE_COUNTERS = 100_000
 IN_PROGRESS = TaskStatus.IN_PROGRESS.value
 RUNNING = RunStatus.RUNNING.value
 
@@ -287,6 +288,8 @@ class RunStore:
         # Runs of this store's own instance that terminate_other ended: its scheduler stops
         # them at once (other instances learn it from NOTIFY or the SQLite file watcher).
         self.terminated: set[str] = set()
+        # Rows written per task, by occurrences that did not run, since its last pruning.
+        self._unpruned: dict[str, int] = {}
         # SQLite runs one writer at a time anyway; PostgreSQL overlaps a few transactions.
         self._starts: GroupCommit[StartRequest, ClaimedRun] = GroupCommit(
             self._start_batch, writers=1 if database.is_sqlite else 4
@@ -555,6 +558,16 @@ class RunStore:
             for task, occurrence, reason in occurrences
         ]
         await insert_rows(session, RUNS, rows, unique=OCCURRENCE)
+        # Rows that no run follows (a paused schedule writes one per occurrence) are pruned
+        # here, every PRUNE_EVERY of them per task; runs are pruned as they finish. A count
+        # in memory is enough: it only decides when to tidy, never what is kept.
+        for task, _, _ in occurrences:
+            self._unpruned[task.id] = self._unpruned.get(task.id, 0) + 1
+            if self._unpruned[task.id] >= PRUNE_EVERY:
+                del self._unpruned[task.id]
+                await prune_runs(session, task.id, self.settings.run_history_keep)
+        if len(self._unpruned) > MAX_PRUNE_COUNTERS:
+            self._unpruned.clear()
 
     def _hold(self, task: TaskState, occurrence: datetime) -> str | None:
         """Why `occurrence`, about to run, is recorded skipped instead (paused, or a skip an
@@ -692,24 +705,28 @@ class RunStore:
         if key is not None and key in replays:
             return replays[key]
         policy = request.overlap or task.schedule_overlap
-        if task.status == IN_PROGRESS and not _overlaps(task, policy):
+        replacing = task.status == IN_PROGRESS and not _overlaps(task, policy)
+        if replacing and policy not in REPLACES_RUNNING:
             # Buffering applies to occurrences; a run asked for now runs now or not at all.
-            if policy not in REPLACES_RUNNING:
-                raise ConflictError(
-                    f"task {task.id!r} is already running (overlap {policy})",
-                    data={"task_id": task.id},
-                )
-            await pending.flush()  # the run it cancels may be one this batch started
-            await self._replace_current(pending.session, task, now, "trigger", policy)
+            raise ConflictError(
+                f"task {task.id!r} is already running (overlap {policy})",
+                data={"task_id": task.id},
+            )
         if task.parent_id is not None or task.snapshot is None:  # part of a tree
             await pending.flush()
-            busy = await _busy_relative(pending.session, task)
+            # Checked before anything is written. The running descendants of a task being
+            # replaced are its own run's: they end with it (released below).
+            busy = await _busy_relative(pending.session, task, descendants=not replacing)
             if busy is not None:
                 raise ConflictError(
                     f"task {task.id!r} is part of a tree that is running ({busy.name!r}, "
                     f"{busy.id}); a task runs either alone or with its tree, not both",
                     data={"task_id": busy.id},
                 )
+        if replacing:
+            await pending.flush()  # the run it replaces may be one this batch started
+            await self._replace_current(pending.session, task, now, "trigger", policy)
+            await self._release_tree(pending.session, task.id, task.error or "replaced", now)
         row = self._run_row(
             task, request.trigger, None, RunStatus.RUNNING, now, request.idempotency_key
         )
@@ -769,22 +786,55 @@ class RunStore:
             task.trigger_requested_at = now
 
     async def cancel(self, task_id: str) -> bool:
-        """Cancel the task's running run; its owner stops it at its next lease renewal."""
+        """Cancel the task's running runs (several under allow_all); their owners stop them
+        when the change signal reaches them, at the latest at their next lease renewal."""
         now = self.clock()
+        reason = "cancelled on request"
         async with schedule_write(self.database) as session:
             query = states_query().where(TASKS.c.id == task_id).with_for_update()
             found = await load_states(session, query)
             if not found:
                 raise TaskNotFoundError(task_id)
             task = found[0]
+            others = await session.scalars(
+                update(RUNS)
+                .where(
+                    RUNS.c.task_id == task_id,
+                    RUNS.c.status == RUNNING,
+                    RUNS.c.id != (task.current_run_id or ""),
+                )
+                .values(
+                    status=RunStatus.CANCELLED.value,
+                    finished_at=now,
+                    error=reason,
+                    lease_expires_at=None,
+                )
+                .returning(RUNS.c.id)
+            )
             if task.status != IN_PROGRESS:
-                return False
-            await self._cancel_current(session, task, now, "cancelled on request")
-            await self._release_tree(session, task.id, "cancelled on request", now)
+                return bool(list(others))
+            await self._cancel_current(session, task, now, reason)
+            await self._release_tree(session, task.id, reason, now)
             await write_back(session, [task])
         return True
 
     # ------------------------------------------------------------------ leases
+
+    async def owned(self, run_ids: Sequence[str]) -> set[str]:
+        """Of `run_ids`, the runs still running as ours: a read, no lease written (an
+        ownership check after a change signal; writing would signal again on SQLite, whose
+        watchers see every commit)."""
+        if not run_ids:
+            return set()
+        async with self.database.transaction() as session:
+            rows = await session.scalars(
+                select(RUNS.c.id).where(
+                    among(RUNS.c.id, run_ids, self.database.dialect),
+                    RUNS.c.status == RUNNING,
+                    RUNS.c.instance_id == self.instance_id,
+                )
+            )
+            return set(rows)
 
     async def renew(self, run_ids: Sequence[str]) -> set[str]:
         """Extend the leases of our running runs; returns the ids we still own."""
@@ -805,7 +855,10 @@ class RunStore:
             return set(owned)
 
     async def reclaim_expired(
-        self, limit: int = 100, follow_ups: list[ClaimedRun] | None = None
+        self,
+        limit: int = 100,
+        follow_ups: list[ClaimedRun] | None = None,
+        user_id: str | None = None,
     ) -> list[str]:
         """Record runs whose owner stopped renewing as abandoned and release their tasks.
 
@@ -843,7 +896,7 @@ class RunStore:
                     if task.current_run_id == run.id:
                         self._release(task, TaskStatus.FAILED, None, reason, now)
                         await self._release_tree(session, task.id, reason, now)
-                        if follow_ups is not None:
+                        if follow_ups is not None and user_id in (None, task.user_id):
                             started = await self._settle_after_run(
                                 session, task, run.started_at or now, now
                             )
@@ -1080,11 +1133,15 @@ def _replayed(run: TaskRun) -> ClaimedRun:
     )
 
 
-async def _busy_relative(session: AsyncSession, task: TaskState) -> Task | None:
-    """An ancestor or descendant of `task` that is running, if any."""
+async def _busy_relative(
+    session: AsyncSession, task: TaskState, *, descendants: bool = True
+) -> Task | None:
+    """An ancestor or (with `descendants`) a descendant of `task` that is running, if any."""
     for parent in await ancestors(session, task.parent_id):
         if parent.status == IN_PROGRESS:
             return parent
+    if not descendants:
+        return None
     has_children = await session.scalar(select(Task.id).where(Task.parent_id == task.id).limit(1))
     if has_children is None:
         return None

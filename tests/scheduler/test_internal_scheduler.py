@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -246,5 +247,35 @@ async def test_terminate_other_kills_the_running_command_at_once(
         assert first.status == "terminated"
         assert first.error == "terminated by a newer occurrence"
         assert (first.finished_at - first.started_at).total_seconds() < 3
+    finally:
+        await scheduler.stop(grace=0)
+
+
+async def test_leases_are_renewed_on_their_interval_not_on_every_change_signal(
+    database: Database, settings: Settings, repo: TaskRepository
+) -> None:
+    """On SQLite the file watcher sees every commit, the scheduler's own included: an
+    ownership check after a signal is a read, so a renewal (a commit) does not signal the
+    next one. lease_seconds=30: the first renewal is due after 10 s (it renewed about every
+    1.25 s, woken by its own commits)."""
+    settings = dataclasses.replace(settings, lease_seconds=30)
+    scheduler = scheduler_for(database, settings)
+    await scheduler.start()
+    assert scheduler.store is not None
+    renewals: list[float] = []
+    renew = scheduler.store.renew
+
+    async def counted(ids):  # type: ignore[no-untyped-def]
+        renewals.append(time.monotonic())
+        return await renew(ids)
+
+    scheduler.store.renew = counted  # type: ignore[method-assign]
+    try:
+        task = await repo.create_task(
+            name="long", params={"executor_id": "test_sleep"}, inputs={"seconds": 5}
+        )
+        await scheduler.trigger(task.id)
+        await asyncio.sleep(4.5)
+        assert renewals == []
     finally:
         await scheduler.stop(grace=0)

@@ -245,6 +245,31 @@ async def test_overlap_terminate_other_records_terminated_and_names_the_run(
     assert (await reload(database, task.id)).current_run_id == manual.run_id
 
 
+async def test_replacing_a_running_tree_on_request_starts_the_new_run(
+    store: RunStore, repo: TaskRepository, database: Database
+) -> None:
+    """terminate_other given for one start, on a tree whose run has a child in progress: the
+    old run ends and its tree is released, the new run starts (it was refused after the old
+    run was already ended, leaving the root in_progress for good)."""
+    root = await repo.create_task(name="root")
+    child = await repo.create_task(
+        name="child", parent_id=root.id, params={"executor_id": "echo_executor"}
+    )
+    old = await store.start_now(root.id, RunTrigger.MANUAL)
+    async with database.transaction(write=True) as session:  # as the runner leaves it
+        await session.execute(update(Task).where(Task.id == child.id).values(status="in_progress"))
+    new = await store.start_now(root.id, RunTrigger.API, overlap="terminate_other")
+    stored = await reload(database, root.id)
+    assert (stored.status, stored.current_run_id) == ("in_progress", new.run_id)
+    assert (await reload(database, child.id)).status == "failed"
+    rows = {r.id: r.status for r in await history(database, root.id)}
+    assert rows == {old.run_id: "terminated", new.run_id: "running"}
+    # A child started alone while its tree runs is refused, and nothing is written.
+    with pytest.raises(ConflictError):
+        await store.start_now(child.id, RunTrigger.API, overlap="terminate_other")
+    assert {r.id: r.status for r in await history(database, root.id)} == rows
+
+
 async def test_overlap_cancel_other_runs_the_newest_when_the_run_ends_before_its_claim(
     store: RunStore, repo: TaskRepository, database: Database, clock: Clock
 ) -> None:
@@ -659,3 +684,54 @@ async def test_a_refused_start_does_not_refuse_its_batch(
     assert isinstance(outcomes[-1], NotFoundError)
     runs = await started_runs(database, {t.id for t in tasks})
     assert {run.task_id for run in runs} == started
+
+
+async def test_cancel_ends_every_running_run_of_an_allow_all_task(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await every_minute(repo, schedule_overlap="allow_all")
+    clock.now = T0 + MINUTE
+    [first] = await store.claim_due(10)
+    clock.now = T0 + 2 * MINUTE
+    [second] = await store.claim_due(10)
+    assert await store.cancel(task.id) is True
+    assert await store.owned([first.run_id, second.run_id]) == set()
+    assert {r.status for r in await history(database, task.id)} == {"cancelled"}
+    assert await store.cancel(task.id) is False  # nothing left running
+
+
+async def test_reclaiming_leaves_another_users_buffered_occurrence_due(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    """A scheduler limited to alice reclaims bob's abandoned run, but does not start bob's
+    buffered occurrence: a scheduler that runs bob's tasks claims it."""
+    task = await every_minute(repo, user_id="bob", schedule_overlap="buffer_one")
+    crashed = RunStore(database, settings, "crashed", clock=clock)
+    alices = RunStore(database, settings, "alices", clock=clock)
+    clock.now = T0 + MINUTE
+    [run] = await crashed.claim_due(10)
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=5)
+    started: list = []
+    assert await alices.reclaim_expired(follow_ups=started, user_id="alice") == [run.run_id]
+    assert started == []
+    [claimed] = await RunStore(database, settings, "any", clock=clock).claim_due(10)
+    assert (claimed.task_id, claimed.scheduled_for) == (task.id, T0 + 2 * MINUTE)
+
+
+async def test_rows_of_a_paused_schedule_are_pruned_to_the_history_limit(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    import dataclasses
+
+    from apflow_server.service import Service
+
+    kept = dataclasses.replace(settings, run_history_keep=10)
+    store = RunStore(database, kept, "a", clock=clock)
+    task = await every_minute(repo)
+    await Service(kept, database, repo).schedules.pause(None, task.id)
+    for k in range(1, 121):
+        clock.now = T0 + k * MINUTE
+        assert await store.claim_due(10) == []
+    rows = await history(database, task.id)
+    assert len(rows) < 10 + 50  # pruned every 50 rows, down to the 10 newest
+    assert rows[-1].scheduled_for == T0 + 120 * MINUTE and rows[-1].reason == "paused"
