@@ -152,6 +152,8 @@ def test_every_method_over_a_real_server(api: Api) -> None:
     assert [child["name"] for child in sync["children"]] == ["kid"]
     deleted = call("tasks.delete", {"task_id": tree2["tasks"][0]["id"]})
     assert len(deleted["deleted"]) == 2
+    beat = {"instance_id": "live", "host": "h", "pid": 1, "state": "running"}
+    assert call("scheduler.heartbeat", {**beat, "heartbeat_interval": 5}) == {"recorded": True}
     document = call("rpc.discover")
     assert {m["name"] for m in document["methods"]} == called
     assert called == {spec.name for spec in METHODS} | {"rpc.discover"}

@@ -772,7 +772,14 @@ def test_discover_describes_every_task_field_and_every_error(service: Service) -
     create = {p["name"]: p for p in methods["tasks.create"]["params"]}
     assert set(create) == {"tasks"} | WRITABLE_ON_CREATE
     assert create["name"]["required"] is True
-    assert create["schedule_overlap"]["schema"]["enum"] == ["skip", "buffer_one", "cancel_other"]
+    assert create["schedule_overlap"]["schema"]["enum"] == [
+        "skip",
+        "buffer_one",
+        "buffer_all",
+        "cancel_other",
+        "terminate_other",
+        "allow_all",
+    ]
     assert create["tasks"]["schema"]["items"]["properties"]["priority"]["maximum"] == 3
     update = {p["name"] for p in methods["tasks.update"]["params"]}
     assert update == {"task_id"} | WRITABLE_ON_UPDATE
