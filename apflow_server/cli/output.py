@@ -243,7 +243,7 @@ def show_runs(page: Page, output_format: str, *, limit: int, offset: int) -> Non
     table.add_column("Finished", no_wrap=True)
     table.add_column("Status", no_wrap=True)
     table.add_column("Attempt", justify="right")
-    table.add_column("Error")
+    table.add_column("Error / reason")
     for run in runs:
         table.add_row(
             cell(run.id),
@@ -254,7 +254,7 @@ def show_runs(page: Page, output_format: str, *, limit: int, offset: int) -> Non
             cell(instant(run.finished_at)),
             cell(run.status),
             cell(run.attempt),
-            cell(run.error),
+            cell(run.error or run.reason),
         )
     out = console()
     out.print(table)

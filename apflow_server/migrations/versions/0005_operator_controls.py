@@ -1,5 +1,7 @@
-"""operator controls: pause with a note and an end, skip the next occurrences, pause after
-failures, and the reason a history row was skipped or missed
+"""operator controls: pause, skip, pause after failures, why a run did not run
+
+Pause with a note and an end, skip the next occurrences, pause after failures, and the reason a
+history row was skipped or missed.
 
 Revision ID: 0005
 Revises: 0004
