@@ -366,9 +366,15 @@ class RunStore:
                 skipped.append((task, occurrence, reason))
             elif occurrence is not None and task.status == IN_PROGRESS:
                 if task.schedule_overlap == OverlapPolicy.ALLOW_ALL.value:
+                    full = None
                     if not _overlaps(task):  # a tree: its rows hold one run's state
-                        held[task.id] = TREE_NO_OVERLAP
-                        skipped.append((task, occurrence, TREE_NO_OVERLAP))
+                        full = TREE_NO_OVERLAP
+                    elif await _running_count(session, task.id) >= MAX_OVERLAPPING_RUNS:
+                        full = f"{MAX_OVERLAPPING_RUNS} runs of the task were still running"
+                        full += " (allow_all)"
+                    if full is not None:
+                        held[task.id] = full
+                        skipped.append((task, occurrence, full))
                     continue  # allow_all: the new run starts beside the running one
                 # cancel_other, terminate_other: the newer occurrence wins
                 await self._replace_current(session, task, now, "occurrence")
@@ -706,6 +712,13 @@ class RunStore:
             return replays[key]
         policy = request.overlap or task.schedule_overlap
         replacing = task.status == IN_PROGRESS and not _overlaps(task, policy)
+        if task.status == IN_PROGRESS and not replacing:  # allow_all: beside the running ones
+            await pending.flush()  # runs this batch started count too
+            if await _running_count(pending.session, task.id) >= MAX_OVERLAPPING_RUNS:
+                raise ConflictError(
+                    f"task {task.id!r} already has {MAX_OVERLAPPING_RUNS} runs running",
+                    data={"task_id": task.id},
+                )
         if replacing and policy not in REPLACES_RUNNING:
             # Buffering applies to occurrences; a run asked for now runs now or not at all.
             raise ConflictError(
@@ -1103,6 +1116,14 @@ class RunStore:
 
 
 TREE_NO_OVERLAP = "the previous run was still running (a tree's runs cannot overlap)"
+# allow_all: at most this many runs of one task at once (each holds a slot of the process
+# running it; without a bound one task, or one user's requests, could start any number).
+MAX_OVERLAPPING_RUNS = 100
+
+
+async def _running_count(session: AsyncSession, task_id: str) -> int:
+    query = select(func.count()).where(RUNS.c.task_id == task_id, RUNS.c.status == RUNNING)
+    return int(await session.scalar(query) or 0)
 
 
 def _overlaps(task: TaskState, policy: str | None = None) -> bool:

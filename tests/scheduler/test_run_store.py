@@ -735,3 +735,25 @@ async def test_rows_of_a_paused_schedule_are_pruned_to_the_history_limit(
     rows = await history(database, task.id)
     assert len(rows) < 10 + 50  # pruned every 50 rows, down to the 10 newest
     assert rows[-1].scheduled_for == T0 + 120 * MINUTE and rows[-1].reason == "paused"
+
+
+async def test_allow_all_runs_of_one_task_are_bounded(
+    store: RunStore,
+    repo: TaskRepository,
+    database: Database,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from apflow_server.storage import runs
+
+    monkeypatch.setattr(runs, "MAX_OVERLAPPING_RUNS", 2)
+    task = await every_minute(repo, schedule_overlap="allow_all")
+    await store.start_now(task.id, RunTrigger.MANUAL)
+    await store.start_now(task.id, RunTrigger.MANUAL)
+    with pytest.raises(ConflictError):
+        await store.start_now(task.id, RunTrigger.MANUAL, overlap="allow_all")
+    clock.now = T0 + MINUTE
+    assert await store.claim_due(10) == []  # the occurrence is skipped, saying why
+    [skipped] = [r for r in await history(database, task.id) if r.status == "skipped"]
+    assert skipped.scheduled_for == T0 + MINUTE
+    assert skipped.reason == "2 runs of the task were still running (allow_all)"
