@@ -275,6 +275,10 @@ class Settings:
     allow_unknown_executors: bool = setting(False, "APFLOW_ALLOW_UNKNOWN_EXECUTORS", flag)
     # text: one plain line per record; json: one JSON object per line.
     log_format: str = setting("text", "APFLOW_LOG_FORMAT", log_format)
+    # At most this many occurrences per backfill (a bigger period is refused, naming `end`).
+    max_backfill_occurrences: int = setting(
+        10_000, "APFLOW_MAX_BACKFILL_OCCURRENCES", whole(minimum=1)
+    )
     # How often every scheduler refreshes its instance row (three missed beats: not live).
     heartbeat_seconds: int = setting(10, "APFLOW_HEARTBEAT_SECONDS", whole(minimum=1))
     run_history_keep: int = setting(1000, "APFLOW_RUN_HISTORY_KEEP", whole(minimum=1))

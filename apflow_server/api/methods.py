@@ -286,6 +286,21 @@ async def scheduled_skip(ctx: CallContext, params: dict[str, Any]) -> Any:
     return task_to_dict(task)
 
 
+async def scheduled_backfill(ctx: CallContext, params: dict[str, Any]) -> Any:
+    optional = {
+        name: params[name]
+        for name in ("dry_run", "reprocess", "max_concurrent", "order")
+        if params.get(name) is not None
+    }
+    return await ctx.service.schedules.backfill(
+        ctx.principal, params["task_id"], start=params["start"], end=params["end"], **optional
+    )
+
+
+async def scheduled_backfill_cancel(ctx: CallContext, params: dict[str, Any]) -> Any:
+    return await ctx.service.schedules.cancel_backfill(ctx.principal, params["backfill_id"])
+
+
 async def scheduler_heartbeat(ctx: CallContext, params: dict[str, Any]) -> Any:
     await ctx.service.runs.record_heartbeat(
         ctx.principal,
@@ -495,6 +510,29 @@ METHODS: tuple[RpcMethod, ...] = (
         scheduled_skip,
         (TASK_ID, Param("count", {"type": "integer", "minimum": 1, "maximum": 1000})),
         TASK,
+    ),
+    RpcMethod(
+        "tasks.scheduled.backfill",
+        "Run the schedule's occurrences in [start, end) now, each with its own scheduled_for "
+        "and trigger backfill, exactly once: {backfill_id, dry_run, occurrences, queued, "
+        "already_done}. reprocess: none (default), failed or all; order: oldest_first "
+        "(default) or newest_first; at most APFLOW_MAX_BACKFILL_OCCURRENCES occurrences.",
+        scheduled_backfill,
+        (
+            TASK_ID,
+            Param("start", DATETIME, True),
+            Param("end", DATETIME, True),
+            Param("dry_run", BOOLEAN),
+            Param("reprocess", {"type": "string", "enum": ["none", "failed", "all"]}),
+            Param("max_concurrent", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            Param("order", {"type": "string", "enum": ["oldest_first", "newest_first"]}),
+        ),
+    ),
+    RpcMethod(
+        "tasks.scheduled.backfill.cancel",
+        "Cancel a backfill: its queued occurrences are recorded cancelled.",
+        scheduled_backfill_cancel,
+        (Param("backfill_id", ID, True),),
     ),
     RpcMethod(
         "scheduler.heartbeat",

@@ -40,9 +40,8 @@ class Metrics:
         )
 
     def run_started(self, run: ClaimedRun) -> None:
-        if run.scheduled_for is not None:
-            lateness = (run.started_at - run.scheduled_for).total_seconds()
-            self.lateness.observe(max(lateness, 0.0))
+        if run.lateness is not None:
+            self.lateness.observe(max(run.lateness, 0.0))
 
     def run_finished(self, outcome: RunResult) -> None:
         self.runs.labels(status=outcome.status.value).inc()

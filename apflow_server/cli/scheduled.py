@@ -185,6 +185,84 @@ def skip(task_id: str, count: int, output_format: str) -> None:
     output.show_task_row(task, output_format, headline)
 
 
+@scheduled_group.command("backfill")
+@click.argument("task_id")
+@click.option("--start", help="ISO 8601 start, inclusive (no offset: the schedule's zone).")
+@click.option("--end", help="ISO 8601 end, exclusive, not in the future.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be queued.")
+@click.option(
+    "--reprocess",
+    type=click.Choice(["none", "failed", "all"]),
+    default="none",
+    show_default=True,
+    help="Occurrences with an outcome: leave them, or run the failed ones (or all) again.",
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="How many of its runs may run at once.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["oldest_first", "newest_first"]),
+    default="oldest_first",
+    show_default=True,
+)
+@click.option("--cancel", "cancel_id", metavar="BACKFILL_ID", help="Cancel this backfill instead.")
+@format_option
+def backfill(
+    task_id: str,
+    start: str | None,
+    end: str | None,
+    dry_run: bool,
+    reprocess: str,
+    max_concurrent: int,
+    order: str,
+    cancel_id: str | None,
+    output_format: str,
+) -> None:
+    """Run a schedule's occurrences of a past period, each once with its own scheduled_for
+    (running schedulers take them; trigger backfill in the run history)."""
+    if cancel_id is None and (start is None or end is None):
+        raise click.UsageError("--start and --end are required (or --cancel BACKFILL_ID)")
+
+    async def work(service: Service) -> dict[str, Any]:
+        if cancel_id is not None:
+            return await service.schedules.cancel_backfill(OPERATOR, cancel_id)
+        return await service.schedules.backfill(
+            OPERATOR,
+            task_id,
+            start=start,
+            end=end,
+            dry_run=dry_run,
+            reprocess=reprocess,
+            max_concurrent=max_concurrent,
+            order=order,
+        )
+
+    answer = run_with_service(work)
+    if output_format == "json":
+        output.print_json(answer)
+        return
+    if cancel_id is not None:
+        output.line(f"Backfill {answer['id']} is {answer['status']}.")
+        return
+    total = len(answer["occurrences"])
+    if answer["dry_run"]:
+        output.line(
+            f"Would queue {answer['queued']} of {total} occurrence(s) of task {task_id} "
+            f"({answer['already_done']} already done)."
+        )
+        return
+    output.line(
+        f"Backfill {answer['backfill_id']}: queued {answer['queued']} of {total} "
+        f"occurrence(s) of task {task_id} ({answer['already_done']} already done); a running "
+        f"scheduler runs them. Follow them with `apflow tasks runs {task_id}`."
+    )
+
+
 @scheduled_group.command("complete")
 @click.argument("task_id")
 @click.option(

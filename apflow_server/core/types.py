@@ -66,6 +66,7 @@ REPLACES_RUNNING = frozenset(
 
 
 class RunStatus(StrEnum):
+    QUEUED = "queued"  # a backfilled occurrence waiting for a scheduler
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -82,6 +83,7 @@ class RunTrigger(StrEnum):
     WEBHOOK = "webhook"
     MANUAL = "manual"
     API = "api"
+    BACKFILL = "backfill"
 
 
 @dataclass(frozen=True)

@@ -351,8 +351,17 @@ class InternalScheduler:
             if reclaimed:
                 self.stats.runs_reclaimed += len(reclaimed)
                 logger.warning("recorded %d abandoned run(s): %s", len(reclaimed), reclaimed)
+        backfilled: list[ClaimedRun] = []
+        free = self.config.max_concurrent_tasks - len(self._active)
+        if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
+            # Backfills take the slots that due occurrences left (those come first).
+            backfilled = await self.store.claim_backfill(free, self.config.user_id)
+            for run in backfilled:
+                self._launch(run)
         if not self.claiming:
             return self.config.poll_interval
+        if backfilled:
+            return 0.0  # more may be queued: take them while slots are free
         if self.config.max_concurrent_tasks - len(self._active) <= 0:
             return self.config.poll_interval  # a finishing run frees a slot and wakes us
         wake_at = await self.store.next_wake_at(self.config.user_id)

@@ -18,7 +18,7 @@ logger = logging.getLogger("apflow_server.runs")
 def started(run: ClaimedRun) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
-    lateness = (run.started_at - run.scheduled_for).total_seconds() if run.scheduled_for else None
+    lateness = run.lateness
     fields = {
         "event": "run.started",
         "task": run.task_id,
@@ -28,9 +28,9 @@ def started(run: ClaimedRun) -> None:
         "lateness_s": None if lateness is None else round(lateness, 3),
         "attempt": run.attempt,
     }
-    late = (
-        "" if lateness is None else f" scheduled_for={fields['scheduled_for']} late={lateness:.3f}s"
-    )
+    late = f" scheduled_for={fields['scheduled_for']}" if run.scheduled_for else ""
+    if lateness is not None:
+        late += f" late={lateness:.3f}s"
     logger.info(
         "run started task=%s run=%s trigger=%s%s",
         run.task_id,

@@ -3,7 +3,7 @@ the task's schedule attributes (the ORM row, or a plain dataclass in tests)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Protocol
 
@@ -115,3 +115,19 @@ def occurrences_due(
         found.append(current)
         current = schedule.next_after(current)
     return found, current
+
+
+def occurrences_between(
+    schedule: Schedule, start: datetime, end: datetime, limit: int
+) -> list[datetime]:
+    """The schedule's occurrences in [start, end), oldest first, at most `limit` of them (a
+    caller that asks for one more than it accepts learns the period holds too many)."""
+    if schedule.type is ScheduleType.ONCE:
+        when = schedule.first_fire(start)
+        return [when] if when is not None and start <= when < end and limit > 0 else []
+    found: list[datetime] = []
+    current = schedule.next_after(start - timedelta(microseconds=1))
+    while current is not None and current < end and len(found) < limit:
+        found.append(current)
+        current = schedule.next_after(current)
+    return found

@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
-from apflow_server.core.errors import ValidationError
+from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.task_fields import parse_instant
-from apflow_server.schedules.plan import localise
+from apflow_server.schedules.plan import localise, occurrences_between, schedule_of
 from apflow_server.schedules.policy import holds_ahead
 from apflow_server.service.caller import Principal, check_owner, user_scope
 from apflow_server.service.tasks import Tasks
+from apflow_server.storage import backfills
 from apflow_server.storage.models import Task
 from apflow_server.storage.repository import Page, TaskRepository
 
@@ -33,6 +34,20 @@ def _note(field: str, note: Any) -> str | None:
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise ValidationError(field, f"must be a string of at most {MAX_NOTE} characters")
     return note.strip() or None
+
+
+MAX_BACKFILL_CONCURRENCY = 1000
+
+
+def _required(field: str, value: Any) -> Any:
+    if value is None:
+        raise ValidationError(field, "is required")
+    return value
+
+
+def _choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValidationError(field, f"must be one of {', '.join(choices)}")
 
 
 def _require_enabled(task: Task, action: str) -> None:
@@ -153,6 +168,100 @@ class Schedules:
             }
 
         return await self.repository.set_hold(task_id, skip)
+
+    async def backfill(
+        self,
+        caller: Principal | None,
+        task_id: Any,
+        *,
+        start: Any,
+        end: Any,
+        dry_run: Any = False,
+        reprocess: Any = "none",
+        max_concurrent: Any = 1,
+        order: Any = "oldest_first",
+    ) -> dict[str, Any]:
+        """Queue the schedule's occurrences in [start, end) for the schedulers to run, each
+        with its own scheduled_for and trigger `backfill`, exactly once like any occurrence.
+        An occurrence with a history row is left alone unless `reprocess` says to run it
+        again (`failed`: the ones that did not complete; `all`). `dry_run` only says what
+        would be queued. At most APFLOW_MAX_BACKFILL_OCCURRENCES occurrences."""
+        task = await self.tasks.get(caller, task_id)
+        if task.schedule_type is None:
+            raise ValidationError("task_id", f"task {task.id!r} has no schedule to backfill")
+        children = await self.repository.list_tasks(parent_id=task.id, limit=1)
+        if children.total:
+            raise ValidationError(
+                "task_id", "a backfill runs a task without children (its runs overlap)"
+            )
+        first = localise(parse_instant("start", _required("start", start)), task.schedule_timezone)
+        last = localise(parse_instant("end", _required("end", end)), task.schedule_timezone)
+        assert first is not None and last is not None
+        now = self.repository.clock()
+        if last <= first:
+            raise ValidationError("end", "must be after start")
+        if last > now:
+            raise ValidationError("end", "must not be in the future (the schedule runs those)")
+        _choice("reprocess", reprocess, ("none", "failed", "all"))
+        _choice("order", order, ("oldest_first", "newest_first"))
+        if not isinstance(dry_run, bool):
+            raise ValidationError("dry_run", "must be true or false")
+        if (
+            isinstance(max_concurrent, bool)
+            or not isinstance(max_concurrent, int)
+            or not 1 <= max_concurrent <= MAX_BACKFILL_CONCURRENCY
+        ):
+            raise ValidationError(
+                "max_concurrent", f"must be a whole number in 1..{MAX_BACKFILL_CONCURRENCY}"
+            )
+        cap = self.repository.settings.max_backfill_occurrences
+        schedule = schedule_of(task)
+        occurrences = await off_loop(occurrences_between, schedule, first, last, cap + 1)
+        if len(occurrences) > cap:
+            raise ValidationError(
+                "end",
+                f"the period holds more than {cap} occurrences "
+                "(APFLOW_MAX_BACKFILL_OCCURRENCES); backfill a shorter one",
+            )
+        made, decided = await backfills.create(
+            await self.repository.db(),
+            task_id=task.id,
+            user_id=task.user_id,
+            occurrences=occurrences,
+            start=first,
+            end=last,
+            reprocess=reprocess,
+            order=order,
+            max_concurrent=max_concurrent,
+            created_by=_who(caller),
+            now=now,
+            dry_run=dry_run,
+        )
+        if made is not None:
+            logger.info(
+                "backfill %s of task %s by %s: %d queued, %d already done",
+                made.id, task.id, _who(caller), decided.queued, len(decided.done),
+            )  # fmt: skip
+        return {
+            "backfill_id": made.id if made is not None else None,
+            "dry_run": dry_run,
+            "occurrences": [occurrence.isoformat() for occurrence in occurrences],
+            "queued": decided.queued,
+            "already_done": len(decided.done),
+        }
+
+    async def cancel_backfill(self, caller: Principal | None, backfill_id: Any) -> dict[str, Any]:
+        """Cancel a backfill: what it still had queued is recorded cancelled."""
+        if not isinstance(backfill_id, str) or not backfill_id or "\x00" in backfill_id:
+            raise ValidationError("backfill_id", "must be a backfill id")
+        database = await self.repository.db()
+        found = await backfills.get(database, backfill_id)
+        if found is None or (caller is not None and not caller.may_act_for(found.user_id)):
+            raise NotFoundError(f"no backfill {backfill_id!r}", data={"field": "backfill_id"})
+        cancelled = await backfills.cancel(database, backfill_id, self.repository.clock())
+        if cancelled is None:
+            raise NotFoundError(f"no backfill {backfill_id!r}", data={"field": "backfill_id"})
+        return backfills.backfill_to_dict(cancelled)
 
     async def init(
         self, caller: Principal | None, task_id: Any, *, from_time: datetime | str | None = None

@@ -168,6 +168,8 @@ class TaskRun(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # Why a skipped or missed occurrence did not run (paused, skipped by <who>, overlap...).
     reason: Mapped[str | None] = mapped_column(Text)
+    # The backfill that queued this occurrence (status queued until a scheduler claims it).
+    backfill_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # Exactly once: an occurrence of a task can be recorded a single time, whoever claims it.
@@ -180,6 +182,46 @@ class TaskRun(Base):
             "lease_expires_at",
             postgresql_where=text("status = 'running'"),
             sqlite_where=text("status = 'running'"),
+        ),
+        # A backfill's queue, taken in occurrence order.
+        Index(
+            "ix_task_runs_backfill_queue",
+            "backfill_id",
+            "status",
+            "scheduled_for",
+            postgresql_where=text("backfill_id IS NOT NULL"),
+            sqlite_where=text("backfill_id IS NOT NULL"),
+        ),
+    )
+
+
+class Backfill(Base):
+    """Occurrences of a past period, queued as run rows for any scheduler to claim."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("tasks.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime]
+    reprocess: Mapped[str] = mapped_column(String(16))  # none, failed, all
+    order_by: Mapped[str] = mapped_column(String(16))  # oldest_first, newest_first
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # active, done, cancelled
+    queued: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_backfills_active",
+            "created_at",
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
         ),
     )
 
@@ -201,6 +243,7 @@ def run_row(
     result: Any = None,
     idempotency_key: str | None = None,
     reason: str | None = None,
+    backfill_id: str | None = None,
 ) -> dict[str, Any]:
     """A new history row, every column given: the one way runs are written."""
     return {
@@ -220,6 +263,7 @@ def run_row(
         "result": result,
         "idempotency_key": idempotency_key,
         "reason": reason,
+        "backfill_id": backfill_id,
     }
 
 
@@ -265,6 +309,7 @@ class FeedKey(Base):
 # The tables themselves, for Core statements (claiming, batches, filters shared with the ORM).
 TASKS = cast(Table, Task.__table__)
 RUNS = cast(Table, TaskRun.__table__)
+BACKFILLS = cast(Table, Backfill.__table__)
 
 TASK_FIELDS = (
     "id",
@@ -318,6 +363,7 @@ RUN_FIELDS = (
     "result",
     "instance_id",
     "reason",
+    "backfill_id",
 )
 
 

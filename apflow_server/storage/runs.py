@@ -53,10 +53,11 @@ from apflow_server.schedules.policy import (
     held_reason,
     paused_at,
 )
+from apflow_server.storage.backfills import ACTIVE, DONE
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
-from apflow_server.storage.models import RUNS, TASKS, Task, TaskRun, run_row
+from apflow_server.storage.models import BACKFILLS, RUNS, TASKS, Task, TaskRun, run_row
 from apflow_server.storage.repository import ancestors, due_filter, prune_runs, subtree_ids
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 # History is pruned to APFLOW_RUN_HISTORY_KEEP when a task's run count reaches a multiple of
 # this, so the cost is paid once per so many runs rather than on every one.
 PRUNE_EVERY = 50
+# Backfills looked at per claim (oldest first); the others wait for the next claim.
+BACKFILLS_PER_CLAIM = 20
 MAX_PRUNE_COUNTERS = 100_000
 IN_PROGRESS = TaskStatus.IN_PROGRESS.value
 RUNNING = RunStatus.RUNNING.value
@@ -241,6 +244,14 @@ class ClaimedRun:
     # The task itself when it has no children: the runner needs no further read.
     leaf: TaskSnapshot | None = None
 
+    @property
+    def lateness(self) -> float | None:
+        """Seconds from its occurrence to its start, for a run the schedule fired (a
+        backfilled occurrence is late by design, a manual run has none)."""
+        if self.scheduled_for is None or self.trigger != RunTrigger.SCHEDULE.value:
+            return None
+        return (self.started_at - self.scheduled_for).total_seconds()
+
 
 @dataclass(frozen=True)
 class _Decision:
@@ -334,6 +345,98 @@ class RunStore:
                 loaded += manual
             await write_back(session, loaded)
         return claimed
+
+    async def claim_backfill(self, limit: int, user_id: str | None = None) -> list[ClaimedRun]:
+        """Claim up to `limit` queued backfill occurrences, each backfill's in its order and
+        within its max_concurrent.
+
+        Exactly once: a queued row becomes `running` and ours in the transaction that selects
+        it (on PostgreSQL `FOR UPDATE SKIP LOCKED`, so two schedulers never take one row; on
+        SQLite the write transaction serialises them). A backfill's row is locked while its
+        rows are taken, so two schedulers never both fill its max_concurrent. A backfill with
+        nothing queued or running is done."""
+        if limit <= 0:
+            return []
+        now = self.clock()
+        async with self.database.transaction() as session:  # a plain read, as on every poll
+            active = await session.scalar(
+                select(BACKFILLS.c.id).where(BACKFILLS.c.status == ACTIVE).limit(1)
+            )
+        if active is None:
+            return []
+        claimed: list[ClaimedRun] = []
+        async with self.database.transaction(write=True) as session:
+            backfills = select(BACKFILLS).where(BACKFILLS.c.status == ACTIVE)
+            if user_id is not None:
+                backfills = backfills.where(BACKFILLS.c.user_id == user_id)
+            chosen = backfills.order_by(BACKFILLS.c.created_at).limit(BACKFILLS_PER_CLAIM)
+            for backfill in list(await session.execute(chosen.with_for_update(skip_locked=True))):
+                room = limit - len(claimed)
+                if room <= 0:
+                    break
+                claimed += await self._take_backfill(session, backfill, room, now)
+        return claimed
+
+    async def _take_backfill(
+        self, session: AsyncSession, backfill: Any, room: int, now: datetime
+    ) -> list[ClaimedRun]:
+        of_backfill = RUNS.c.backfill_id == backfill.id
+        running = int(
+            await session.scalar(select(func.count()).where(of_backfill, RUNS.c.status == RUNNING))
+            or 0
+        )
+        room = min(room, backfill.max_concurrent - running)
+        if room <= 0:
+            return []
+        order = RUNS.c.scheduled_for.asc()
+        if backfill.order_by == "newest_first":
+            order = RUNS.c.scheduled_for.desc()
+        queued = (
+            select(RUNS.c.id, RUNS.c.scheduled_for)
+            .where(of_backfill, RUNS.c.status == RunStatus.QUEUED.value)
+            .order_by(order)
+            .limit(room)
+            .with_for_update(skip_locked=True)
+        )
+        picked = list(await session.execute(queued))
+        if not picked:
+            if running == 0:
+                await session.execute(
+                    update(BACKFILLS)
+                    .where(BACKFILLS.c.id == backfill.id)
+                    .values(status=DONE, finished_at=now)
+                )
+            return []
+        ids = [run_id for run_id, _ in picked]
+        await session.execute(
+            update(RUNS)
+            .where(among(RUNS.c.id, ids, self.database.dialect))
+            .values(
+                status=RUNNING,
+                instance_id=self.instance_id,
+                lease_expires_at=now + self.lease,
+                started_at=now,
+                finished_at=None,
+                attempt=1,
+            )
+        )
+        if len(picked) == room:  # more may be queued: other schedulers may take some too
+            await notify_in_transaction(session)
+        definition = states_query(definition=True).where(TASKS.c.id == backfill.task_id)
+        states = await load_states(session, definition, definition=True)
+        leaf = states[0].snapshot if states else None
+        return [
+            ClaimedRun(
+                run_id,
+                backfill.task_id,
+                backfill.user_id,
+                RunTrigger.BACKFILL.value,
+                _aware(scheduled_for),
+                now,
+                leaf=leaf,
+            )
+            for run_id, scheduled_for in picked
+        ]
 
     def _decide(self, task: TaskState, now: datetime) -> _Decision:
         schedule = schedule_of(task)

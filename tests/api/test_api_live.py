@@ -152,6 +152,22 @@ def test_every_method_over_a_real_server(api: Api) -> None:
     assert [child["name"] for child in sync["children"]] == ["kid"]
     deleted = call("tasks.delete", {"task_id": tree2["tasks"][0]["id"]})
     assert len(deleted["deleted"]) == 2
+    minutely = call(
+        "tasks.create",
+        {
+            "name": "minutely",
+            "params": {"executor_id": "echo_executor"},
+            "schedule_type": "cron",
+            "schedule_expression": "* * * * *",
+        },
+    )
+    period = {"task_id": minutely["id"], "start": "2025-01-01T00:00:00Z"}
+    period["end"] = "2025-01-01T00:05:00Z"
+    dry = call("tasks.scheduled.backfill", {**period, "dry_run": True})
+    assert (dry["queued"], dry["backfill_id"]) == (5, None)
+    queued = call("tasks.scheduled.backfill", {**period, "max_concurrent": 2})
+    cancelled = call("tasks.scheduled.backfill.cancel", {"backfill_id": queued["backfill_id"]})
+    assert cancelled["id"] == queued["backfill_id"]
     beat = {"instance_id": "live", "host": "h", "pid": 1, "state": "running"}
     assert call("scheduler.heartbeat", {**beat, "heartbeat_interval": 5}) == {"recorded": True}
     document = call("rpc.discover")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -850,3 +851,50 @@ def test_pausing_a_task_without_an_enabled_schedule_names_the_task(service: Serv
     plain = service.api.create()
     for method in ("tasks.scheduled.pause", "tasks.scheduled.skip"):
         assert_field(service.api.fail(method, {"task_id": plain["id"]}), INVALID, "task_id")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"start": "2025-01-01T00:10:00Z", "end": "2025-01-01T00:00:00Z"}, "end"),
+        ({"end": None}, "end"),
+        ({"start": "2025-01-01T00:00:00", "end": "2025-01-02T00:00:00Z"}, "start"),
+        ({"reprocess": "some"}, "reprocess"),
+        ({"max_concurrent": 0}, "max_concurrent"),
+    ],
+)
+def test_backfill_refuses_bad_input_naming_the_field(
+    service: Service, params: dict[str, Any], field: str
+) -> None:
+    task = service.api.create(**EVERY_MINUTE)
+    period = {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:10:00Z"}
+    error = service.api.fail(
+        "tasks.scheduled.backfill", {"task_id": task["id"], **period, **params}
+    )
+    assert_field(error, INVALID, field)
+    assert service.api.runs(task["id"]) == []
+
+
+def test_backfill_runs_each_occurrence_of_the_period_once(service: Service) -> None:
+    api = service.api
+    task = api.create(**EVERY_MINUTE)
+    made = api.call(
+        "tasks.scheduled.backfill",
+        {
+            "task_id": task["id"],
+            "start": "2025-01-01T00:00:00Z",
+            "end": "2025-01-01T00:03:00Z",
+            "max_concurrent": 3,
+        },
+    )
+    assert made["occurrences"] == [f"2025-01-01T00:0{k}:00+00:00" for k in range(3)]
+    deadline = time.monotonic() + 10
+    runs = api.runs(task["id"])
+    while {run["status"] for run in runs} != {"completed"}:
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.05)
+        runs = api.runs(task["id"])
+    assert sorted(run["scheduled_for"] for run in runs) == made["occurrences"]
+    assert {(run["trigger"], run["backfill_id"]) for run in runs} == {
+        ("backfill", made["backfill_id"])
+    }

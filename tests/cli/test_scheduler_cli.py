@@ -422,3 +422,26 @@ def test_pause_resume_and_skip_from_the_cli(cli: Cli) -> None:
         names=("until", "in the future"),
     )
     cli.fails(2, "tasks", "scheduled", "skip", task_id, "--count", "0", names=("--count",))
+
+
+def test_backfill_from_the_cli(cli: Cli) -> None:
+    task_id = cli.create(
+        "--name", "minutely", "--executor", "echo_executor", "--schedule-type", "cron",
+        "--schedule-expression", "* * * * *",
+    )["id"]  # fmt: skip
+    period = ("--start", "2025-01-01T00:00:00Z", "--end", "2025-01-01T00:04:00Z")
+    dry = cli.ok("tasks", "scheduled", "backfill", task_id, *period, "--dry-run")
+    assert dry == f"Would queue 4 of 4 occurrence(s) of task {task_id} (0 already done).\n"
+    made = cli.json("tasks", "scheduled", "backfill", task_id, *period, "--max-concurrent", "2")
+    assert made["queued"] == 4 and len(made["occurrences"]) == 4
+    # No scheduler runs here: the queue is in the history, and can be cancelled.
+    runs = cli.json("tasks", "runs", task_id)["items"]
+    assert {(run["status"], run["trigger"]) for run in runs} == {("queued", "backfill")}
+    cancelled = cli.json("tasks", "scheduled", "backfill", task_id, "--cancel", made["backfill_id"])
+    assert cancelled["status"] == "cancelled"
+    statuses = {run["status"] for run in cli.json("tasks", "runs", task_id)["items"]}
+    assert statuses == {"cancelled"}
+
+    cli.fails(REFUSED, "tasks", "scheduled", "backfill", task_id, "--start",
+              "2025-01-01T00:05:00Z", "--end", "2025-01-01T00:00:00Z", names=("end",))  # fmt: skip
+    cli.fails(USAGE, "tasks", "scheduled", "backfill", task_id, names=("--start",))
