@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 from apflow_server.core.errors import ValidationError
 from apflow_server.core.types import ScheduleType
+from apflow_server.schedules.expressions import IntervalRecurrence
 from apflow_server.schedules.schedule import Schedule, jitter_delay
 from apflow_server.schedules.timezones import get_zone, resolve_local
 
@@ -131,3 +132,80 @@ def occurrences_between(
         found.append(current)
         current = schedule.next_after(current)
     return found
+
+
+class ParentedRow(ScheduledRow, Protocol):
+    parent_id: str | None
+
+
+# The fields that move an interval's grid: changing one re-anchors it.
+GRID_FIELDS = frozenset({"schedule_type", "schedule_expression", "schedule_start_at"})
+
+
+def apply_schedule(
+    task: ParentedRow, values: dict[str, Any], now: datetime, *, was_enabled: bool
+) -> None:
+    """Write schedule fields onto a task and keep the invariant: enabled ⇔ next_run_at is
+    set. Raises ValidationError (naming the field) for a schedule that cannot be stored."""
+    if not values:
+        return
+    if task.parent_id is not None and (
+        values.get("schedule_type") or values.get("schedule_enabled")
+    ):
+        raise ValidationError(
+            "schedule_type", "only a root task can be scheduled (its whole tree runs)"
+        )
+    grid_changed = bool(GRID_FIELDS & values.keys())
+    for name, value in values.items():
+        setattr(task, name, value)
+    # Bounds without an offset are wall-clock times in the task's zone.
+    task.schedule_start_at = localise(task.schedule_start_at, task.schedule_timezone)
+    task.schedule_end_at = localise(task.schedule_end_at, task.schedule_timezone)
+    if task.schedule_type is None:
+        if task.schedule_enabled:
+            raise ValidationError("schedule_type", "an enabled schedule needs a type")
+        task.next_run_at = task.due_at = task.schedule_anchor_at = None
+        return
+    if not task.schedule_expression:
+        raise ValidationError(
+            "schedule_expression", f"a {task.schedule_type} schedule needs an expression"
+        )
+    schedule = schedule_of(task)  # validates type, expression, zone and bounds
+    if not task.schedule_enabled:
+        task.next_run_at = task.due_at = None
+        return
+    if isinstance(schedule.recurrence, IntervalRecurrence) and (
+        grid_changed or not was_enabled or task.schedule_anchor_at is None
+    ):
+        task.schedule_anchor_at = now.replace(microsecond=0) + schedule.recurrence.period
+    schedule = schedule_of(task)
+    next_run = first_fire(schedule, task, now)
+    if next_run is None:
+        raise _why_never(task, schedule)
+    task.next_run_at = next_run
+    task.due_at = due_time(task, next_run)
+
+
+def next_run_from(
+    schedule: Schedule, task: ScheduledTask, now: datetime, start: datetime | None
+) -> datetime | None:
+    """Where `tasks.scheduled.init` puts a schedule: its first fire from now, or the first
+    occurrence after `start` (None when nothing is left)."""
+    if start is None:
+        return first_fire(schedule, task, now)
+    if runs_exhausted(task):
+        return None
+    if schedule.type is ScheduleType.ONCE:
+        when = schedule.first_fire(start)
+        return when if when and when > start else None
+    return schedule.next_after(start)
+
+
+def _why_never(task: ScheduledTask, schedule: Schedule) -> ValidationError:
+    if runs_exhausted(task):
+        return ValidationError(
+            "max_runs", f"already reached ({task.run_count} runs); raise it to enable the schedule"
+        )
+    if schedule.end_at is not None:
+        return ValidationError("schedule_end_at", "no occurrence is left before this end bound")
+    return ValidationError("schedule_expression", "the schedule has no future occurrence")

@@ -45,14 +45,12 @@ from apflow_server.core.types import (
     TaskStatus,
     parse_schedule_type,
 )
-from apflow_server.schedules import Schedule
 from apflow_server.schedules.expressions import IntervalRecurrence
 from apflow_server.schedules.plan import (
-    due_time,
+    apply_schedule,
     fire_after,
-    first_fire,
     localise,
-    runs_exhausted,
+    next_run_from,
     schedule_of,
     set_next_run,
 )
@@ -227,7 +225,7 @@ class TaskRepository:
                 schedule_values = {k: v for k, v in spec.items() if k in SCHEDULE_FIELDS}
                 _with_prefix(
                     label(index),
-                    self._apply_schedule,
+                    apply_schedule,
                     task,
                     schedule_values,
                     now,
@@ -324,7 +322,7 @@ class TaskRepository:
                     setattr(task, name, cleaned[name])
             schedule_values = {k: v for k, v in cleaned.items() if k in SCHEDULE_FIELDS}
             if schedule_values:
-                self._apply_schedule(task, schedule_values, now, was_enabled=task.schedule_enabled)
+                apply_schedule(task, schedule_values, now, was_enabled=task.schedule_enabled)
             task.updated_at = now
         return task
 
@@ -349,50 +347,6 @@ class TaskRepository:
             check_command_env(
                 (task.get("inputs") or {}).get("env"), self.settings.command_env_allowlist
             )
-
-    def _apply_schedule(
-        self, task: Task, values: dict[str, Any], now: datetime, *, was_enabled: bool
-    ) -> None:
-        """Write schedule fields and keep the invariant: enabled ⇔ next_run_at is set."""
-        if not values:
-            return
-        if task.parent_id is not None and (
-            values.get("schedule_type") or values.get("schedule_enabled")
-        ):
-            raise ValidationError(
-                "schedule_type", "only a root task can be scheduled (its whole tree runs)"
-            )
-        grid_changed = bool(
-            {"schedule_type", "schedule_expression", "schedule_start_at"} & values.keys()
-        )
-        for name, value in values.items():
-            setattr(task, name, value)
-        # Bounds without an offset are wall-clock times in the task's zone.
-        task.schedule_start_at = localise(task.schedule_start_at, task.schedule_timezone)
-        task.schedule_end_at = localise(task.schedule_end_at, task.schedule_timezone)
-        if task.schedule_type is None:
-            if task.schedule_enabled:
-                raise ValidationError("schedule_type", "an enabled schedule needs a type")
-            task.next_run_at = task.due_at = task.schedule_anchor_at = None
-            return
-        if not task.schedule_expression:
-            raise ValidationError(
-                "schedule_expression", f"a {task.schedule_type} schedule needs an expression"
-            )
-        schedule = schedule_of(task)  # validates type, expression, zone and bounds
-        if not task.schedule_enabled:
-            task.next_run_at = task.due_at = None
-            return
-        if isinstance(schedule.recurrence, IntervalRecurrence) and (
-            grid_changed or not was_enabled or task.schedule_anchor_at is None
-        ):
-            task.schedule_anchor_at = now.replace(microsecond=0) + schedule.recurrence.period
-        schedule = schedule_of(task)
-        next_run = first_fire(schedule, task, now)
-        if next_run is None:
-            raise _why_never(task, schedule)
-        task.next_run_at = next_run
-        task.due_at = due_time(task, next_run)
 
     # ------------------------------------------------------------------ delete
 
@@ -483,15 +437,7 @@ class TaskRepository:
                 raise ValidationError(
                     "schedule_enabled", "the schedule is disabled; enable it first"
                 )
-            schedule = schedule_of(task)
-            if start is None:
-                next_run = first_fire(schedule, task, now)
-            elif schedule.type is ScheduleType.ONCE:
-                when = schedule.first_fire(start)
-                next_run = when if when and when > start and not runs_exhausted(task) else None
-            else:
-                next_run = None if runs_exhausted(task) else schedule.next_after(start)
-            set_next_run(task, next_run)
+            set_next_run(task, next_run_from(schedule_of(task), task, now, start))
             task.updated_at = now
         return task
 
@@ -746,16 +692,6 @@ def _status(value: str) -> str:
     except ValueError:
         names = ", ".join(s.value for s in TaskStatus)
         raise ValidationError("status", f"must be one of {names}") from None
-
-
-def _why_never(task: Task, schedule: Schedule) -> ValidationError:
-    if runs_exhausted(task):
-        return ValidationError(
-            "max_runs", f"already reached ({task.run_count} runs); raise it to enable the schedule"
-        )
-    if schedule.end_at is not None:
-        return ValidationError("schedule_end_at", "no occurrence is left before this end bound")
-    return ValidationError("schedule_expression", "the schedule has no future occurrence")
 
 
 def _with_prefix(prefix: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
