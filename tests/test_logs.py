@@ -77,3 +77,22 @@ def test_a_full_queue_drops_records_instead_of_waiting_and_says_how_many() -> No
     note, line = records.get_nowait(), records.get_nowait()
     assert note.getMessage() == "3 log records were dropped: the log output fell behind"
     assert line.getMessage() == "line 5" and handler.dropped == 0
+
+
+def test_a_run_line_never_carries_the_credentials_an_error_quotes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from datetime import UTC, datetime
+
+    from apflow_server.core.types import RunStatus
+    from apflow_server.scheduler import run_log
+    from apflow_server.storage.runs import ClaimedRun, RunResult
+
+    run = ClaimedRun("r1", "t1", None, "manual", None, datetime.now(UTC))
+    error = "GET https://bob:hunter2@api.example.com/x?token=SECRET&page=2 answered HTTP 500"
+    with caplog.at_level(logging.INFO, logger="apflow_server.runs"):
+        run_log.finished(run, RunResult(RunStatus.FAILED, None, error))
+    (line,) = caplog.records
+    text = line.getMessage() + json.dumps(line.fields)  # type: ignore[attr-defined]
+    assert "hunter2" not in text and "SECRET" not in text
+    assert "https://[redacted]@api.example.com/x?token=[redacted]&page=2" in line.getMessage()

@@ -8,27 +8,10 @@ the values of credential-bearing parameters before a line is written.
 from __future__ import annotations
 
 import logging
-import re
-from urllib.parse import unquote_plus
 
-CREDENTIAL_PARAMETERS = frozenset(
-    {"api_key", "apikey", "token", "access_token", "key", "secret", "jwt"}
-)
+from apflow_server.core.redaction import CREDENTIAL_PARAMETERS, redact
 
-
-def redact(target: str) -> str:
-    """`target` (a path with its query) with the values of credential parameters replaced by
-    `[redacted]`. Names are compared as the application reads them (percent-decoded, any
-    case), so `api%5Fkey=...` is redacted as `api_key=...` is."""
-    path, separator, query = target.partition("?")
-    if not separator or "=" not in query:
-        return target
-    pairs = re.split(r"([&;])", query)
-    for index in range(0, len(pairs), 2):
-        name, equals, _value = pairs[index].partition("=")
-        if equals and unquote_plus(name).strip().lower() in CREDENTIAL_PARAMETERS:
-            pairs[index] = f"{name}=[redacted]"
-    return f"{path}?{''.join(pairs)}"
+__all__ = ["CREDENTIAL_PARAMETERS", "RedactCredentials", "install", "redact"]
 
 
 class RedactCredentials(logging.Filter):
