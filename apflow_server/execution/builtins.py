@@ -7,18 +7,22 @@ off by default: private and loopback addresses are refused, and commands are dis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 from typing import Any
 
 from apflow_server.config import Settings
 from apflow_server.core.commands import check_command_env
 from apflow_server.core.errors import ValidationError
-from apflow_server.execution.context import ExecutionContext, Executor
+from apflow_server.execution.context import GRACEFUL_CANCEL, ExecutionContext, Executor
 from apflow_server.execution.errors import ExecutionError as ExecutionError
 from apflow_server.execution.rest import rest_executor as rest_executor
 
 MAX_OUTPUT_CHARS = 64_000
+# A command asked to end (SIGTERM, cancel_other) is killed if it has not exited by then.
+COMMAND_END_GRACE_SECONDS = 10.0
 
 
 async def echo_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
@@ -76,6 +80,25 @@ def _names(token: str, program: str, resolved: str) -> bool:
     return "/" not in program and token == program
 
 
+async def _stop(process: asyncio.subprocess.Process, graceful: bool) -> None:
+    """End a command and everything it started (its own process group): asked to end, SIGTERM
+    and a grace period first; then SIGKILL to whatever of the group is left, so no child
+    outlives its run or holds its output pipes open."""
+    try:
+        if graceful:
+            _signal_group(process, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), COMMAND_END_GRACE_SECONDS)
+    finally:  # also when told to stop at once while waiting
+        _signal_group(process, signal.SIGKILL)
+        await process.wait()
+
+
+def _signal_group(process: asyncio.subprocess.Process, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
 async def command_executor(inputs: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
     """Run an argv list without a shell: command, timeout (seconds), cwd, env (added)."""
     argv = inputs.get("command")
@@ -99,6 +122,7 @@ async def command_executor(inputs: dict[str, Any], context: ExecutionContext) ->
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=inputs.get("cwd"),
+            start_new_session=True,  # its own process group: stopped as a whole
             env={
                 **_inherited_environment(),
                 **{str(k): str(v) for k, v in (extra_env or {}).items()},
@@ -109,10 +133,10 @@ async def command_executor(inputs: dict[str, Any], context: ExecutionContext) ->
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     except BaseException as exc:
-        # Timeout or cancellation: the child must not outlive its run.
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        # Timeout or cancellation: the child must not outlive its run. Asked to end, it gets
+        # SIGTERM and a grace period to clean up; otherwise SIGKILL at once.
+        graceful = isinstance(exc, asyncio.CancelledError) and GRACEFUL_CANCEL in exc.args
+        await _stop(process, graceful and process.returncode is None)
         if isinstance(exc, TimeoutError):
             raise ExecutionError(f"{argv[0]} timed out after {timeout} s") from None
         raise

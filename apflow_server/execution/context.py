@@ -10,6 +10,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from apflow_server.execution.services import ExecutorServices
 
+# The message of a cancellation that asks a run to end rather than stopping it at once
+# (cancel_other): an executor with something to wind down (a child process) may take a short
+# while to do it. Any other cancellation means stop now.
+GRACEFUL_CANCEL = "apflow: end this run"
+
 
 @dataclass(frozen=True)
 class ExecutionContext:

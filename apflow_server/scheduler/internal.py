@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
 from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.execution.context import GRACEFUL_CANCEL
 from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.registry import registry as default_registry
 from apflow_server.execution.runner import RunExecutor
@@ -55,6 +56,7 @@ CLAIM_AHEAD = timedelta(milliseconds=50)
 # come in bursts; one check serves them all).
 OWNERSHIP_CHECK = 0.25
 MAX_KEPT_OUTCOMES = 1000
+CANCELLED_FOR_NEWER = "cancelled by a newer occurrence (cancel_other)"
 # Most outcomes recorded in one transaction.
 FINISH_BATCH = 200
 
@@ -67,7 +69,11 @@ def new_instance_id() -> str:
 class _Active:
     claimed: ClaimedRun
     task: asyncio.Task[None]
-    lost: bool = False
+    lost: bool = False  # ended elsewhere (terminated, reclaimed): stop, record nothing
+    ending: bool = False  # asked to end (cancel_other): stop, record it cancelled
+    # Between its start and its outcome: only then is cancelling it stopping the run (later,
+    # it would cut the recording of the outcome and the start of a buffered follow-up).
+    executing: bool = False
 
 
 class InternalScheduler:
@@ -272,7 +278,7 @@ class InternalScheduler:
             claimed = await store.start_now(
                 task_id, trigger, idempotency_key=idempotency_key, check=check, overlap=overlap
             )
-        self._check_terminated()
+        self._check_interrupted()
         if claimed is not None and not claimed.replayed:
             self._launch(claimed)
         return claimed
@@ -338,7 +344,7 @@ class InternalScheduler:
         free = self.config.max_concurrent_tasks - len(self._active)
         if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
             claimed = await self.store.claim_due(free, self.config.user_id, ahead=CLAIM_AHEAD)
-            self._check_terminated()
+            self._check_interrupted()
             for run in claimed:
                 self._launch(run)
         if self.claiming:  # after claiming: what is due comes first
@@ -423,6 +429,7 @@ class InternalScheduler:
         try:
             while current is not None:
                 active = self._active[current.run_id]
+                active.executing = True
                 try:
                     if current is claimed:
                         await self._on_time(current)
@@ -432,26 +439,33 @@ class InternalScheduler:
                     run_log.started(current)
                     outcome = await self.executor.execute(current)
                 except asyncio.CancelledError:
-                    if active.lost:
+                    if active.ending and not active.lost and not self._stopping:
+                        # Asked to end by a newer occurrence: recorded like any outcome, and
+                        # that occurrence starts next (the follow-up). This task goes on.
+                        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                        outcome = RunResult(RunStatus.CANCELLED, None, CANCELLED_FOR_NEWER)
+                    elif active.lost:
                         logger.info("run %s was ended elsewhere; stopped here", current.run_id)
                         self._settle_outcome(
                             current.run_id,
                             RunResult(RunStatus.CANCELLED, None, "the run was ended elsewhere"),
                         )
                         return
-                    outcome = RunResult(RunStatus.CANCELLED, None, "the scheduler stopped")
-                    # Recorded here, not through the finisher: when asyncio.run tears down
-                    # (Ctrl-C without stop()), the finisher is being cancelled too and would
-                    # never answer, and the process would hang.
-                    await asyncio.shield(self._record_batch([(current, outcome)]))
-                    self._settle_outcome(current.run_id, outcome)
-                    raise
+                    else:
+                        outcome = RunResult(RunStatus.CANCELLED, None, "the scheduler stopped")
+                        # Recorded here, not through the finisher: when asyncio.run tears down
+                        # (Ctrl-C without stop()), the finisher is being cancelled too and
+                        # would never answer, and the process would hang.
+                        await asyncio.shield(self._record_batch([(current, outcome)]))
+                        self._settle_outcome(current.run_id, outcome)
+                        raise
                 except TRANSIENT_ERRORS as exc:  # the database went away while loading the tree
                     logger.warning("run %s could not run: %s", current.run_id, exc)
                     outcome = RunResult(RunStatus.FAILED, None, f"database unavailable: {exc}")
                 except Exception as exc:  # a bug: never lose the run over it
                     logger.exception("run %s failed in the scheduler", current.run_id)
                     outcome = RunResult(RunStatus.FAILED, None, f"internal error: {exc}")
+                active.executing = False
                 follow_up = await self._finish(current, outcome)
                 self._settle_outcome(current.run_id, outcome)
                 await self._completed(current, outcome)
@@ -531,10 +545,11 @@ class InternalScheduler:
         self._wake.set()
         self._ownership.set()
 
-    def _check_terminated(self) -> None:
-        """After our own claim or start: if it terminated a run of ours, stop it now."""
-        if self.store is not None and self.store.terminated:
-            self.store.terminated.clear()
+    def _check_interrupted(self) -> None:
+        """After our own claim or start: if it ended a run of ours or asked one to end, check
+        ownership now."""
+        if self.store is not None and self.store.interrupted:
+            self.store.interrupted.clear()
             self._ownership.set()
 
     async def _renew_leases(self) -> None:
@@ -563,9 +578,14 @@ class InternalScheduler:
                 continue
             for run_id in ids:
                 active = self._active.get(run_id)
-                if run_id not in owned and active is not None and not active.task.done():
+                if active is None or not active.executing or active.task.done():
+                    continue
+                if run_id not in owned:
                     active.lost = True
                     active.task.cancel()
+                elif owned[run_id] and not active.ending:
+                    active.ending = True
+                    active.task.cancel(GRACEFUL_CANCEL)
 
     async def _heartbeats(self) -> None:
         """Refresh the instance row every heartbeat_interval, whatever the poll interval and

@@ -170,6 +170,9 @@ class TaskRun(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     # The backfill that queued this occurrence (status queued until a scheduler claims it).
     backfill_id: Mapped[str | None] = mapped_column(String(64))
+    # cancel_other asked this running run to end: its process stops it and records it
+    # cancelled, and the occurrence that asked starts then.
+    cancel_requested_at: Mapped[datetime | None]
 
     __table_args__ = (
         # Exactly once: an occurrence of a task can be recorded a single time, whoever claims it.
@@ -264,6 +267,7 @@ def run_row(
         "idempotency_key": idempotency_key,
         "reason": reason,
         "backfill_id": backfill_id,
+        "cancel_requested_at": None,
     }
 
 

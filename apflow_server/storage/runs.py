@@ -11,8 +11,11 @@ This module holds the SQL that exactly-once rests on. The guarantees and why the
   the insert is ON CONFLICT DO NOTHING and an occurrence already recorded is never run again.
 * A run belongs to one process. The run row carries instance_id and lease_expires_at; the task
   row carries current_run_id. Only the owner renews the lease, and finishing a run first checks,
-  under a row lock, that the run is still `running` and still its own: a run that was cancelled
-  by `cancel_other` or reclaimed after its lease expired writes nothing.
+  under a row lock, that the run is still `running` and still its own: a run that was ended
+  by `terminate_other` or reclaimed after its lease expired writes nothing. `cancel_other`
+  does not end the run itself: it marks it `cancel_requested_at`, its owner stops it and
+  records it cancelled, and the occurrence that asked (kept due, but not claimable while it
+  waits) starts when that run ends, as a buffered one does.
 * No task stays in_progress forever. A run whose lease expired is marked `abandoned` by whichever
   live scheduler sees it first (SKIP LOCKED again, so only one does), and its task is released.
 * Every due occurrence ends as exactly one history row: fired (`running`, later its outcome),
@@ -28,7 +31,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
@@ -268,16 +271,25 @@ class RunResult:
     attempt: int = 1
 
 
+def actionable() -> ColumnElement[bool]:
+    """Whether a due task is for a scheduler to act on now. A running task is left alone
+    (what came due meanwhile is settled when its run ends) unless its policy acts on the
+    running run: terminate_other and allow_all at once, cancel_other until it has asked the
+    running run to end (then its occurrence waits for that end)."""
+    cancel_asked = exists().where(
+        RUNS.c.id == TASKS.c.current_run_id, RUNS.c.cancel_requested_at.is_not(None)
+    )
+    return or_(
+        TASKS.c.status != IN_PROGRESS,
+        TASKS.c.schedule_overlap.in_(CLAIMED_WHILE_RUNNING - {OverlapPolicy.CANCEL_OTHER.value}),
+        and_(TASKS.c.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value, ~cancel_asked),
+    )
+
+
 def claim_query(now: datetime, user_id: str | None, limit: int) -> Select[Any]:
     """The due schedules a scheduler may act on now, oldest first, locked: the rows another
-    scheduler holds are skipped, not waited for. A running task is left alone (what came due
-    meanwhile is settled when its run ends) unless its policy is to cancel the running one."""
-    claimable = due_filter(states_query(definition=True), now, user_id).where(
-        or_(
-            TASKS.c.status != IN_PROGRESS,
-            TASKS.c.schedule_overlap.in_(CLAIMED_WHILE_RUNNING),
-        )
-    )
+    scheduler holds are skipped, not waited for."""
+    claimable = due_filter(states_query(definition=True), now, user_id).where(actionable())
     return claimable.order_by(TASKS.c.due_at).limit(limit).with_for_update(skip_locked=True)
 
 
@@ -296,9 +308,10 @@ class RunStore:
         self.settings = settings
         self.instance_id = instance_id
         self.clock = clock
-        # Runs of this store's own instance that terminate_other ended: its scheduler stops
-        # them at once (other instances learn it from NOTIFY or the SQLite file watcher).
-        self.terminated: set[str] = set()
+        # Runs of this store's own instance that terminate_other ended or cancel_other asked
+        # to end: its scheduler checks them at once (other instances learn it from NOTIFY or
+        # the SQLite file watcher).
+        self.interrupted: set[str] = set()
         # Rows written per task, by occurrences that did not run, since its last pruning.
         self._unpruned: dict[str, int] = {}
         # SQLite runs one writer at a time anyway; PostgreSQL overlaps a few transactions.
@@ -461,6 +474,7 @@ class RunStore:
         skipped = [(task, o, PAUSED) for task, o in late if paused_at(task, o)]
         missed = [(task, o, _missed_reason(task)) for task, o in late if not paused_at(task, o)]
         held: dict[str, str] = {}
+        waiting: set[str] = set()  # cancel_other: fired when the cancelled run has ended
         for decision in decisions:
             task, occurrence = decision.task, decision.due.fire
             reason = self._hold(task, occurrence) if occurrence is not None else None
@@ -479,13 +493,21 @@ class RunStore:
                         held[task.id] = full
                         skipped.append((task, occurrence, full))
                     continue  # allow_all: the new run starts beside the running one
-                # cancel_other, terminate_other: the newer occurrence wins
+                if task.schedule_overlap == OverlapPolicy.CANCEL_OTHER.value:
+                    await self._request_cancel(session, task, now)
+                    waiting.add(task.id)
+                    continue
+                # terminate_other: the newer occurrence wins at once
                 await self._replace_current(session, task, now, "occurrence")
         await self._record_many(session, missed, RunStatus.MISSED, now)
         await self._record_many(session, skipped, RunStatus.SKIPPED, now)
         # An occurrence claimed ahead of its due instant starts at that instant.
         starts = {d.task.id: max(now, d.task.due_at or now) for d in decisions}
-        fired = [d for d in decisions if d.due.fire is not None and d.task.id not in held]
+        fired = [
+            d
+            for d in decisions
+            if d.due.fire is not None and d.task.id not in held and d.task.id not in waiting
+        ]
         inserted = await self._insert_runs(
             session,
             [(d.task, d.due.fire, starts[d.task.id]) for d in fired if d.due.fire is not None],
@@ -499,6 +521,9 @@ class RunStore:
                 continue
             if task.id in held:
                 set_next_run(task, fire_after(decision.schedule, task, occurrence))
+                continue
+            if task.id in waiting:  # stays due; settled when the running run ends
+                set_next_run(task, occurrence)
                 continue
             run_id = inserted.get(task.id)
             if run_id is None:
@@ -703,18 +728,39 @@ class RunStore:
         newer: str,
         policy: str | None = None,
     ) -> None:
-        """cancel_other and terminate_other: end the running run for a newer one. A cancelled
-        run's process stops it at its next lease renewal; a terminated one's at once (it is
-        told: NOTIFY, and `terminated` for this process's own scheduler)."""
-        if (policy or task.schedule_overlap) != OverlapPolicy.TERMINATE_OTHER.value:
-            await self._cancel_current(session, task, now, f"cancelled by a newer {newer}")
-            return
+        """End the running run for a newer one started now: terminate_other's occurrences,
+        and runs started by hand under cancel_other or terminate_other (which cannot wait).
+        Its owner is told at once (NOTIFY, and `interrupted` for this process's own
+        scheduler) and stops it within its next ownership check."""
         if task.current_run_id is not None:
-            self.terminated.add(task.current_run_id)
-        await self._cancel_current(
-            session, task, now, f"terminated by a newer {newer}", RunStatus.TERMINATED
-        )
+            self.interrupted.add(task.current_run_id)
+        if (policy or task.schedule_overlap) == OverlapPolicy.TERMINATE_OTHER.value:
+            reason, status = f"terminated by a newer {newer}", RunStatus.TERMINATED
+        else:
+            reason, status = f"cancelled by a newer {newer}", RunStatus.CANCELLED
+        await self._cancel_current(session, task, now, reason, status)
         await notify_in_transaction(session)
+
+    async def _request_cancel(self, session: AsyncSession, task: TaskState, now: datetime) -> None:
+        """cancel_other for an occurrence: ask the running run to end. Its owner sees the
+        request at its next ownership check (told at once: NOTIFY, and `interrupted` for this
+        process's own scheduler), stops it and records it cancelled; the occurrence, still
+        due, then runs as the newest of what came due during the run."""
+        if task.current_run_id is None:
+            return
+        asked = await session.scalars(
+            update(RUNS)
+            .where(
+                RUNS.c.id == task.current_run_id,
+                RUNS.c.status == RUNNING,
+                RUNS.c.cancel_requested_at.is_(None),
+            )
+            .values(cancel_requested_at=now)
+            .returning(RUNS.c.id)
+        )
+        if asked.first() is not None:
+            self.interrupted.add(task.current_run_id)
+            await notify_in_transaction(session)
 
     async def _cancel_current(
         self,
@@ -936,29 +982,30 @@ class RunStore:
 
     # ------------------------------------------------------------------ leases
 
-    async def owned(self, run_ids: Sequence[str]) -> set[str]:
-        """Of `run_ids`, the runs still running as ours: a read, no lease written (an
-        ownership check after a change signal; writing would signal again on SQLite, whose
-        watchers see every commit)."""
+    async def owned(self, run_ids: Sequence[str]) -> dict[str, bool]:
+        """Of `run_ids`, the runs still running as ours, each with whether cancel_other asked
+        it to end: a read, no lease written (an ownership check after a change signal;
+        writing would signal again on SQLite, whose watchers see every commit)."""
         if not run_ids:
-            return set()
+            return {}
         async with self.database.transaction() as session:
-            rows = await session.scalars(
-                select(RUNS.c.id).where(
+            rows = await session.execute(
+                select(RUNS.c.id, RUNS.c.cancel_requested_at).where(
                     among(RUNS.c.id, run_ids, self.database.dialect),
                     RUNS.c.status == RUNNING,
                     RUNS.c.instance_id == self.instance_id,
                 )
             )
-            return set(rows)
+            return {str(run_id): asked is not None for run_id, asked in rows}
 
-    async def renew(self, run_ids: Sequence[str]) -> set[str]:
-        """Extend the leases of our running runs; returns the ids we still own."""
+    async def renew(self, run_ids: Sequence[str]) -> dict[str, bool]:
+        """Extend the leases of our running runs (one asked to end keeps its lease until it
+        has ended); returns the ids we still own, as `owned` does."""
         if not run_ids:
-            return set()
+            return {}
         now = self.clock()
         async with self.database.transaction(write=True) as session:
-            owned = await session.scalars(
+            rows = await session.execute(
                 update(RUNS)
                 .where(
                     among(RUNS.c.id, run_ids, self.database.dialect),
@@ -966,9 +1013,9 @@ class RunStore:
                     RUNS.c.instance_id == self.instance_id,
                 )
                 .values(lease_expires_at=now + self.lease)
-                .returning(RUNS.c.id)
+                .returning(RUNS.c.id, RUNS.c.cancel_requested_at)
             )
-            return set(owned)
+            return {str(run_id): asked is not None for run_id, asked in rows}
 
     async def reclaim_expired(
         self,
@@ -1195,13 +1242,7 @@ class RunStore:
         """The earliest moment something may need this scheduler: a due time, a requested
         trigger, or a lease that will expire."""
         async with self.database.transaction() as session:
-            due_query = select(func.min(Task.due_at)).where(
-                Task.schedule_enabled,
-                or_(
-                    Task.status != IN_PROGRESS,
-                    Task.schedule_overlap.in_(CLAIMED_WHILE_RUNNING),
-                ),
-            )
+            due_query = select(func.min(Task.due_at)).where(Task.schedule_enabled, actionable())
             requested = select(func.min(Task.trigger_requested_at)).where(
                 Task.trigger_requested_at.is_not(None)
             )

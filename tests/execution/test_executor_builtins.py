@@ -4,6 +4,7 @@ targets refused by default; a real local HTTP server with the switch on)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -28,6 +29,7 @@ from apflow_server.execution.builtins import (
     echo_executor,
     rest_executor,
 )
+from apflow_server.execution.context import GRACEFUL_CANCEL
 
 CONTEXT = ExecutionContext(
     task_id="t1", task_name="t", run_id="r1", user_id=None, params={}, attempt=1
@@ -73,11 +75,17 @@ async def rest_context(tmp_path: Path) -> AsyncIterator[ExecutionContext]:
 
 
 def gone(pid: int) -> bool:
+    """Whether the process has ended: no longer there, or a zombie (dead, waiting for a
+    parent that is not ours to reap it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
 
 
 def wait_for_file(path: Path, seconds: float = 5) -> str:
@@ -216,6 +224,52 @@ async def test_command_timeout_kills_the_process(tmp_path: Path) -> None:
         await command_executor({"command": [PY, "-c", script], "timeout": 0.5}, CONTEXT)
     assert time.monotonic() - started < 5
     assert gone(int(wait_for_file(pid_file)))
+
+
+@pytest.mark.usefixtures("commands_on")
+async def test_a_stopped_command_takes_what_it_started_with_it(tmp_path: Path) -> None:
+    """A command that started a child of its own holding its output open: a timeout kills
+    its whole process group, so the run ends at once (it waited 60 s for the child) and
+    no child outlives it."""
+    pid_file = tmp_path / "pid"
+    child = "import time; time.sleep(60)"
+    script = (
+        f"import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); p.wait()"
+    )
+    started = time.monotonic()
+    with pytest.raises(ExecutionError):
+        await command_executor({"command": [PY, "-c", script], "timeout": 0.5}, CONTEXT)
+    assert time.monotonic() - started < 5
+    assert gone(int(wait_for_file(pid_file)))
+
+
+@pytest.mark.usefixtures("commands_on")
+async def test_a_command_asked_to_end_gets_sigterm_first(tmp_path: Path) -> None:
+    """Asked to end (cancel_other), a command receives SIGTERM and may clean up; stopped
+    any other way, it is killed at once."""
+    marker = tmp_path / "cleaned"
+    script = (
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, 'w').write('yes'), "
+        "sys.exit(3)))\n"
+        f"open({str(marker)!r} + '.ready', 'w').write('ready')\n"
+        "time.sleep(30)\n"
+    )
+    ready = f"{marker}.ready"
+    for graceful, expected in ((True, True), (False, False)):
+        for stale in (str(marker), ready):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        run = asyncio.create_task(command_executor({"command": [PY, "-c", script]}, CONTEXT))
+        for _ in range(500):
+            if os.path.exists(ready):
+                break
+            await asyncio.sleep(0.01)
+        run.cancel(GRACEFUL_CANCEL if graceful else None)
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert os.path.exists(marker) is expected
 
 
 async def test_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -251,6 +251,62 @@ async def test_terminate_other_kills_the_running_command_at_once(
         await scheduler.stop(grace=0)
 
 
+async def test_cancel_other_asks_the_running_command_to_end_and_waits_for_it(
+    database: Database, tmp_path, repo: TaskRepository
+) -> None:
+    """A command that outlives its interval, under cancel_other, with two schedulers: the next
+    occurrence asks the running run to end (SIGTERM: the command cleans up and exits), the
+    run is recorded cancelled, and only then the newer occurrence starts."""
+    settings = Settings(
+        home=tmp_path,
+        database_url=database.url,
+        lease_seconds=30,  # renewal every 10 s: the request must not wait for it
+        allow_command_executor=True,
+        command_allowlist=(("sh",),),
+    )
+    log = tmp_path / "log"
+    script = f"trap 'kill $!; echo ended >> {log}; exit 3' TERM; echo started >> {log}; "
+    script += "sleep 60 & wait"
+    schedulers = [scheduler_for(database, settings, poll_interval=60) for _ in range(2)]
+    for scheduler in schedulers:
+        await scheduler.start()
+    try:
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+        task = await TaskRepository(database, settings=settings).create_task(
+            name="slow",
+            params={"executor_id": "command_executor"},
+            inputs={"command": ["sh", "-c", script]},
+            schedule_type="interval",
+            schedule_expression="2s",
+            schedule_start_at=start.isoformat(),
+            schedule_overlap="cancel_other",
+            schedule_enabled=True,
+        )
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            lines = log.read_text().split() if log.exists() else []
+            if lines[:3] == ["started", "ended", "started"]:
+                break
+            await asyncio.sleep(0.05)
+        assert log.read_text().split()[:3] == ["started", "ended", "started"]
+        runs = sorted(
+            (await repo.list_runs(task_id=task.id, limit=10)).items,
+            key=lambda run: run.scheduled_for,
+        )
+        first, second = runs[0], runs[1]
+        assert (first.status, first.error) == (
+            "cancelled",
+            "cancelled by a newer occurrence (cancel_other)",
+        )
+        assert first.scheduled_for == start.replace(tzinfo=first.scheduled_for.tzinfo)
+        assert second.scheduled_for - first.scheduled_for == timedelta(seconds=2)
+        assert second.started_at >= first.finished_at  # it waited for the end
+        assert (second.started_at - second.scheduled_for).total_seconds() < 2
+    finally:
+        for scheduler in schedulers:
+            await scheduler.stop(grace=0)
+
+
 async def test_leases_are_renewed_on_their_interval_not_on_every_change_signal(
     database: Database, settings: Settings, repo: TaskRepository
 ) -> None:

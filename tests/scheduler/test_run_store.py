@@ -199,26 +199,62 @@ async def test_overlap_buffer_one_runs_the_first_waiting_when_the_run_ends(
     ]
 
 
-async def test_overlap_cancel_other_replaces_the_running_run(
+async def test_overlap_cancel_other_asks_the_running_run_to_end_and_waits_for_it(
     database: Database, settings: Settings, repo: TaskRepository, clock: Clock
 ) -> None:
+    """cancel_other: the newer occurrence asks the running run to end and starts only once it
+    has ended (recorded cancelled by its owner); meanwhile no claim takes it again."""
     task = await every_minute(repo, schedule_overlap="cancel_other")
     first = RunStore(database, settings, "a", clock=clock)
     second = RunStore(database, settings, "b", clock=clock)
     clock.now = T0 + MINUTE
     [old] = await first.claim_due(10)
     clock.now = T0 + 2 * MINUTE
-    [new] = await second.claim_due(10)
-    assert new.scheduled_for == T0 + 2 * MINUTE
-    # The first owner no longer owns its run: renewal says so and finishing writes nothing.
-    assert await first.renew([old.run_id]) == set()
-    assert await first.finish(old, RunResult(RunStatus.COMPLETED, {"late": True})) is None
+    assert await second.claim_due(10) == []  # asked, not started
+    # The owner still owns the run (it must record its end), and sees the request.
+    assert await first.renew([old.run_id]) == {old.run_id: True}
+    assert await first.owned([old.run_id]) == {old.run_id: True}
+    # Waiting: neither claimed again nor a reason to wake before the run ends.
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=5)
+    assert await second.claim_due(10) == []
+    # the lease renewed at 2:00
+    assert await second.next_wake_at() == T0 + 2 * MINUTE + timedelta(seconds=30)
     stored = await reload(database, task.id)
-    assert stored.current_run_id == new.run_id and stored.result is None
+    assert (stored.current_run_id, stored.next_run_at) == (old.run_id, T0 + 2 * MINUTE)
+    follow_up = await first.finish(
+        old, RunResult(RunStatus.CANCELLED, None, "cancelled by a newer occurrence")
+    )
+    assert follow_up is not None and follow_up.scheduled_for == T0 + 2 * MINUTE
     rows = await history(database, task.id)
-    assert [(r.status, r.error) for r in rows] == [
-        ("cancelled", "cancelled by a newer occurrence"),
-        ("running", None),
+    assert [(r.scheduled_for, r.status, r.error) for r in rows] == [
+        (T0 + MINUTE, "cancelled", "cancelled by a newer occurrence"),
+        (T0 + 2 * MINUTE, "running", None),
+    ]
+    stored = await reload(database, task.id)
+    assert (stored.current_run_id, stored.next_run_at) == (follow_up.run_id, T0 + 3 * MINUTE)
+
+
+async def test_overlap_cancel_other_asked_run_that_is_abandoned_still_lets_the_newest_run(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    """The owner of the run asked to end died: when its lease expires the run is abandoned
+    and the waiting occurrence starts (wait for it to end, however it ends)."""
+    task = await every_minute(repo, schedule_overlap="cancel_other")
+    first = RunStore(database, settings, "a", clock=clock)
+    second = RunStore(database, settings, "b", clock=clock)
+    clock.now = T0 + MINUTE
+    [old] = await first.claim_due(10)
+    clock.now = T0 + 2 * MINUTE
+    assert await second.claim_due(10) == []
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=31)  # the lease (30 s) ran out
+    follow_ups: list = []
+    assert await second.reclaim_expired(follow_ups=follow_ups) == [old.run_id]
+    [follow_up] = follow_ups
+    assert follow_up.scheduled_for == T0 + 2 * MINUTE
+    rows = await history(database, task.id)
+    assert [(r.scheduled_for, r.status) for r in rows] == [
+        (T0 + MINUTE, "abandoned"),
+        (T0 + 2 * MINUTE, "running"),
     ]
 
 
@@ -232,10 +268,10 @@ async def test_overlap_terminate_other_records_terminated_and_names_the_run(
     clock.now = T0 + 2 * MINUTE
     [new] = await first.claim_due(10)
     # Its own scheduler is told which runs to stop now (others learn it from NOTIFY).
-    assert first.terminated == {old.run_id}
-    assert await first.renew([old.run_id, new.run_id]) == {new.run_id}
+    assert first.interrupted == {old.run_id}
+    assert await first.renew([old.run_id, new.run_id]) == {new.run_id: False}
     manual = await first.start_now(task.id, RunTrigger.MANUAL)  # a trigger replaces it too
-    assert first.terminated == {old.run_id, new.run_id}
+    assert first.interrupted == {old.run_id, new.run_id}
     rows = {r.id: (r.status, r.error) for r in await history(database, task.id)}
     assert rows == {
         old.run_id: ("terminated", "terminated by a newer occurrence"),
@@ -484,7 +520,7 @@ async def test_renewal_extends_the_lease(
     clock.now = T0 + MINUTE
     [run] = await store.claim_due(10)
     clock.now = T0 + MINUTE + timedelta(seconds=20)
-    assert await store.renew([run.run_id]) == {run.run_id}
+    assert await store.renew([run.run_id]) == {run.run_id: False}
     clock.now = T0 + MINUTE + timedelta(seconds=45)
     assert await store.reclaim_expired() == []
 
@@ -520,7 +556,7 @@ async def test_cancel_stops_ownership(
     task = await repo.create_task(name="adhoc")
     run = await store.start_now(task.id, RunTrigger.API)
     assert await store.cancel(task.id) is True
-    assert await store.renew([run.run_id]) == set()
+    assert await store.renew([run.run_id]) == {}
     assert await store.cancel(task.id) is False
     stored = await reload(database, task.id)
     assert stored.status == "cancelled"
@@ -695,7 +731,7 @@ async def test_cancel_ends_every_running_run_of_an_allow_all_task(
     clock.now = T0 + 2 * MINUTE
     [second] = await store.claim_due(10)
     assert await store.cancel(task.id) is True
-    assert await store.owned([first.run_id, second.run_id]) == set()
+    assert await store.owned([first.run_id, second.run_id]) == {}
     assert {r.status for r in await history(database, task.id)} == {"cancelled"}
     assert await store.cancel(task.id) is False  # nothing left running
 
