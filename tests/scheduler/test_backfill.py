@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import support  # noqa: F401  (test executors)
 from fixed_clock import Clock
 from processes import spawn, stop
 from sqlalchemy import select, update
