@@ -55,6 +55,22 @@ def flag(raw: str | None, name: str, default: Any) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def seconds_list(raw: str | None, name: str, default: Any) -> tuple[int, ...]:
+    """Comma-separated whole seconds, e.g. 5,300,1800."""
+    items = _items(raw)
+    if not items:
+        return tuple(default)
+    try:
+        values = tuple(int(item) for item in items)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be whole seconds separated by commas, got {raw!r}"
+        ) from None
+    if any(value < 0 for value in values):
+        raise ConfigError(f"{name} must not hold negative seconds, got {raw!r}")
+    return values
+
+
 def text(raw: str | None, name: str, default: Any) -> str | None:
     """Free text, stripped."""
     return raw.strip() or default if raw is not None else default
@@ -289,6 +305,17 @@ class Settings:
     rest_max_response_bytes: int = setting(
         1024 * 1024, "APFLOW_REST_MAX_RESPONSE_BYTES", whole(minimum=1)
     )
+    # Notifications: an endpoint failing for this long (seconds; 5 days) is disabled.
+    notify_disable_after: int = setting(5 * 86400, "APFLOW_NOTIFY_DISABLE_AFTER", whole(minimum=1))
+    # Seconds to wait after each failed attempt before the next; after the last, give up.
+    notify_retry_seconds: tuple[int, ...] = setting(
+        (5, 300, 1800, 7200, 18000, 36000, 36000), "APFLOW_NOTIFY_RETRY_SECONDS", seconds_list
+    )
+    # Endpoints on private and loopback addresses (refused by default, as for rest_executor).
+    notify_allow_private_urls: bool = setting(False, "APFLOW_NOTIFY_ALLOW_PRIVATE_URLS", flag)
+    # Encrypts notification endpoints' signing secrets in the database; every instance must
+    # share it. Unset: a key generated in APFLOW_HOME/secret.key on first use.
+    secret_key: str | None = setting(None, "APFLOW_SECRET_KEY", secret, secret_value=True)
     allow_command_executor: bool = setting(False, "APFLOW_ALLOW_COMMAND_EXECUTOR", flag)
     # argv prefixes: ("git", "ls-remote") allows `git ls-remote ...`; ("git",) allows any git.
     command_allowlist: tuple[tuple[str, ...], ...] = setting(

@@ -62,12 +62,16 @@ async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
     from sqlalchemy import func, select
 
+    from apflow_server.storage import notifications
     from apflow_server.storage.models import Task
 
     try:
         async with services.database.transaction() as session:
             query = due_filter(select(func.count()).select_from(Task), utcnow(), None)
             services.metrics.backlog.set(await session.scalar(query) or 0)
+        pending, oldest = await notifications.backlog(services.database, utcnow())
+        services.metrics.notification_backlog.set(pending)
+        services.metrics.notification_oldest_age.set(oldest)
     except Exception:
         logger.warning("cannot count the due backlog", exc_info=True)
     services.metrics.active.set((await services.scheduler.get_status()).active_tasks)

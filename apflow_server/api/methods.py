@@ -11,6 +11,7 @@ from typing import Any
 from apflow_server.api.services import Services
 from apflow_server.core.compute import UNLIMITED, Budget
 from apflow_server.core.errors import ApflowError, RateLimitedError, ValidationError
+from apflow_server.core.events import EVENT_TYPES
 from apflow_server.core.task_fields import (
     FIELD_SCHEMAS,
     SCHEDULE_FIELDS,
@@ -20,6 +21,7 @@ from apflow_server.core.task_fields import (
 )
 from apflow_server.core.types import OverlapPolicy, RunTrigger
 from apflow_server.service import Principal, Service
+from apflow_server.service.notifications import delivery_to_dict, endpoint_to_dict
 from apflow_server.storage.models import run_to_dict, task_to_dict
 from apflow_server.storage.repository import Page
 
@@ -382,10 +384,69 @@ async def export_ical(ctx: CallContext, params: dict[str, Any]) -> Any:
     return {"ical_content": content, "task_count": count}
 
 
+# ---------------------------------------------------------------------- notifications
+
+
+async def endpoints_create(ctx: CallContext, params: dict[str, Any]) -> Any:
+    created = await ctx.service.notifications.create(
+        ctx.principal,
+        url=params["url"],
+        events=params.get("events"),
+        description=params.get("description"),
+        user_id=params.get("user_id"),
+    )
+    return {
+        **endpoint_to_dict(created.endpoint),
+        "secret": created.secret,
+    }
+
+
+async def endpoints_list(ctx: CallContext, params: dict[str, Any]) -> Any:
+    found = await ctx.service.notifications.listing(ctx.principal, params.get("user_id"))
+    return {"items": [endpoint_to_dict(endpoint) for endpoint in found], "total": len(found)}
+
+
+async def endpoints_update(ctx: CallContext, params: dict[str, Any]) -> Any:
+    changes = {name: value for name, value in params.items() if name != "id"}
+    endpoint = await ctx.service.notifications.update(ctx.principal, params["id"], changes)
+    return endpoint_to_dict(endpoint)
+
+
+async def endpoints_delete(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.service.notifications.delete(ctx.principal, params["id"])
+    return {"id": params["id"], "deleted": True}
+
+
+async def endpoints_test(ctx: CallContext, params: dict[str, Any]) -> Any:
+    queued = await ctx.service.notifications.test(ctx.principal, params["id"])
+    return {"id": params["id"], "queued": queued}
+
+
+async def deliveries_list(ctx: CallContext, params: dict[str, Any]) -> Any:
+    limit, offset = params.get("limit", 100), params.get("offset", 0)
+    page = await ctx.service.notifications.deliveries(
+        ctx.principal,
+        endpoint_id=params.get("endpoint_id"),
+        status=params.get("status"),
+        user_id=params.get("user_id"),
+        limit=limit,
+        offset=offset,
+    )
+    return _page(page, delivery_to_dict, limit, offset)
+
+
 # ---------------------------------------------------------------------- the table
 
 TASK_ID = Param("task_id", ID, required=True)
 PAGING = (Param("limit", LIMIT), Param("offset", OFFSET))
+ENDPOINT_ID = Param("id", {"type": "string", "minLength": 1, "maxLength": 32}, True)
+EVENTS = {
+    "type": "array",
+    "items": {"type": "string", "enum": list(EVENT_TYPES)},
+    "description": "event types to send here (default: every one but run.succeeded and ping)",
+}
+URL = {"type": "string", "minLength": 1, "maxLength": 2000, "description": "http(s)"}
+DESCRIPTION = {"type": "string", "maxLength": 500}
 SCHEDULE_PARAMS = tuple(
     Param(name, schema)
     for name, schema in (
@@ -593,6 +654,66 @@ METHODS: tuple[RpcMethod, ...] = (
                 "task_count": {"type": "integer"},
             },
         },
+    ),
+    RpcMethod(
+        "notifications.endpoints.create",
+        "Send events to a URL, signed per the Standard Webhooks specification: the answer "
+        "holds the endpoint's signing secret (whsec_...), shown this once.",
+        endpoints_create,
+        (
+            Param("url", URL, True),
+            Param("events", EVENTS),
+            Param("description", DESCRIPTION),
+            Param("user_id", STRING, description="whose (admins only; default the caller)"),
+        ),
+    ),
+    RpcMethod(
+        "notifications.endpoints.list",
+        "Notification endpoints (one's own; an admin's: anyone's, or user_id's).",
+        endpoints_list,
+        (Param("user_id", STRING),),
+        PAGE,
+    ),
+    RpcMethod(
+        "notifications.endpoints.update",
+        "Change an endpoint's url, events, description or enabled (enabling a disabled "
+        "endpoint clears its disabled_reason).",
+        endpoints_update,
+        (
+            ENDPOINT_ID,
+            Param("url", URL),
+            Param("events", EVENTS),
+            Param("description", DESCRIPTION),
+            Param("enabled", BOOLEAN),
+        ),
+    ),
+    RpcMethod(
+        "notifications.endpoints.delete",
+        "Delete an endpoint and its deliveries.",
+        endpoints_delete,
+        (ENDPOINT_ID,),
+    ),
+    RpcMethod(
+        "notifications.endpoints.test",
+        "Send the endpoint a `ping` event (through the outbox, as any event).",
+        endpoints_test,
+        (ENDPOINT_ID,),
+    ),
+    RpcMethod(
+        "notifications.deliveries.list",
+        "Deliveries, newest first: status pending, delivered, failed or cancelled, attempts, "
+        "the last answer, and the payload sent.",
+        deliveries_list,
+        (
+            Param("endpoint_id", {"type": "string", "minLength": 1, "maxLength": 32}),
+            Param(
+                "status",
+                {"type": "string", "enum": ["pending", "delivered", "failed", "cancelled"]},
+            ),
+            Param("user_id", STRING),
+            *PAGING,
+        ),
+        PAGE,
     ),
     RpcMethod(
         "tasks.webhook.trigger",

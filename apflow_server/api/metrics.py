@@ -32,12 +32,32 @@ class Metrics:
             "Enabled schedules due now and not yet fired",
             registry=self.registry,
         )
+        self.notification_attempts = Counter(
+            "apflow_notification_attempts",
+            "Notification delivery attempts by this process, by outcome "
+            "(delivered, retrying, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.notification_backlog = Gauge(
+            "apflow_notification_backlog",
+            "Notification deliveries waiting to be delivered (every instance's)",
+            registry=self.registry,
+        )
+        self.notification_oldest_age = Gauge(
+            "apflow_notification_oldest_undelivered_seconds",
+            "Age of the oldest notification not yet delivered",
+            registry=self.registry,
+        )
         self.webhook_refusals = Counter(
             "apflow_webhook_refusals",
             "Webhook triggers refused, by reason",
             ["reason"],
             registry=self.registry,
         )
+
+    def notification_attempted(self, outcome: str) -> None:
+        self.notification_attempts.labels(outcome=outcome).inc()
 
     def run_started(self, run: ClaimedRun) -> None:
         if run.lateness is not None:

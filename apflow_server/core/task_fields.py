@@ -37,7 +37,17 @@ SCHEDULE_FIELDS = frozenset(
     }
 )
 DEFINITION_FIELDS = frozenset(
-    {"name", "user_id", "priority", "inputs", "params", "schemas", "dependencies"}
+    {
+        "name",
+        "user_id",
+        "priority",
+        "inputs",
+        "params",
+        "schemas",
+        "dependencies",
+        "alert_late_after_seconds",
+        "alert_max_duration_seconds",
+    }
 )
 CREATE_ONLY_FIELDS = frozenset({"id", "parent_id"})
 WRITABLE_ON_CREATE = DEFINITION_FIELDS | SCHEDULE_FIELDS | CREATE_ONLY_FIELDS
@@ -64,6 +74,7 @@ READ_ONLY_FIELDS = frozenset(
     }
 )
 MAX_PAUSE_AFTER_FAILURES = 1000
+MAX_ALERT_SECONDS = 7 * 86400
 
 MAX_JITTER_SECONDS = 86_400
 MAX_INT32 = 2_147_483_647  # the columns are INTEGER
@@ -332,6 +343,8 @@ _CHECKS: dict[str, Any] = {
     "schedule_overlap": _choice(OverlapPolicy),
     "schedule_jitter_seconds": _int_in(0, MAX_JITTER_SECONDS),
     "pause_after_failures": _optional(_int_in(1, MAX_PAUSE_AFTER_FAILURES)),
+    "alert_late_after_seconds": _optional(_int_in(1, MAX_ALERT_SECONDS)),
+    "alert_max_duration_seconds": _optional(_int_in(1, MAX_ALERT_SECONDS)),
 }
 
 _DATETIME = {"type": ["string", "null"], "format": "date-time"}
@@ -381,5 +394,17 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 1,
         "maximum": MAX_PAUSE_AFTER_FAILURES,
         "description": "pause the schedule after this many failed runs in a row",
+    },
+    "alert_late_after_seconds": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_ALERT_SECONDS,
+        "description": "run.late when a run starts more than this after its occurrence",
+    },
+    "alert_max_duration_seconds": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_ALERT_SECONDS,
+        "description": "run.too_long when a run is still running this long after its start",
     },
 }

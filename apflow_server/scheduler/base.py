@@ -84,3 +84,6 @@ class RunObserver(Protocol):
     def run_started(self, run: ClaimedRun) -> None: ...
 
     def run_finished(self, outcome: RunResult) -> None: ...
+
+    def notification_attempted(self, outcome: str) -> None:
+        """A notification delivery attempt ended: delivered, retrying or failed."""

@@ -30,6 +30,7 @@ from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.registry import registry as default_registry
 from apflow_server.execution.runner import RunExecutor
 from apflow_server.execution.services import ExecutorServices
+from apflow_server.notifications.dispatcher import Dispatcher
 from apflow_server.scheduler import run_log
 from apflow_server.scheduler.base import (
     RunObserver,
@@ -123,6 +124,8 @@ class InternalScheduler:
         self._ownership = asyncio.Event()
         self.store: RunStore | None = None
         self.executor: RunExecutor | None = None
+        # Delivers the notification outbox beside the claim loop (claiming schedulers only).
+        self.dispatcher: Dispatcher | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -200,6 +203,15 @@ class InternalScheduler:
         self._loop_task = asyncio.create_task(self._loop(), name="apflow-scheduler")
         self._lease_task = asyncio.create_task(self._renew_leases(), name="apflow-leases")
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="apflow-heartbeat")
+        if self.claiming:
+            observer = self.observer
+            self.dispatcher = Dispatcher(
+                self._database,
+                self.settings,
+                on_outcome=observer.notification_attempted if observer is not None else None,
+            )
+            signals.subscribe(self.dispatcher.wake)
+            self.dispatcher.start()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let running runs finish within the grace period, then cancel them."""
@@ -212,6 +224,10 @@ class InternalScheduler:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
+        if self.dispatcher is not None:
+            signals.unsubscribe(self.dispatcher.wake)
+            await self.dispatcher.stop()
+            self.dispatcher = None
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         grace = self.config.shutdown_grace_seconds if grace is None else grace
@@ -546,9 +562,12 @@ class InternalScheduler:
                 logger.exception("on_task_complete callback failed for %s", claimed.task_id)
 
     def _on_change(self) -> None:
-        """Another process changed something: what is due, or who owns a run of ours."""
+        """Another process changed something: what is due, who owns a run of ours, or what
+        waits in the notification outbox."""
         self._wake.set()
         self._ownership.set()
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
 
     def _check_interrupted(self) -> None:
         """After our own claim or start: if it ended a run of ours or asked one to end, check

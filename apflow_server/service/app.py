@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from apflow_server.config import Settings
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.service.feeds import Feeds
+from apflow_server.service.notifications import Notifications
 from apflow_server.service.runs import Runs
 from apflow_server.service.schedules import Schedules
 from apflow_server.service.tasks import Tasks
@@ -27,9 +28,11 @@ class Service:
     runs: Runs = field(init=False)
     schedules: Schedules = field(init=False)
     feeds: Feeds = field(init=False)
+    notifications: Notifications = field(init=False)
 
     def __post_init__(self) -> None:
         self.tasks = Tasks(self.repository)
         self.runs = Runs(self.repository, self.tasks, self.scheduler)
         self.schedules = Schedules(self.repository, self.tasks)
         self.feeds = Feeds(self.database)
+        self.notifications = Notifications(self.database, self.settings, self.repository.clock)

@@ -4,11 +4,13 @@ calendar export."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import NotFoundError, ValidationError
+from apflow_server.core.events import SCHEDULE_PAUSED, SCHEDULE_RESUMED, Event
 from apflow_server.core.task_fields import parse_instant
 from apflow_server.schedules.plan import localise, occurrences_between, schedule_of
 from apflow_server.schedules.policy import holds_ahead
@@ -121,7 +123,9 @@ class Schedules:
                 "schedule_paused_until": end,
             }
 
-        task = await self.repository.set_hold(task_id, pause)
+        task = await self.repository.set_hold(
+            task_id, pause, _announce(SCHEDULE_PAUSED, f"paused by {who}")
+        )
         logger.info(
             "task %s paused by %s until %s: %s",
             task.id,
@@ -147,7 +151,9 @@ class Schedules:
                 "consecutive_failures": 0,
             }
 
-        task = await self.repository.set_hold(task_id, resume)
+        task = await self.repository.set_hold(
+            task_id, resume, _announce(SCHEDULE_RESUMED, text or f"resumed by {_who(caller)}")
+        )
         logger.info("task %s resumed by %s%s", task.id, _who(caller), f": {text}" if text else "")
         return task
 
@@ -333,3 +339,15 @@ class Schedules:
             user_id=user_scope(caller, user_id), enabled_only=enabled_only, limit=limit
         )
         return await off_loop(exporter.render, tasks), len(tasks)
+
+
+def _announce(kind: str, by: str) -> Callable[[Task], Event]:
+    """The event of a pause or a resume, with the task's note (or who did it)."""
+
+    def event(task: Task) -> Event:
+        note = task.schedule_pause_note if kind == SCHEDULE_PAUSED else by
+        return Event(
+            kind, task.user_id, {"task_id": task.id, "task_name": task.name, "note": note or by}
+        )
+
+    return event

@@ -117,6 +117,10 @@ class Task(Base):
     schedule_paused_until: Mapped[datetime | None]
     # Pause the schedule after this many failed runs in a row (None: never).
     pause_after_failures: Mapped[int | None] = mapped_column(Integer)
+    # Alert thresholds: run.late when a run starts more than this after its occurrence.
+    alert_late_after_seconds: Mapped[int | None] = mapped_column(Integer)
+    # run.too_long when a run is still running this long after it started.
+    alert_max_duration_seconds: Mapped[int | None] = mapped_column(Integer)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The next this-many occurrences are recorded skipped ("skipped by <who>").
     schedule_skip_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -310,10 +314,72 @@ class FeedKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class NotificationEndpoint(Base):
+    """Where one user's events are sent, signed with the endpoint's own secret."""
+
+    __tablename__ = "notification_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(500))
+    # The event types sent here, as a list of names.
+    events: Mapped[list[str]] = mapped_column(JSON)
+    # The signing secret (whsec_...), encrypted with the instance's secret key: signing needs
+    # the secret itself, so it cannot be stored as a hash.
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    # Since when every delivery attempt has failed (None after a success).
+    failing_since: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class NotificationDelivery(Base):
+    """The outbox: one event for one endpoint, written in the transaction of the change that
+    caused it, delivered at least once. Its id is the webhook-id every attempt sends."""
+
+    __tablename__ = "notification_deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("notification_endpoints.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(32))
+    # The exact body signed and sent (the same bytes on every attempt).
+    body: Mapped[str] = mapped_column(Text)
+    # pending (waiting for an attempt), delivered, failed (given up), cancelled (its endpoint
+    # was disabled).
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When it is next due. Claiming an attempt moves this past the attempt's timeout, so the
+    # delivery stays pending but nobody else takes it meanwhile, and a delivering instance
+    # that dies leaves it due again then: never lost, at worst sent twice with one id.
+    next_attempt_at: Mapped[datetime]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_notification_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_notification_deliveries_endpoint_created", "endpoint_id", "created_at"),
+    )
+
+
 # The tables themselves, for Core statements (claiming, batches, filters shared with the ORM).
 TASKS = cast(Table, Task.__table__)
 RUNS = cast(Table, TaskRun.__table__)
 BACKFILLS = cast(Table, Backfill.__table__)
+ENDPOINTS = cast(Table, NotificationEndpoint.__table__)
+DELIVERIES = cast(Table, NotificationDelivery.__table__)
 
 TASK_FIELDS = (
     "id",
@@ -350,6 +416,8 @@ TASK_FIELDS = (
     "schedule_pause_note",
     "schedule_paused_until",
     "pause_after_failures",
+    "alert_late_after_seconds",
+    "alert_max_duration_seconds",
     "consecutive_failures",
     "schedule_skip_count",
 )

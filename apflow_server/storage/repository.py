@@ -24,6 +24,7 @@ from apflow_server.core.errors import (
     TaskNotFoundError,
     ValidationError,
 )
+from apflow_server.core.events import Event
 from apflow_server.core.task_fields import (
     SCHEDULE_FIELDS,
     parse_instant,
@@ -54,18 +55,14 @@ from apflow_server.schedules.plan import (
     schedule_of,
     set_next_run,
 )
+from apflow_server.storage import notifications as outbox
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import TASKS, Task, TaskRun, run_row
+from apflow_server.storage.pages import Page as Page
 from apflow_server.storage.signals import schedule_write
 
 MAX_PAGE = 1000
 MAX_OFFSET = 1_000_000_000
-
-
-@dataclass
-class Page:
-    items: list[Any]
-    total: int
 
 
 @dataclass
@@ -326,10 +323,16 @@ class TaskRepository:
             task.updated_at = now
         return task
 
-    async def set_hold(self, task_id: str, check: Callable[[Task], dict[str, Any]]) -> Task:
+    async def set_hold(
+        self,
+        task_id: str,
+        check: Callable[[Task], dict[str, Any]],
+        announce: Callable[[Task], Event | None] | None = None,
+    ) -> Task:
         """Write what `check` returns (pause, resume or skip columns) on the task, under its
         row lock: `check` sees the stored task in the writing transaction and raises to refuse,
-        so a schedule disabled meanwhile is not paused. The grid is untouched."""
+        so a schedule disabled meanwhile is not paused. The grid is untouched. `announce`
+        names the event the change causes, written to the outbox in the same transaction."""
         database = await self.db()
         async with schedule_write(database) as session:
             task = await session.get(Task, task_id, with_for_update=True)
@@ -338,6 +341,9 @@ class TaskRepository:
             for name, value in check(task).items():
                 setattr(task, name, value)
             task.updated_at = self.clock()
+            event = announce(task) if announce is not None else None
+            if event is not None:
+                await outbox.enqueue(session, [event], task.updated_at)
         return task
 
     def _check_command_env(self, task: Mapping[str, Any]) -> None:

@@ -35,6 +35,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, u
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
+from apflow_server.core import events as ev
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError, ConflictError, TaskNotFoundError
 from apflow_server.core.types import (
@@ -56,6 +57,7 @@ from apflow_server.schedules.policy import (
     held_reason,
     paused_at,
 )
+from apflow_server.storage import notifications as outbox
 from apflow_server.storage.backfills import ACTIVE, DONE
 from apflow_server.storage.batches import among, insert_rows, update_rows
 from apflow_server.storage.database import Database
@@ -134,6 +136,8 @@ class TaskState:
     consecutive_failures: int
     schedule_skip_count: int
     schedule_skip_by: str | None
+    name: str
+    alert_late_after_seconds: int | None
     # The definition, when the task was read to be run and has no children.
     snapshot: TaskSnapshot | None = None
 
@@ -475,9 +479,13 @@ class RunStore:
         missed = [(task, o, _missed_reason(task)) for task, o in late if not paused_at(task, o)]
         held: dict[str, str] = {}
         waiting: set[str] = set()  # cancel_other: fired when the cancelled run has ended
+        alerts: list[ev.Event] = []
         for decision in decisions:
             task, occurrence = decision.task, decision.due.fire
+            paused = task.schedule_paused
             reason = self._hold(task, occurrence) if occurrence is not None else None
+            if paused and not task.schedule_paused:  # its pause ran out
+                alerts.append(schedule_event(ev.SCHEDULE_RESUMED, task, "the pause ended"))
             if reason is not None and occurrence is not None:
                 held[task.id] = reason
                 skipped.append((task, occurrence, reason))
@@ -531,8 +539,12 @@ class RunStore:
             else:
                 start = starts[task.id]
                 claimed.append(self._take(task, run_id, RunTrigger.SCHEDULE, occurrence, start))
+                late_alert = _late_event(task, run_id, occurrence, start, RunTrigger.SCHEDULE.value)
+                if late_alert is not None:
+                    alerts.append(late_alert)
             # After _take: run_count includes this run, so max_runs ends the schedule in time.
             set_next_run(task, fire_after(decision.schedule, task, occurrence))
+        await outbox.enqueue(session, alerts, now)
         return claimed
 
     async def _fire(
@@ -691,7 +703,20 @@ class RunStore:
             self._run_row(task, RunTrigger.SCHEDULE, occurrence, status, now, reason=reason)
             for task, occurrence, reason in occurrences
         ]
-        await insert_rows(session, RUNS, rows, unique=OCCURRENCE)
+        inserted = await insert_rows(session, RUNS, rows, unique=OCCURRENCE, returning=("id",))
+        recorded = {str(row[0]) for row in inserted}
+        kind = ev.RUN_MISSED if status is RunStatus.MISSED else ev.RUN_SKIPPED
+        await outbox.enqueue(
+            session,
+            [
+                run_event(
+                    kind, task, row["id"], occurrence, RunTrigger.SCHEDULE.value, status, reason
+                )
+                for row, (task, occurrence, reason) in zip(rows, occurrences, strict=True)
+                if row["id"] in recorded
+            ],
+            now,
+        )
         # Rows that no run follows (a paused schedule writes one per occurrence) are pruned
         # here, every PRUNE_EVERY of them per task; runs are pruned as they finish. A count
         # in memory is enough: it only decides when to tidy, never what is kept.
@@ -1056,6 +1081,16 @@ class RunStore:
                 run.lease_expires_at = None
                 owner = states_query().where(TASKS.c.id == run.task_id).with_for_update()
                 for task in await load_states(session, owner):
+                    abandoned_event = run_event(
+                        ev.RUN_FAILED,
+                        task,
+                        run.id,
+                        run.scheduled_for,
+                        run.trigger,
+                        RunStatus.ABANDONED,
+                        reason,
+                    )
+                    await outbox.enqueue(session, [abandoned_event], now)
                     if task.current_run_id == run.id:
                         self._release(task, TaskStatus.FAILED, None, reason, now)
                         await self._release_tree(session, task.id, reason, now)
@@ -1138,9 +1173,12 @@ class RunStore:
             )
             tasks = {task.id: task for task in await load_states(session, owners)}
             released: list[TaskState] = []
+            events: list[ev.Event] = []
             wake = False
             for index, claimed, outcome in mine:
                 task = tasks.get(claimed.task_id)
+                if task is not None:
+                    events.extend(_outcome_events(task, claimed, outcome))
                 if task is None or task.current_run_id != claimed.run_id:
                     continue
                 released.append(task)
@@ -1149,7 +1187,15 @@ class RunStore:
                     RunStatus.CANCELLED: TaskStatus.CANCELLED,
                 }.get(outcome.status, TaskStatus.FAILED)
                 self._release(task, status, outcome.result, outcome.error, now)
+                failures, paused = task.consecutive_failures, task.schedule_paused
                 self._count_failures(task, outcome.status)
+                if failures and outcome.status is RunStatus.COMPLETED:
+                    note = f"completed after {failures} failed run(s)"
+                    events.append(schedule_event(ev.SCHEDULE_RECOVERED, task, note))
+                if task.schedule_paused and not paused:
+                    events.append(
+                        schedule_event(ev.SCHEDULE_PAUSED, task, task.schedule_pause_note)
+                    )
                 if status is not TaskStatus.COMPLETED:
                     reason = outcome.error or f"run ended {outcome.status.value}"
                     await self._release_tree(session, task.id, reason, now)
@@ -1160,6 +1206,7 @@ class RunStore:
                 if task.run_count % PRUNE_EVERY == 0:
                     await prune_runs(session, task.id, self.settings.run_history_keep)
             await write_back(session, released)
+            await outbox.enqueue(session, events, now)
             if wake:  # the task is claimable again: peers may be asleep past its next time
                 await notify_in_transaction(session)
         if wake:
@@ -1222,7 +1269,11 @@ class RunStore:
         if decision.fire is None:
             set_next_run(task, decision.following)
             return None
+        paused = task.schedule_paused
         reason = self._hold(task, decision.fire)
+        if paused and not task.schedule_paused:  # its pause ran out
+            resumed = schedule_event(ev.SCHEDULE_RESUMED, task, "the pause ended")
+            await outbox.enqueue(session, [resumed], now)
         if reason is not None:
             await self._record(session, task, [decision.fire], RunStatus.SKIPPED, now, reason)
             # As _fire moves it: past the held occurrence, or to `following` when the policy
@@ -1369,3 +1420,85 @@ async def _runs_by_key(
         if run.idempotency_key is not None and (run.task_id, run.idempotency_key) in keyed:
             found[(run.task_id, run.idempotency_key)] = _replayed(run)
     return found
+
+
+def run_event(
+    kind: str,
+    task: TaskState,
+    run_id: str,
+    scheduled_for: datetime | None,
+    trigger: str,
+    status: RunStatus | str,
+    reason: str | None,
+    **extra: Any,
+) -> ev.Event:
+    """A run's event: which task, which run, which occurrence, and why."""
+    return ev.Event(
+        kind,
+        task.user_id,
+        {
+            "task_id": task.id,
+            "task_name": task.name,
+            "run_id": run_id,
+            "scheduled_for": _instant(scheduled_for),
+            "trigger": trigger,
+            "status": str(status),
+            "reason": reason,
+            **extra,
+        },
+    )
+
+
+def _outcome_events(task: TaskState, claimed: ClaimedRun, outcome: RunResult) -> list[ev.Event]:
+    """run.failed for a failed or timed-out run, run.succeeded for a completed one (sent only
+    where asked for); a cancelled or terminated run was ended on purpose: no event."""
+    if outcome.status is RunStatus.COMPLETED:
+        kind = ev.RUN_SUCCEEDED
+    elif outcome.status in (RunStatus.FAILED, RunStatus.TIMEOUT):
+        kind = ev.RUN_FAILED
+    else:
+        return []
+    return [
+        run_event(
+            kind,
+            task,
+            claimed.run_id,
+            claimed.scheduled_for,
+            claimed.trigger,
+            outcome.status,
+            outcome.error,
+            attempt=outcome.attempt,
+        )
+    ]
+
+
+def _late_event(
+    task: TaskState, run_id: str, occurrence: datetime, start: datetime, trigger: str
+) -> ev.Event | None:
+    """run.late when the run starts later after its occurrence than the task allows."""
+    threshold = task.alert_late_after_seconds
+    lateness = (start - occurrence).total_seconds()
+    if threshold is None or lateness <= threshold:
+        return None
+    return run_event(
+        ev.RUN_LATE,
+        task,
+        run_id,
+        occurrence,
+        trigger,
+        RunStatus.RUNNING,
+        f"started {lateness:.1f} s after its occurrence (alert after {threshold} s)",
+        lateness_seconds=round(lateness, 3),
+    )
+
+
+def schedule_event(kind: str, task: TaskState, note: str | None) -> ev.Event:
+    return ev.Event(
+        kind,
+        task.user_id,
+        {"task_id": task.id, "task_name": task.name, "note": note},
+    )
+
+
+def _instant(value: datetime | None) -> str | None:
+    return None if value is None else _aware(value).isoformat().replace("+00:00", "Z")

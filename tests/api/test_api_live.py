@@ -49,6 +49,7 @@ def live(
         APFLOW_JWT_SECRET=JWT_SECRET,
         APFLOW_WEBHOOK_SECRET=WEBHOOK_SECRET,
         APFLOW_LEASE_SECONDS="5",
+        APFLOW_NOTIFY_ALLOW_PRIVATE_URLS="1",
     )
     server = ServerProcess(env)
     try:
@@ -170,6 +171,20 @@ def test_every_method_over_a_real_server(api: Api) -> None:
     assert cancelled["id"] == queued["backfill_id"]
     beat = {"instance_id": "live", "host": "h", "pid": 1, "state": "running"}
     assert call("scheduler.heartbeat", {**beat, "heartbeat_interval": 5}) == {"recorded": True}
+    endpoint = call(
+        "notifications.endpoints.create",
+        {"url": "http://127.0.0.1:9/hook", "events": ["run.failed"], "description": "live"},
+    )
+    assert endpoint["secret"].startswith("whsec_") and endpoint["events"] == ["run.failed"]
+    listed = call("notifications.endpoints.list")["items"]
+    assert [e["id"] for e in listed] == [endpoint["id"]] and "secret" not in listed[0]
+    changed = call("notifications.endpoints.update", {"id": endpoint["id"], "enabled": False})
+    assert changed["enabled"] is False
+    call("notifications.endpoints.update", {"id": endpoint["id"], "enabled": True})
+    assert call("notifications.endpoints.test", {"id": endpoint["id"]})["queued"] == 1
+    sent = call("notifications.deliveries.list", {"endpoint_id": endpoint["id"]})["items"]
+    assert [d["event_type"] for d in sent] == ["ping"]
+    assert call("notifications.endpoints.delete", {"id": endpoint["id"]})["deleted"] is True
     document = call("rpc.discover")
     assert {m["name"] for m in document["methods"]} == called
     assert called == {spec.name for spec in METHODS} | {"rpc.discover"}
