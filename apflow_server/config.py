@@ -307,6 +307,9 @@ class Settings:
     )
     # Notifications: an endpoint failing for this long (seconds; 5 days) is disabled.
     notify_disable_after: int = setting(5 * 86400, "APFLOW_NOTIFY_DISABLE_AFTER", whole(minimum=1))
+    # Seconds one delivery attempt may take; an attempt is held for twice that, then another
+    # instance may try again (its process died).
+    notify_timeout_seconds: int = setting(15, "APFLOW_NOTIFY_TIMEOUT_SECONDS", whole(minimum=1))
     # Seconds to wait after each failed attempt before the next; after the last, give up.
     notify_retry_seconds: tuple[int, ...] = setting(
         (5, 300, 1800, 7200, 18000, 36000, 36000), "APFLOW_NOTIFY_RETRY_SECONDS", seconds_list

@@ -31,9 +31,6 @@ from apflow_server.storage.database import Database
 logger = logging.getLogger(__name__)
 
 BATCH = 100  # deliveries claimed at once
-ATTEMPT_TIMEOUT = 15.0  # seconds for one POST, connecting included
-# A claimed attempt is held this long: past it, another instance may try again.
-HOLD = timedelta(seconds=ATTEMPT_TIMEOUT * 2)
 IDLE_POLL = 1.0  # seconds between looks when nothing signals new events
 MAX_CONNECTIONS = 50
 
@@ -52,6 +49,10 @@ class Dispatcher:
         self.clock = clock
         self.on_outcome = on_outcome  # "delivered", "retrying", "failed", per attempt
         self.box = SecretBox.for_settings(settings)
+        # One POST, connecting included, may take this long (APFLOW_NOTIFY_TIMEOUT_SECONDS);
+        # a claimed attempt is held for twice that, then another instance may try again.
+        self.timeout = float(settings.notify_timeout_seconds)
+        self.hold = timedelta(seconds=self.timeout * 2)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._transport: GuardedTransport | None = None
@@ -91,7 +92,7 @@ class Dispatcher:
     async def deliver_due(self) -> int:
         """One round: claim a batch of due deliveries, attempt them all concurrently, record
         the outcomes in one transaction. Returns how many were attempted."""
-        claimed = await outbox.claim(self.database, BATCH, self.clock(), HOLD)
+        claimed = await outbox.claim(self.database, BATCH, self.clock(), self.hold)
         if not claimed:
             return 0
         outcomes = await asyncio.gather(*(self._attempt(delivery) for delivery in claimed))
@@ -119,7 +120,7 @@ class Dispatcher:
                 "set APFLOW_NOTIFY_ALLOW_PRIVATE_URLS=1 to allow it"
             )
         except (httpx.TimeoutException, TimeoutError):
-            error = f"no answer within {ATTEMPT_TIMEOUT:g} s"
+            error = f"no answer within {self.timeout:g} s"
         except httpx.HTTPError as exc:
             error = f"cannot reach the receiver: {exc}"
         delivered = error is None
@@ -157,9 +158,9 @@ class Dispatcher:
                 **signing.headers(secret, delivery.id, timestamp, delivery.body),
                 "user-agent": "apflow-server-notifications",
             },
-            extensions={"timeout": httpx.Timeout(ATTEMPT_TIMEOUT).as_dict()},
+            extensions={"timeout": httpx.Timeout(self.timeout).as_dict()},
         )
-        async with asyncio.timeout(ATTEMPT_TIMEOUT):
+        async with asyncio.timeout(self.timeout):
             response = await self._client().handle_async_request(request)
             await response.aclose()  # the status is the answer; the body is not read
         return response.status_code

@@ -65,6 +65,10 @@ MAX_PAGE = 1000
 MAX_OFFSET = 1_000_000_000
 
 
+# Alert thresholds: stored as given (checked by core/task_fields.py).
+ALERT_FIELDS = ("alert_late_after_seconds", "alert_max_duration_seconds")
+
+
 @dataclass
 class TaskNode:
     task: Task
@@ -218,6 +222,8 @@ class TaskRepository:
                     schedule_misfire="run_once",
                     schedule_overlap="skip",
                     schedule_jitter_seconds=0,
+                    alert_late_after_seconds=spec.get("alert_late_after_seconds"),
+                    alert_max_duration_seconds=spec.get("alert_max_duration_seconds"),
                 )
                 schedule_values = {k: v for k, v in spec.items() if k in SCHEDULE_FIELDS}
                 _with_prefix(
@@ -314,7 +320,8 @@ class TaskRepository:
                     raise ValidationError("user_id", "only a root task's owner can be changed")
                 for row in await subtree_of(session, task.id):
                     row.user_id = cleaned["user_id"]
-            for name in ("name", "priority", "inputs", "params", "schemas"):
+            plain = ("name", "priority", "inputs", "params", "schemas", *ALERT_FIELDS)
+            for name in plain:
                 if name in cleaned:
                     setattr(task, name, cleaned[name])
             schedule_values = {k: v for k, v in cleaned.items() if k in SCHEDULE_FIELDS}

@@ -1,0 +1,177 @@
+"""Each event is written once per cause, in the transaction of its cause, with a payload that
+names the task, the run, the occurrence and the reason (fixed clock; SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fixed_clock import Clock
+from sqlalchemy import select
+
+from apflow_server.config import Settings
+from apflow_server.core.events import EVENT_TYPES
+from apflow_server.core.types import RunStatus
+from apflow_server.service import Principal, Service
+from apflow_server.storage.database import Database
+from apflow_server.storage.models import NotificationDelivery
+from apflow_server.storage.repository import TaskRepository
+from apflow_server.storage.runs import RunResult, RunStore
+
+T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+ALICE = Principal("alice", False, "jwt")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def settings(database: Database, tmp_path) -> Settings:
+    return Settings(
+        home=tmp_path,
+        database_url=database.url,
+        misfire_grace_seconds=60,
+        notify_allow_private_urls=True,
+    )
+
+
+@pytest.fixture
+def service(database: Database, settings: Settings, clock: Clock) -> Service:
+    return Service(settings, database, TaskRepository(database, settings=settings, clock=clock))
+
+
+@pytest.fixture
+def store(database: Database, settings: Settings, clock: Clock) -> RunStore:
+    return RunStore(database, settings, "instance-a", clock=clock)
+
+
+async def events(database: Database) -> list[tuple[str, dict]]:
+    async with database.transaction() as session:
+        query = select(NotificationDelivery).order_by(NotificationDelivery.created_at)
+        rows = list(await session.scalars(query))
+    return [(row.event_type, json.loads(row.body)["data"]) for row in rows]
+
+
+async def minutely(service: Service, **fields) -> str:
+    spec = {
+        "name": "job",
+        "params": {"executor_id": "echo_executor"},
+        "schedule_type": "interval",
+        "schedule_expression": "60",
+        "schedule_start_at": (T0 + MINUTE).isoformat(),
+        "schedule_enabled": True,
+        **fields,
+    }
+    (task,) = await service.tasks.create(ALICE, [spec], batch=False)
+    return str(task.id)
+
+
+@pytest.fixture
+async def everything(service: Service) -> None:
+    """An endpoint of alice's that asked for every event."""
+    await service.notifications.create(ALICE, url="http://127.0.0.1:9/x", events=list(EVENT_TYPES))
+
+
+@pytest.mark.usefixtures("everything")
+async def test_missed_occurrences_are_announced_once_each(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    task_id = await minutely(service, schedule_misfire="skip")
+    clock.now = T0 + 3 * MINUTE + timedelta(seconds=61)  # 1, 2 and 3 are beyond the grace
+    assert await store.claim_due(10) == []
+    await store.claim_due(10)  # nothing new: nothing announced again
+    found = await events(database)
+    assert [kind for kind, _ in found] == ["run.missed"] * 3
+    assert [data["scheduled_for"] for _, data in found] == [
+        "2025-06-02T12:01:00Z",
+        "2025-06-02T12:02:00Z",
+        "2025-06-02T12:03:00Z",
+    ]
+    data = found[0][1]
+    assert (data["task_id"], data["task_name"], data["status"]) == (task_id, "job", "missed")
+    assert data["reason"] == "late beyond the misfire grace (misfire skip)"
+    assert data["run_id"]
+
+
+@pytest.mark.usefixtures("everything")
+async def test_pause_skip_and_resume_are_announced(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    task_id = await minutely(service)
+    await service.schedules.pause(ALICE, task_id, note="maintenance")
+    clock.now = T0 + MINUTE
+    assert await store.claim_due(10) == []
+    await service.schedules.resume(ALICE, task_id)
+    found = await events(database)
+    assert [kind for kind, _ in found] == ["schedule.paused", "run.skipped", "schedule.resumed"]
+    assert found[0][1] == {"task_id": task_id, "task_name": "job", "note": "maintenance"}
+    assert (found[1][1]["reason"], found[1][1]["status"]) == ("paused", "skipped")
+    assert found[2][1]["note"] == "resumed by alice"
+
+
+@pytest.mark.usefixtures("everything")
+async def test_failures_auto_pause_and_recovery_are_announced(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    task_id = await minutely(service, pause_after_failures=2)
+    outcomes = [RunStatus.FAILED, RunStatus.FAILED]
+    for minute, status in enumerate(outcomes, start=1):
+        clock.now = T0 + minute * MINUTE
+        [run] = await store.claim_due(10)
+        await store.finish(run, RunResult(status, None, "exit 1"))
+    kinds = [kind for kind, _ in await events(database)]
+    assert kinds == ["run.failed", "run.failed", "schedule.paused"]
+    paused = (await events(database))[-1][1]
+    assert paused["note"] == "paused after 2 consecutive failed runs"
+    await service.schedules.resume(ALICE, task_id)
+    clock.now = T0 + 3 * MINUTE
+    [run] = await store.claim_due(10)
+    await store.finish(run, RunResult(RunStatus.COMPLETED, {"ok": True}))
+    kinds = [kind for kind, _ in await events(database)]
+    # resume clears the failure count, so the success is a success, not a recovery
+    assert kinds[3:] == ["schedule.resumed", "run.succeeded"]
+
+
+@pytest.mark.usefixtures("everything")
+async def test_a_success_after_failures_is_a_recovery(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    await minutely(service)
+    for minute, status in enumerate([RunStatus.FAILED, RunStatus.COMPLETED], start=1):
+        clock.now = T0 + minute * MINUTE
+        [run] = await store.claim_due(10)
+        await store.finish(run, RunResult(status, None, None))
+    found = await events(database)
+    assert [kind for kind, _ in found] == ["run.failed", "run.succeeded", "schedule.recovered"]
+    assert found[2][1]["note"] == "completed after 1 failed run(s)"
+
+
+@pytest.mark.usefixtures("everything")
+async def test_a_run_that_starts_late_is_announced(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    await minutely(service, alert_late_after_seconds=10)
+    clock.now = T0 + MINUTE + timedelta(seconds=5)  # late, but within its 10 s
+    [run] = await store.claim_due(10)
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=30)
+    [run] = await store.claim_due(10)
+    found = [(kind, data) for kind, data in await events(database) if kind == "run.late"]
+    assert len(found) == 1
+    data = found[0][1]
+    assert (data["run_id"], data["scheduled_for"]) == (run.run_id, "2025-06-02T12:02:00Z")
+    assert data["lateness_seconds"] == 30.0
+    assert data["reason"] == "started 30.0 s after its occurrence (alert after 10 s)"
+
+
+async def test_no_endpoint_no_outbox_rows(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    await minutely(service, schedule_misfire="skip")
+    clock.now = T0 + 3 * MINUTE + timedelta(seconds=61)
+    await store.claim_due(10)
+    assert await events(database) == []
