@@ -21,6 +21,7 @@ from apflow_server.core.task_fields import (
 )
 from apflow_server.core.types import OverlapPolicy, RunTrigger
 from apflow_server.service import Principal, Service
+from apflow_server.service.audit import entry_to_dict
 from apflow_server.service.notifications import delivery_to_dict, endpoint_to_dict
 from apflow_server.storage.models import run_to_dict, task_to_dict
 from apflow_server.storage.repository import Page
@@ -435,6 +436,21 @@ async def deliveries_list(ctx: CallContext, params: dict[str, Any]) -> Any:
     return _page(page, delivery_to_dict, limit, offset)
 
 
+async def audit_list(ctx: CallContext, params: dict[str, Any]) -> Any:
+    limit, offset = params.get("limit", 100), params.get("offset", 0)
+    page = await ctx.service.audit.listing(
+        ctx.principal,
+        task_id=params.get("task_id"),
+        actor=params.get("actor"),
+        since=params.get("since"),
+        until=params.get("until"),
+        user_id=params.get("user_id"),
+        limit=limit,
+        offset=offset,
+    )
+    return _page(page, entry_to_dict, limit, offset)
+
+
 # ---------------------------------------------------------------------- the table
 
 TASK_ID = Param("task_id", ID, required=True)
@@ -710,6 +726,22 @@ METHODS: tuple[RpcMethod, ...] = (
                 "status",
                 {"type": "string", "enum": ["pending", "delivered", "failed", "cancelled"]},
             ),
+            Param("user_id", STRING),
+            *PAGING,
+        ),
+        PAGE,
+    ),
+    RpcMethod(
+        "audit.list",
+        "Who changed what, newest first: actor, action, target, time and the names of the "
+        "fields changed (one's own objects; an admin's: everyone's). task_id narrows it to "
+        "one object (a task, endpoint, feed key or backfill id).",
+        audit_list,
+        (
+            Param("task_id", {"type": "string", "minLength": 1, "maxLength": 64}),
+            Param("actor", {"type": "string", "minLength": 1, "maxLength": 255}),
+            Param("since", DATETIME),
+            Param("until", DATETIME),
             Param("user_id", STRING),
             *PAGING,
         ),

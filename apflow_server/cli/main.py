@@ -61,11 +61,16 @@ def usage_message(error: click.ClickException) -> str:
 # what they need (the database layer, the web stack and the iCalendar library take most of a
 # second to import). Their one-line help is written here for the same reason.
 COMMANDS = {
+    "audit": ("apflow_server.cli.audit:audit", "Who changed what, and when (the audit log)."),
     "config": (
         "apflow_server.cli.configure:config_group",
         "The configuration file (APFLOW_HOME/config.cli.yaml) and tokens.",
     ),
     "db": ("apflow_server.cli.db:db_group", "The database schema (Alembic migrations)."),
+    "notify": (
+        "apflow_server.cli.notify:notify_group",
+        "Get told when something goes wrong: signed webhooks for failed, missed, late runs.",
+    ),
     "plugins": (
         "apflow_server.cli.plugins:plugins",
         "The plugins, executors and webhook verify hook this installation loads.",

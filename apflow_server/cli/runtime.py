@@ -4,6 +4,8 @@ opened for one command, its coroutine runs under `asyncio.run`, and the engine i
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -62,6 +64,14 @@ def run_with_database(work: Callable[[Database], Awaitable[T]]) -> T:
     return asyncio.run(_with_database(Settings.from_env(), work, ensure_schema=False))
 
 
+def cli_actor() -> str:
+    """Who runs the CLI, as the audit log names them."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        return f"cli:uid-{os.getuid()}"
+
+
 def run_with_service(work: Callable[[Service], Awaitable[T]]) -> T:
     """Run `work` with the service (as the local operator: pass None as the caller) on the
         configured database, its schema ensured first: a fresh SQLite file is migrated; PostgreSQL
@@ -70,6 +80,7 @@ def run_with_service(work: Callable[[Service], Awaitable[T]]) -> T:
     load_plugins(settings)  # their executors: tasks are checked against them, and run here
 
     def with_service(database: Database) -> Awaitable[T]:
-        return work(Service(settings, database, TaskRepository(database, settings=settings)))
+        repository = TaskRepository(database, settings=settings)
+        return work(Service(settings, database, repository, local_actor=cli_actor()))
 
     return asyncio.run(_with_database(settings, with_service, ensure_schema=True))

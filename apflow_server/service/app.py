@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from apflow_server.config import Settings
 from apflow_server.scheduler.internal import InternalScheduler
+from apflow_server.service.audit import Audit
 from apflow_server.service.feeds import Feeds
 from apflow_server.service.notifications import Notifications
 from apflow_server.service.runs import Runs
@@ -24,6 +25,9 @@ class Service:
     # Runs started here execute in this scheduler; None where nothing is started (the CLI's
     # reads and writes).
     scheduler: InternalScheduler | None = None
+    # Who the local operator (no principal) is in the audit log: `cli:<os user>` for the CLI.
+    local_actor: str = "local"
+    audit: Audit = field(init=False)
     tasks: Tasks = field(init=False)
     runs: Runs = field(init=False)
     schedules: Schedules = field(init=False)
@@ -31,8 +35,11 @@ class Service:
     notifications: Notifications = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tasks = Tasks(self.repository)
-        self.runs = Runs(self.repository, self.tasks, self.scheduler)
-        self.schedules = Schedules(self.repository, self.tasks)
-        self.feeds = Feeds(self.database)
-        self.notifications = Notifications(self.database, self.settings, self.repository.clock)
+        self.audit = Audit(self.database, self.local_actor, self.repository.clock)
+        self.tasks = Tasks(self.repository, self.audit)
+        self.runs = Runs(self.repository, self.tasks, self.scheduler, self.audit)
+        self.schedules = Schedules(self.repository, self.tasks, self.audit)
+        self.feeds = Feeds(self.database, self.audit)
+        self.notifications = Notifications(
+            self.database, self.settings, self.audit, self.repository.clock
+        )

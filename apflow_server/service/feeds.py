@@ -8,6 +8,7 @@ from typing import Any
 
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import NotFoundError, UnauthenticatedError
+from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, user_scope
 from apflow_server.storage import feed_keys
 from apflow_server.storage.database import Database
@@ -16,15 +17,19 @@ from apflow_server.storage.models import FeedKey
 
 
 class Feeds:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, audit: Audit) -> None:
         self.database = database
+        self.audit = audit
 
     async def issue(
         self, caller: Principal | None, user_id: str, label: str | None = None
     ) -> IssuedKey:
         """A new key (its secret is in the answer only; the database keeps its hash)."""
         check_owner(caller, user_id, "calendar")
-        return await feed_keys.issue(self.database, user_id, utcnow(), label)
+        issued = await feed_keys.issue(self.database, user_id, utcnow(), label)
+        change = Change("feed_key.issue", "feed_key", issued.record.id, user_id, ("label",))
+        await self.audit.record(caller, change)
+        return issued
 
     async def listing(self, caller: Principal | None, user_id: Any = None) -> list[FeedKey]:
         return await feed_keys.listing(self.database, user_scope(caller, user_id))
@@ -38,6 +43,8 @@ class Feeds:
         revoked = await feed_keys.revoke(self.database, key_id, utcnow())
         if revoked is None:  # deleted meanwhile
             raise NotFoundError(f"no feed key {key_id!r}")
+        change = Change("feed_key.revoke", "feed_key", key_id, record.user_id, ("revoked_at",))
+        await self.audit.record(caller, change)
         return revoked
 
     async def user_of(self, key: str) -> str | None:

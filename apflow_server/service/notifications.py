@@ -20,6 +20,7 @@ from apflow_server.execution.rest.addresses import non_public_reason
 from apflow_server.execution.rest.transport import resolve
 from apflow_server.notifications import signing
 from apflow_server.notifications.secret_box import SecretBox
+from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, user_scope
 from apflow_server.storage import notifications as store
 from apflow_server.storage.database import Database
@@ -38,9 +39,12 @@ class CreatedEndpoint:
 
 
 class Notifications:
-    def __init__(self, database: Database, settings: Settings, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, database: Database, settings: Settings, audit: Audit, clock: Clock = utcnow
+    ) -> None:
         self.database = database
         self.settings = settings
+        self.audit = audit
         self.clock = clock
         self._box: SecretBox | None = None
 
@@ -81,6 +85,9 @@ class Notifications:
             updated_at=now,
         )
         await store.create_endpoint(self.database, endpoint)
+        fields = ("url", "events", "description", "secret")
+        change = Change("endpoint.create", "endpoint", endpoint.id, owner, fields)
+        await self.audit.record(caller, change)
         return CreatedEndpoint(endpoint, secret)
 
     async def listing(
@@ -93,9 +100,7 @@ class Notifications:
             raise ValidationError("id", "must be an endpoint id")
         endpoint = await store.get_endpoint(self.database, endpoint_id)
         if endpoint is None or (caller is not None and not caller.may_act_for(endpoint.user_id)):
-            raise NotFoundError(
-                f"no notification endpoint {endpoint_id!r}", data={"id": endpoint_id}
-            )
+            raise _not_found(endpoint_id)
         return endpoint
 
     async def update(
@@ -120,14 +125,16 @@ class Notifications:
                 raise ValidationError(name, "unknown field")
         updated = await store.update_endpoint(self.database, endpoint_id, values, self.clock())
         if updated is None:
-            raise NotFoundError(
-                f"no notification endpoint {endpoint_id!r}", data={"id": endpoint_id}
-            )
+            raise _not_found(endpoint_id)
+        change = Change("endpoint.update", "endpoint", updated.id, updated.user_id, tuple(values))
+        await self.audit.record(caller, change)
         return updated
 
     async def delete(self, caller: Principal | None, endpoint_id: Any) -> None:
-        await self.get(caller, endpoint_id)
+        endpoint = await self.get(caller, endpoint_id)
         await store.delete_endpoint(self.database, endpoint_id)
+        change = Change("endpoint.delete", "endpoint", endpoint.id, endpoint.user_id)
+        await self.audit.record(caller, change)
 
     async def test(self, caller: Principal | None, endpoint_id: Any) -> int:
         """Queue a `ping` to the endpoint (whatever events it asked for)."""
@@ -141,7 +148,10 @@ class Notifications:
             endpoint_id=endpoint.id,
         )
         async with self.database.transaction(write=True) as session:
-            return await store.enqueue(session, [event], self.clock())
+            queued = await store.enqueue(session, [event], self.clock())
+        change = Change("endpoint.test", "endpoint", endpoint.id, endpoint.user_id)
+        await self.audit.record(caller, change)
+        return queued
 
     async def deliveries(
         self,

@@ -19,6 +19,7 @@ from apflow_server.core.task_fields import json_depth
 from apflow_server.core.types import OverlapPolicy, RunStatus, RunTrigger
 from apflow_server.scheduler.base import SchedulerState
 from apflow_server.scheduler.internal import InternalScheduler
+from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
 from apflow_server.service.tasks import Tasks, checked_task_id
 from apflow_server.storage.instances import beat, live_instances
@@ -34,11 +35,16 @@ OPERATOR_INSTANCE = "cli"
 
 class Runs:
     def __init__(
-        self, repository: TaskRepository, tasks: Tasks, scheduler: InternalScheduler | None
+        self,
+        repository: TaskRepository,
+        tasks: Tasks,
+        scheduler: InternalScheduler | None,
+        audit: Audit,
     ) -> None:
         self.repository = repository
         self.tasks = tasks
         self.scheduler = scheduler
+        self.audit = audit
 
     async def trigger(
         self,
@@ -78,6 +84,9 @@ class Runs:
         )
         if claimed is None:
             return {"success": False, "status": "not_due", "task_id": task_id, "run_id": None}
+        if not claimed.replayed and scheduled_for is None:  # a scheduler's firing is no change
+            action = f"task.run.{trigger.value}"
+            await self.audit.record(caller, Change(action, "task", task_id, claimed.user_id))
         if not wait:
             status = "duplicate" if claimed.replayed else "triggered"
             return {"success": True, "status": status, "task_id": task_id, "run_id": claimed.run_id}
@@ -97,8 +106,11 @@ class Runs:
     async def cancel(self, caller: Principal | None, task_id: Any) -> bool:
         """Cancel the task's running run, wherever it runs (its process stops it at its next
         lease renewal); False when none runs."""
-        await self.tasks.get(caller, task_id)
-        return await (await self._store()).cancel(task_id)
+        task = await self.tasks.get(caller, task_id)
+        cancelled = await (await self._store()).cancel(task_id)
+        if cancelled:
+            await self.audit.record(caller, Change("task.cancel", "task", task.id, task.user_id))
+        return cancelled
 
     async def request_trigger(
         self, caller: Principal | None, task_id: Any
@@ -112,6 +124,7 @@ class Runs:
         if not found:
             raise ConflictError(nobody_takes(live, task))
         await (await self._store()).request_trigger(task.id)
+        await self.audit.record(caller, Change("task.run.requested", "task", task.id, task.user_id))
         return task, found
 
     async def live_schedulers(self, caller: Principal | None) -> list[SchedulerInstance]:

@@ -14,6 +14,7 @@ from apflow_server.core.events import SCHEDULE_PAUSED, SCHEDULE_RESUMED, Event
 from apflow_server.core.task_fields import parse_instant
 from apflow_server.schedules.plan import localise, occurrences_between, schedule_of
 from apflow_server.schedules.policy import holds_ahead
+from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, user_scope
 from apflow_server.service.tasks import Tasks
 from apflow_server.storage import backfills
@@ -65,9 +66,10 @@ logger = logging.getLogger("apflow_server.schedules")
 
 
 class Schedules:
-    def __init__(self, repository: TaskRepository, tasks: Tasks) -> None:
+    def __init__(self, repository: TaskRepository, tasks: Tasks, audit: Audit) -> None:
         self.repository = repository
         self.tasks = tasks
+        self.audit = audit
 
     async def list_scheduled(
         self,
@@ -126,6 +128,7 @@ class Schedules:
         task = await self.repository.set_hold(
             task_id, pause, _announce(SCHEDULE_PAUSED, f"paused by {who}")
         )
+        await self._audit(caller, "schedule.pause", task, ("schedule_paused", "note", "until"))
         logger.info(
             "task %s paused by %s until %s: %s",
             task.id,
@@ -154,6 +157,7 @@ class Schedules:
         task = await self.repository.set_hold(
             task_id, resume, _announce(SCHEDULE_RESUMED, text or f"resumed by {_who(caller)}")
         )
+        await self._audit(caller, "schedule.resume", task, ("schedule_paused",))
         logger.info("task %s resumed by %s%s", task.id, _who(caller), f": {text}" if text else "")
         return task
 
@@ -173,7 +177,9 @@ class Schedules:
                 "schedule_skip_by": who,
             }
 
-        return await self.repository.set_hold(task_id, skip)
+        task = await self.repository.set_hold(task_id, skip)
+        await self._audit(caller, "schedule.skip", task, ("schedule_skip_count",))
+        return task
 
     async def backfill(
         self,
@@ -248,6 +254,8 @@ class Schedules:
                 "backfill %s of task %s by %s: %d queued, %d already done",
                 made.id, task.id, _who(caller), decided.queued, len(decided.done),
             )  # fmt: skip
+            fields = ("start", "end", "reprocess", "max_concurrent", "order")
+            await self._audit(caller, "schedule.backfill", task, fields)
         return {
             "backfill_id": made.id if made is not None else None,
             "dry_run": dry_run,
@@ -267,13 +275,18 @@ class Schedules:
         cancelled = await backfills.cancel(database, backfill_id, self.repository.clock())
         if cancelled is None:
             raise NotFoundError(f"no backfill {backfill_id!r}", data={"field": "backfill_id"})
+        await self.audit.record(
+            caller, Change("backfill.cancel", "backfill", backfill_id, found.user_id)
+        )
         return backfills.backfill_to_dict(cancelled)
 
     async def init(
         self, caller: Principal | None, task_id: Any, *, from_time: datetime | str | None = None
     ) -> Task:
         await self.tasks.get(caller, task_id)
-        return await self.repository.init_schedule(task_id, from_time=from_time)
+        task = await self.repository.init_schedule(task_id, from_time=from_time)
+        await self._audit(caller, "schedule.init", task, ("next_run_at",))
+        return task
 
     async def complete(
         self,
@@ -286,13 +299,20 @@ class Schedules:
         calculate_next_run: bool = True,
     ) -> Task:
         await self.tasks.get(caller, task_id)
-        return await self.repository.complete_scheduled(
+        task = await self.repository.complete_scheduled(
             task_id,
             success=success,
             error=error,
             result=result,
             calculate_next_run=calculate_next_run,
         )
+        await self._audit(caller, "schedule.complete", task, ("status", "next_run_at"))
+        return task
+
+    async def _audit(
+        self, caller: Principal | None, action: str, task: Task, fields: tuple[str, ...]
+    ) -> None:
+        await self.audit.record(caller, Change(action, "task", task.id, task.user_id, fields))
 
     async def preview(
         self,

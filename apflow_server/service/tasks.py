@@ -11,6 +11,7 @@ from apflow_server.core.errors import (
     ValidationError,
 )
 from apflow_server.execution.registry import ExecutorRegistry, registry
+from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, is_admin, user_scope
 from apflow_server.service.command_tasks import refuse_command_tasks_unless_admin
 from apflow_server.storage.models import Task
@@ -27,8 +28,11 @@ def checked_task_id(task_id: Any) -> str:
 
 
 class Tasks:
-    def __init__(self, repository: TaskRepository, executors: ExecutorRegistry = registry) -> None:
+    def __init__(
+        self, repository: TaskRepository, audit: Audit, executors: ExecutorRegistry = registry
+    ) -> None:
         self.repository = repository
+        self.audit = audit
         self.executors = executors
 
     def check_executors(self, spec: dict[str, Any], prefix: str = "") -> None:
@@ -95,7 +99,15 @@ class Tasks:
             # none of their ids.
             check_owner(caller, parent.user_id, "parent task")
 
-        return await self.repository.create_tasks(specs, check_parent=check_parent)
+        created = await self.repository.create_tasks(specs, check_parent=check_parent)
+        await self.audit.record_many(
+            caller,
+            (
+                Change("task.create", "task", task.id, task.user_id, tuple(spec))
+                for task, spec in zip(created, specs, strict=True)
+            ),
+        )
+        return created
 
     async def update(self, caller: Principal | None, task_id: Any, fields: dict[str, Any]) -> Task:
         current = await self.get(caller, task_id)
@@ -119,12 +131,18 @@ class Tasks:
             check_owner(caller, stored.user_id)
             refuse_command_tasks_unless_admin(caller, fields, stored)
 
-        return await self.repository.update_task(task_id, check_task=check_task, **fields)
+        updated = await self.repository.update_task(task_id, check_task=check_task, **fields)
+        await self.audit.record(
+            caller, Change("task.update", "task", updated.id, updated.user_id, tuple(fields))
+        )
+        return updated
 
     async def delete(self, caller: Principal | None, task_id: Any) -> list[str]:
         """The ids deleted: the task and its descendants."""
-        await self.get(caller, task_id)
-        return await self.repository.delete_task(task_id)
+        task = await self.get(caller, task_id)
+        deleted = await self.repository.delete_task(task_id)
+        await self.audit.record(caller, Change("task.delete", "task", task.id, task.user_id))
+        return deleted
 
     async def list_tasks(
         self,

@@ -374,12 +374,38 @@ class NotificationDelivery(Base):
     )
 
 
+class AuditEntry(Base):
+    """One change: who did what to which object, when, and which fields it touched (names
+    only: never values, so never a secret)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime]
+    # A JWT's subject, `cli:<os user>`, `local` (authentication off) or the verifier that
+    # admitted a webhook (hook, hmac).
+    actor: Mapped[str] = mapped_column(String(255))
+    # Whose object it is: a user sees the entries about their own.
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(64))
+    fields: Mapped[list[str]] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_target", "target_id", "at"),
+        Index("ix_audit_log_user_at", "user_id", "at"),
+    )
+
+
 # The tables themselves, for Core statements (claiming, batches, filters shared with the ORM).
 TASKS = cast(Table, Task.__table__)
 RUNS = cast(Table, TaskRun.__table__)
 BACKFILLS = cast(Table, Backfill.__table__)
 ENDPOINTS = cast(Table, NotificationEndpoint.__table__)
 DELIVERIES = cast(Table, NotificationDelivery.__table__)
+AUDIT = cast(Table, AuditEntry.__table__)
 
 TASK_FIELDS = (
     "id",

@@ -185,6 +185,33 @@ def test_every_method_over_a_real_server(api: Api) -> None:
     sent = call("notifications.deliveries.list", {"endpoint_id": endpoint["id"]})["items"]
     assert [d["event_type"] for d in sent] == ["ping"]
     assert call("notifications.endpoints.delete", {"id": endpoint["id"]})["deleted"] is True
+    # Every change above is in the audit log, by the caller (the admin token's subject), with
+    # the names of the fields it changed and never their values.
+    entries = call("audit.list", {"limit": 1000})["items"]
+    assert {entry["actor"] for entry in entries} == {"root"}
+    assert {entry["action"] for entry in entries} >= {
+        "task.create",
+        "task.update",
+        "task.delete",
+        "task.run.api",
+        "task.run.webhook",
+        "schedule.init",
+        "schedule.complete",
+        "schedule.pause",
+        "schedule.skip",
+        "schedule.resume",
+        "schedule.backfill",
+        "backfill.cancel",
+        "endpoint.create",
+        "endpoint.update",
+        "endpoint.test",
+        "endpoint.delete",
+    }
+    created = [e for e in entries if e["action"] == "endpoint.create"]
+    assert created[0]["fields"] == ["description", "events", "secret", "url"]
+    assert endpoint["secret"] not in json.dumps(entries)
+    one_task = call("audit.list", {"task_id": one["id"], "limit": 1000})["items"]
+    assert {entry["target_id"] for entry in one_task} == {one["id"]}
     document = call("rpc.discover")
     assert {m["name"] for m in document["methods"]} == called
     assert called == {spec.name for spec in METHODS} | {"rpc.discover"}
