@@ -11,6 +11,7 @@ from apflow_server.core.errors import ApflowError
 from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.service import Service
+from apflow_server.service.audit import Change
 from apflow_server.service.runs import OPERATOR_INSTANCE
 from apflow_server.storage.models import TaskRun
 from apflow_server.storage.repository import TaskNode
@@ -52,7 +53,7 @@ async def execute_here(
 ) -> tuple[TaskRun, TaskNode]:
     """Run the task and its subtree now, in this process, as a manual run; its history row and
     the tree it ran."""
-    await service.tasks.get(OPERATOR, task_id)
+    task = await service.tasks.get(OPERATOR, task_id)
     # claim=False: this instance runs only what is started here, never due schedules.
     scheduler = InternalScheduler(
         SchedulerConfig(task_timeout=task_timeout, shutdown_grace_seconds=0),
@@ -67,6 +68,8 @@ async def execute_here(
             # its history row, so a run cancelled from elsewhere (`tasks cancel`) is reported
             # as such instead of ending without an outcome.
             run_id = await scheduler.trigger(task_id, RunTrigger.MANUAL)
+            change = Change("task.run.manual", "task", task.id, task.user_id)
+            await service.audit.record(OPERATOR, change)
             await scheduler.wait_idle()
         finally:
             await scheduler.stop()
