@@ -34,7 +34,9 @@ def audit(
     offset: int,
     output_format: str,
 ) -> None:
-    """The audit log, newest first: actor, action, target and the fields changed (never their
+    """Who changed what, and when (the audit log).
+
+    Newest first: actor, action, target and the names of the fields changed (never their
     values)."""
 
     async def work(service: Service) -> Page:

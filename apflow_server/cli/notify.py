@@ -23,8 +23,10 @@ from .runtime import OPERATOR, run_with_service
 
 @click.group("notify")
 def notify_group() -> None:
-    """Get told when something goes wrong: signed webhooks (Standard Webhooks) for failed,
-    missed, skipped or late runs and paused schedules."""
+    """Get told when something goes wrong: signed webhooks for failed, missed, late runs.
+
+    Deliveries follow the Standard Webhooks specification: failed, missed, skipped or late
+    runs, paused and resumed schedules, external schedulers that stopped calling."""
 
 
 @notify_group.group("endpoints")

@@ -12,6 +12,7 @@ from apflow_server.core.types import (
     MisfirePolicy,
     OverlapPolicy,
     RunStatus,
+    ScheduleMode,
     ScheduleType,
     TaskStatus,
 )
@@ -160,6 +161,27 @@ schedule_options: Callable[[F], F] = compose(
         "--pause-after-failures",
         type=Clearable(click.INT),
         help="Pause the schedule after this many failed runs in a row" + _CLEARS + ".",
+    ),
+    click.option(
+        "--schedule-mode",
+        type=choice_of(ScheduleMode),
+        help="internal (default): fired here; external: an outside scheduler calls the webhook "
+        "and a missing call is recorded missed (trigger.overdue).",
+    ),
+    click.option(
+        "--trigger-grace-seconds",
+        type=Clearable(click.INT),
+        help="external: how late the call may arrive (default 300)" + _CLEARS + ".",
+    ),
+    click.option(
+        "--alert-late-after-seconds",
+        type=Clearable(click.INT),
+        help="run.late when a run starts this much after its occurrence" + _CLEARS + ".",
+    ),
+    click.option(
+        "--alert-max-duration-seconds",
+        type=Clearable(click.INT),
+        help="run.too_long when a run runs longer than this" + _CLEARS + ".",
     ),
 )
 

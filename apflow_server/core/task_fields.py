@@ -16,6 +16,7 @@ from apflow_server.core.errors import ValidationError
 from apflow_server.core.types import (
     MisfirePolicy,
     OverlapPolicy,
+    ScheduleMode,
     ScheduleType,
     parse_schedule_type,
 )
@@ -34,6 +35,8 @@ SCHEDULE_FIELDS = frozenset(
         "schedule_overlap",
         "schedule_jitter_seconds",
         "pause_after_failures",
+        "schedule_mode",
+        "trigger_grace_seconds",
     }
 )
 DEFINITION_FIELDS = frozenset(
@@ -75,6 +78,7 @@ READ_ONLY_FIELDS = frozenset(
 )
 MAX_PAUSE_AFTER_FAILURES = 1000
 MAX_ALERT_SECONDS = 7 * 86400
+MAX_TRIGGER_GRACE_SECONDS = 86400
 
 MAX_JITTER_SECONDS = 86_400
 MAX_INT32 = 2_147_483_647  # the columns are INTEGER
@@ -343,6 +347,8 @@ _CHECKS: dict[str, Any] = {
     "schedule_overlap": _choice(OverlapPolicy),
     "schedule_jitter_seconds": _int_in(0, MAX_JITTER_SECONDS),
     "pause_after_failures": _optional(_int_in(1, MAX_PAUSE_AFTER_FAILURES)),
+    "schedule_mode": _choice(ScheduleMode),
+    "trigger_grace_seconds": _optional(_int_in(1, MAX_TRIGGER_GRACE_SECONDS)),
     "alert_late_after_seconds": _optional(_int_in(1, MAX_ALERT_SECONDS)),
     "alert_max_duration_seconds": _optional(_int_in(1, MAX_ALERT_SECONDS)),
 }
@@ -394,6 +400,18 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 1,
         "maximum": MAX_PAUSE_AFTER_FAILURES,
         "description": "pause the schedule after this many failed runs in a row",
+    },
+    "schedule_mode": {
+        "type": "string",
+        "enum": [mode.value for mode in ScheduleMode],
+        "description": "internal: fired here; external: an outside scheduler calls the "
+        "webhook and a missing call is recorded missed (trigger.overdue)",
+    },
+    "trigger_grace_seconds": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": MAX_TRIGGER_GRACE_SECONDS,
+        "description": "external: how late a trigger may arrive (default 300)",
     },
     "alert_late_after_seconds": {
         "type": ["integer", "null"],

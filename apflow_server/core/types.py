@@ -41,6 +41,11 @@ class MisfirePolicy(StrEnum):
     RUN_ALL = "run_all"
 
 
+class ScheduleMode(StrEnum):
+    INTERNAL = "internal"  # the scheduler fires it
+    EXTERNAL = "external"  # an outside scheduler calls its webhook; the scheduler watches
+
+
 class OverlapPolicy(StrEnum):
     SKIP = "skip"
     BUFFER_ONE = "buffer_one"

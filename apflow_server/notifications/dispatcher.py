@@ -54,6 +54,7 @@ class Dispatcher:
         self.timeout = float(settings.notify_timeout_seconds)
         self.hold = timedelta(seconds=self.timeout * 2)
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._transport: GuardedTransport | None = None
 
@@ -62,9 +63,16 @@ class Dispatcher:
             self._task = asyncio.create_task(self._loop(), name="apflow-notifications")
 
     async def stop(self) -> None:
+        """Let the round in flight finish (its attempts are bounded by the timeout), so what
+        was delivered is recorded as delivered rather than sent again; then stop."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            self._stopping = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.timeout + 1)
+            except TimeoutError:
+                task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         transport, self._transport = self._transport, None
         if transport is not None:
@@ -75,15 +83,15 @@ class Dispatcher:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 busy = await self.deliver_due()
             except Exception as exc:  # the database went away: try again shortly
                 logger.warning("notification delivery failed: %s", exc)
                 busy = 0
-            if busy >= BATCH:
-                continue  # more may be due
+            if busy >= BATCH or self._stopping:
+                continue  # more may be due (or stop now)
             try:
                 await asyncio.wait_for(self._wake.wait(), IDLE_POLL)
             except TimeoutError:

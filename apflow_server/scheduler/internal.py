@@ -619,6 +619,8 @@ class InternalScheduler:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self._beat()
+                if self.claiming and self.store is not None:  # on the beat, not every poll
+                    await self.store.announce_too_long()
             except TRANSIENT_ERRORS as exc:
                 logger.warning("heartbeat failed: %s", exc)
             except Exception:

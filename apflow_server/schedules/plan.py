@@ -95,11 +95,27 @@ def set_next_run(task: ScheduledRow, next_run: datetime | None) -> None:
         task.schedule_enabled = False
 
 
+DEFAULT_TRIGGER_GRACE_SECONDS = 300
+
+
 def due_time(task: ScheduledTask, next_run_at: datetime | None) -> datetime | None:
-    """When the occurrence at `next_run_at` becomes due: its instant plus the task's jitter."""
+    """When the occurrence at `next_run_at` becomes due: its instant plus the task's jitter.
+    For an external schedule (fired by an outside scheduler, watched here), when it becomes
+    overdue: its instant plus the grace its trigger has to arrive."""
     if next_run_at is None:
         return None
+    if is_external(task):
+        return next_run_at + timedelta(seconds=trigger_grace(task))
     return next_run_at + jitter_delay(task.id, next_run_at, task.schedule_jitter_seconds)
+
+
+def is_external(task: Any) -> bool:
+    return getattr(task, "schedule_mode", None) == "external"
+
+
+def trigger_grace(task: Any) -> int:
+    grace = getattr(task, "trigger_grace_seconds", None)
+    return DEFAULT_TRIGGER_GRACE_SECONDS if grace is None else int(grace)
 
 
 def occurrences_due(

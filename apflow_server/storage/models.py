@@ -117,6 +117,11 @@ class Task(Base):
     schedule_paused_until: Mapped[datetime | None]
     # Pause the schedule after this many failed runs in a row (None: never).
     pause_after_failures: Mapped[int | None] = mapped_column(Integer)
+    # internal: the scheduler fires it; external: an outside scheduler (cron, a CronJob) calls
+    # its webhook, and the scheduler only watches for the call (a dead man's switch).
+    schedule_mode: Mapped[str] = mapped_column(String(16), default="internal")
+    # external: how long after an occurrence its trigger may arrive before it is missed.
+    trigger_grace_seconds: Mapped[int | None] = mapped_column(Integer)
     # Alert thresholds: run.late when a run starts more than this after its occurrence.
     alert_late_after_seconds: Mapped[int | None] = mapped_column(Integer)
     # run.too_long when a run is still running this long after it started.
@@ -177,6 +182,8 @@ class TaskRun(Base):
     # cancel_other asked this running run to end: its process stops it and records it
     # cancelled, and the occurrence that asked starts then.
     cancel_requested_at: Mapped[datetime | None]
+    # When run.too_long was written for it (once per run).
+    too_long_announced_at: Mapped[datetime | None]
 
     __table_args__ = (
         # Exactly once: an occurrence of a task can be recorded a single time, whoever claims it.
@@ -272,6 +279,7 @@ def run_row(
         "reason": reason,
         "backfill_id": backfill_id,
         "cancel_requested_at": None,
+        "too_long_announced_at": None,
     }
 
 
@@ -444,6 +452,8 @@ TASK_FIELDS = (
     "pause_after_failures",
     "alert_late_after_seconds",
     "alert_max_duration_seconds",
+    "schedule_mode",
+    "trigger_grace_seconds",
     "consecutive_failures",
     "schedule_skip_count",
 )

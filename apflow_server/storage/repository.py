@@ -222,6 +222,7 @@ class TaskRepository:
                     schedule_misfire="run_once",
                     schedule_overlap="skip",
                     schedule_jitter_seconds=0,
+                    schedule_mode="internal",
                     alert_late_after_seconds=spec.get("alert_late_after_seconds"),
                     alert_max_duration_seconds=spec.get("alert_max_duration_seconds"),
                 )
@@ -428,6 +429,7 @@ class TaskRepository:
         query = (
             due_filter(select(Task), cutoff, user_id)
             .where(Task.status != TaskStatus.IN_PROGRESS.value)
+            .where(Task.schedule_mode != "external")  # fired outside, only watched here
             .order_by(Task.due_at, Task.id)
             .limit(limit)
         )

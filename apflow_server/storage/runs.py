@@ -47,8 +47,16 @@ from apflow_server.core.types import (
     TaskStatus,
 )
 from apflow_server.schedules import Schedule
-from apflow_server.schedules.plan import fire_after, schedule_of, set_next_run
+from apflow_server.schedules.plan import (
+    fire_after,
+    is_external,
+    occurrences_due,
+    schedule_of,
+    set_next_run,
+    trigger_grace,
+)
 from apflow_server.schedules.policy import (
+    OCCURRENCE_CHUNK,
     PAUSED,
     DueDecision,
     after_failure,
@@ -138,6 +146,9 @@ class TaskState:
     schedule_skip_by: str | None
     name: str
     alert_late_after_seconds: int | None
+    alert_max_duration_seconds: int | None
+    schedule_mode: str
+    trigger_grace_seconds: int | None
     # The definition, when the task was read to be run and has no children.
     snapshot: TaskSnapshot | None = None
 
@@ -471,6 +482,8 @@ class RunStore:
     ) -> list[ClaimedRun]:
         """Apply the misfire and overlap rules to due tasks and start the runs they call for,
         with one insert for all the fired occurrences (and one for the missed ones)."""
+        await self._watch([task for task in tasks if is_external(task)], session, now)
+        tasks = [task for task in tasks if not is_external(task)]
         decisions = [self._decide(task, now) for task in tasks]
         # Late occurrences are missed, unless they fell due while paused: skipped, as every
         # occurrence of a paused schedule is (read before a pause that ends here is lifted).
@@ -546,6 +559,33 @@ class RunStore:
             set_next_run(task, fire_after(decision.schedule, task, occurrence))
         await outbox.enqueue(session, alerts, now)
         return claimed
+
+    async def _watch(
+        self, tasks: Sequence[TaskState], session: AsyncSession, now: datetime
+    ) -> None:
+        """External schedules (a dead man's switch): an outside scheduler fires them through
+        the webhook, which matches its trigger to the occurrence (`_decide_start`). One that
+        is claimed here is overdue: its trigger did not arrive within the grace, so each
+        occurrence past it is recorded missed (trigger webhook) and announced as
+        trigger.overdue, or skipped if it fell due while the schedule was paused."""
+        missed: list[tuple[TaskState, datetime, str]] = []
+        skipped: list[tuple[TaskState, datetime, str]] = []
+        for task in tasks:
+            assert task.next_run_at is not None
+            overdue, following = occurrences_due(
+                schedule_of(task), task, task.next_run_at, now, OCCURRENCE_CHUNK
+            )
+            grace = trigger_grace(task)
+            reason = f"no trigger arrived within {grace} s of the occurrence (external schedule)"
+            for occurrence in overdue:
+                if paused_at(task, occurrence):
+                    skipped.append((task, occurrence, PAUSED))
+                else:
+                    missed.append((task, occurrence, reason))
+            set_next_run(task, following)
+        webhook = RunTrigger.WEBHOOK
+        await self._record_many(session, missed, RunStatus.MISSED, now, webhook, ev.TRIGGER_OVERDUE)
+        await self._record_many(session, skipped, RunStatus.SKIPPED, now, webhook)
 
     async def _fire(
         self,
@@ -695,23 +735,24 @@ class RunStore:
         occurrences: Sequence[tuple[TaskState, datetime, str]],
         status: RunStatus,
         now: datetime,
+        trigger: RunTrigger = RunTrigger.SCHEDULE,
+        event: str | None = None,
     ) -> None:
-        """History rows, each with why it did not run, for occurrences that will not run."""
+        """History rows, each with why it did not run, for occurrences that will not run;
+        each announced (run.missed, run.skipped, or `event`)."""
         if not occurrences:
             return
         rows = [
-            self._run_row(task, RunTrigger.SCHEDULE, occurrence, status, now, reason=reason)
+            self._run_row(task, trigger, occurrence, status, now, reason=reason)
             for task, occurrence, reason in occurrences
         ]
         inserted = await insert_rows(session, RUNS, rows, unique=OCCURRENCE, returning=("id",))
         recorded = {str(row[0]) for row in inserted}
-        kind = ev.RUN_MISSED if status is RunStatus.MISSED else ev.RUN_SKIPPED
+        kind = event or (ev.RUN_MISSED if status is RunStatus.MISSED else ev.RUN_SKIPPED)
         await outbox.enqueue(
             session,
             [
-                run_event(
-                    kind, task, row["id"], occurrence, RunTrigger.SCHEDULE.value, status, reason
-                )
+                run_event(kind, task, row["id"], occurrence, trigger.value, status, reason)
                 for row, (task, occurrence, reason) in zip(rows, occurrences, strict=True)
                 if row["id"] in recorded
             ],
@@ -914,11 +955,17 @@ class RunStore:
             await pending.flush()  # the run it replaces may be one this batch started
             await self._replace_current(pending.session, task, now, "trigger", policy)
             await self._release_tree(pending.session, task.id, task.error or "replaced", now)
+        occurrence = _expected_occurrence(task, request.trigger, now)
         row = self._run_row(
-            task, request.trigger, None, RunStatus.RUNNING, now, request.idempotency_key
+            task, request.trigger, occurrence, RunStatus.RUNNING, now, request.idempotency_key
         )
-        claimed = self._take(task, row["id"], request.trigger, None, now)
-        if task.max_runs is not None and task.run_count >= task.max_runs:
+        claimed = self._take(task, row["id"], request.trigger, occurrence, now)
+        if occurrence is not None:  # the external scheduler's call for its occurrence
+            set_next_run(task, fire_after(schedule_of(task), task, occurrence))
+            late = _late_event(task, row["id"], occurrence, now, request.trigger.value)
+            if late is not None:
+                await outbox.enqueue(pending.session, [late], now)
+        elif task.max_runs is not None and task.run_count >= task.max_runs:
             set_next_run(task, None)
         pending.add(row, task)
         if key is not None:
@@ -1287,6 +1334,70 @@ class RunStore:
             session, task, schedule, decision.fire, now, then=decision.following
         )
 
+    async def announce_too_long(self, limit: int = 500) -> int:
+        """run.too_long, once per run, for running runs of tasks with alert_max_duration_seconds
+        that have run longer than that. Any instance may do it: the rows are locked (SKIP
+        LOCKED) and marked in the transaction that writes the event. Returns how many."""
+        now = self.clock()
+        candidates = (
+            select(
+                RUNS.c.id,
+                RUNS.c.started_at,
+                RUNS.c.scheduled_for,
+                RUNS.c.trigger,
+                TASKS.c.alert_max_duration_seconds,
+            )
+            .join(TASKS, TASKS.c.id == RUNS.c.task_id)
+            .where(
+                RUNS.c.status == RUNNING,
+                RUNS.c.too_long_announced_at.is_(None),
+                TASKS.c.alert_max_duration_seconds.is_not(None),
+            )
+            .limit(limit)
+        )
+        async with self.database.transaction() as session:  # a plain read first: usually none
+            rows = list(await session.execute(candidates))
+        over = [
+            row.id
+            for row in rows
+            if row.started_at is not None
+            and now - _aware(row.started_at) > timedelta(seconds=row.alert_max_duration_seconds)
+        ]
+        if not over:
+            return 0
+        async with self.database.transaction(write=True) as session:
+            locked = (
+                select(TaskRun)
+                .where(
+                    among(RUNS.c.id, over, self.database.dialect),
+                    TaskRun.status == RUNNING,
+                    TaskRun.too_long_announced_at.is_(None),
+                )
+                .with_for_update(skip_locked=True)
+            )
+            events = []
+            for run in await session.scalars(locked):
+                run.too_long_announced_at = now
+                owner = states_query().where(TASKS.c.id == run.task_id)
+                for task in await load_states(session, owner):
+                    started = _aware(run.started_at or now)
+                    threshold = task.alert_max_duration_seconds or 0
+                    events.append(
+                        run_event(
+                            ev.RUN_TOO_LONG,
+                            task,
+                            run.id,
+                            run.scheduled_for,
+                            run.trigger,
+                            RunStatus.RUNNING,
+                            f"still running {(now - started).total_seconds():.0f} s after its "
+                            f"start (alert after {threshold} s)",
+                            started_at=_instant(started),
+                        )
+                    )
+            await outbox.enqueue(session, events, now)
+        return len(events)
+
     # ------------------------------------------------------------------ sleeping
 
     async def next_wake_at(self, user_id: str | None = None) -> datetime | None:
@@ -1470,6 +1581,23 @@ def _outcome_events(task: TaskState, claimed: ClaimedRun, outcome: RunResult) ->
             attempt=outcome.attempt,
         )
     ]
+
+
+# An external scheduler's call may arrive this much before its occurrence (clock skew).
+EARLY_TRIGGER = timedelta(seconds=10)
+
+
+def _expected_occurrence(task: TaskState, trigger: RunTrigger, now: datetime) -> datetime | None:
+    """The occurrence of an external schedule that a webhook trigger arriving now answers:
+    the expected one, if the call comes at most EARLY_TRIGGER before it or within its grace
+    after it. Any other start is an ad-hoc run."""
+    expected = task.next_run_at
+    if trigger is not RunTrigger.WEBHOOK or not is_external(task) or expected is None:
+        return None
+    if not task.schedule_enabled:
+        return None
+    grace = timedelta(seconds=trigger_grace(task))
+    return expected if expected - EARLY_TRIGGER <= now <= expected + grace else None
 
 
 def _late_event(

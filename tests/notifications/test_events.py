@@ -175,3 +175,20 @@ async def test_no_endpoint_no_outbox_rows(
     clock.now = T0 + 3 * MINUTE + timedelta(seconds=61)
     await store.claim_due(10)
     assert await events(database) == []
+
+
+@pytest.mark.usefixtures("everything")
+async def test_a_run_that_runs_too_long_is_announced_once(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    await minutely(service, alert_max_duration_seconds=60)
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    clock.now = T0 + 2 * MINUTE - timedelta(seconds=1)
+    assert await store.announce_too_long() == 0
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=1)
+    assert await store.announce_too_long() == 1
+    assert await store.announce_too_long() == 0  # once per run
+    [data] = [d for k, d in await events(database) if k == "run.too_long"]
+    assert (data["run_id"], data["status"]) == (run.run_id, "running")
+    assert data["reason"] == "still running 61 s after its start (alert after 60 s)"
