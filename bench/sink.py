@@ -3,7 +3,8 @@ that records when each request arrives, by its own clock.
 
     python bench/sink.py --port 8901
 
-`GET /hit?i=INDEX&due=UNIX_SECONDS` answers 200 `ok` and records (i, due, arrival). `GET
+`GET /hit?i=INDEX&due=UNIX_SECONDS` answers 200 `ok` and records (i, due, arrival); `POST
+/hook` (a notification delivery, its body read by Content-Length) records (n, 0, arrival). `GET
 /__count` answers how many hits arrived; `GET /__dump` answers every record as JSON. Keep-alive
 is honoured, and requests are parsed only as far as the request line and the headers' end (the
 benchmarks send no bodies), so one process serves tens of thousands of requests a second: the
@@ -43,7 +44,11 @@ class Sink(asyncio.Protocol):
         arrival = time.time()
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
-            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            length = _content_length(head)
+            if len(rest) < length:
+                return  # the body has not all arrived
+            self.buffer = rest[length:]
             target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode()
             self.transport.write(self.respond(target, arrival))
 
@@ -53,11 +58,22 @@ class Sink(asyncio.Protocol):
             query = parse_qs(parts.query)
             RECORDS.append((int(query["i"][0]), float(query["due"][0]), arrival))
             return OK
+        if parts.path == "/hook":  # a notification delivery (a POST with a body)
+            RECORDS.append((len(RECORDS), 0.0, arrival))
+            return OK
         if parts.path == "/__count":
             return answer(str(len(RECORDS)).encode())
         if parts.path == "/__dump":
             return answer(json.dumps(RECORDS).encode())
         return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
 
 
 async def serve(port: int) -> None:

@@ -28,6 +28,7 @@ from apflow_server.exports.triggers import (
     generate_cron_config,
     generate_webhook_url,
 )
+from apflow_server.schedules.plan import DEFAULT_TRIGGER_GRACE_SECONDS
 from apflow_server.service import Service
 from apflow_server.storage.models import Task
 
@@ -70,11 +71,17 @@ def _schedule_of(task: Task) -> tuple[str, str]:
 
 def _notes(task: Task) -> list[str]:
     notes = []
-    if task.schedule_enabled:
+    if task.schedule_enabled and task.schedule_mode == "external":
+        grace = task.trigger_grace_seconds or DEFAULT_TRIGGER_GRACE_SECONDS
         notes.append(
-            "the internal scheduler also fires this task while its schedule is enabled; turn "
-            f"it off with `apflow tasks update {task.id} --schedule-disabled` once the "
-            "external scheduler takes over"
+            "the internal scheduler watches this task: an occurrence not triggered within "
+            f"{grace} s is recorded missed and announced as trigger.overdue"
+        )
+    elif task.schedule_enabled:
+        notes.append(
+            "the internal scheduler also fires this task while its schedule is enabled; make "
+            f"it watch instead (a missing call is then reported) with `apflow tasks update "
+            f"{task.id} --schedule-mode external` once the external scheduler takes over"
         )
     dropped = [
         name

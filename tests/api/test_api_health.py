@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -70,6 +71,9 @@ def test_metrics_expose_every_family(service: Service) -> None:
         "# TYPE apflow_active_runs gauge",
         "# TYPE apflow_due_backlog gauge",
         "# TYPE apflow_webhook_refusals_total counter",
+        "# TYPE apflow_notification_attempts_total counter",
+        "# TYPE apflow_notification_backlog gauge",
+        "# TYPE apflow_notification_oldest_undelivered_seconds gauge",
     ):
         assert line in text.splitlines(), line
 
@@ -162,3 +166,33 @@ def test_readyz_is_503_when_the_database_is_unreachable(
     assert body["checks"]["database"].startswith("unavailable")
     assert body["checks"]["scheduler"] == "running"
     assert service.http.get("/healthz").status_code == 200
+
+
+def test_notification_backlog_and_its_oldest_age(make_service: ServiceFactory) -> None:
+    service = make_service(run_scheduler=False, notify_allow_private_urls=True)  # none delivers
+    assert value(service, "apflow_notification_backlog") == 0.0
+    endpoint = service.api.call(
+        "notifications.endpoints.create", {"url": "http://127.0.0.1:9/hook"}
+    )
+    for _ in range(2):
+        service.api.call("notifications.endpoints.test", {"id": endpoint["id"]})
+    time.sleep(1.1)
+    assert value(service, "apflow_notification_backlog") == 2.0
+    assert (value(service, "apflow_notification_oldest_undelivered_seconds") or 0) >= 1.0
+
+
+def test_notification_attempts_are_counted_by_outcome(make_service: ServiceFactory) -> None:
+    service = make_service(notify_allow_private_urls=True)
+    endpoint = service.api.call(
+        "notifications.endpoints.create",
+        {"url": "http://127.0.0.1:9/hook"},  # nobody there
+    )
+    service.api.call("notifications.endpoints.test", {"id": endpoint["id"]})
+    deadline = time.monotonic() + 10
+    while value(service, "apflow_notification_attempts_total", outcome="retrying") is None:
+        assert time.monotonic() < deadline, "no attempt was counted"
+        time.sleep(0.05)
+    assert value(service, "apflow_notification_attempts_total", outcome="retrying") == 1.0
+    [delivery] = service.api.call("notifications.deliveries.list")["items"]
+    assert (delivery["status"], delivery["attempts"]) == ("pending", 1)
+    assert delivery["last_error"].startswith("cannot reach the receiver")

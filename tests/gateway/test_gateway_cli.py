@@ -141,7 +141,7 @@ def test_cron_line_notes_what_it_cannot_carry(cli: Cli) -> None:
     task_id = daily(cli, "--max-runs", "5", "--schedule-enabled")
     out = cli.ok("scheduler", "cron-line", task_id)
     comments = [line for line in out.splitlines() if line.startswith("#")]
-    assert any("--schedule-disabled" in line for line in comments)
+    assert any("--schedule-mode external" in line for line in comments)
     assert any("max_runs" in line for line in comments)
     assert out.splitlines()[-2] == "CRON_TZ=Europe/Paris"
     notes = cli.json("scheduler", "cron-line", task_id)["notes"]
@@ -339,3 +339,13 @@ def test_k8s_cronjob_names_every_missing_choice_at_once(cli: Cli) -> None:
     assert result.exit_code == 2 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert "--base-url" in line and "--secret-name" in line and "--unsigned" in line
+
+
+def test_an_external_schedules_cron_line_says_it_is_watched(cli: Cli) -> None:
+    task_id = daily(cli, "--schedule-enabled", "--schedule-mode", "external")
+    out = cli.ok("scheduler", "cron-line", task_id, APFLOW_PUBLIC_URL=PUBLIC)
+    assert out.startswith(
+        "# Note: the internal scheduler watches this task: an occurrence not triggered within "
+        "300 s is recorded missed and announced as trigger.overdue"
+    )
+    assert out.rstrip().endswith(f"{PUBLIC}/webhook/trigger/{task_id}")

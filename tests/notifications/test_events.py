@@ -11,6 +11,7 @@ from fixed_clock import Clock
 from sqlalchemy import select
 
 from apflow_server.config import Settings
+from apflow_server.core.errors import ValidationError
 from apflow_server.core.events import EVENT_TYPES
 from apflow_server.core.types import RunStatus
 from apflow_server.service import Principal, Service
@@ -192,3 +193,23 @@ async def test_a_run_that_runs_too_long_is_announced_once(
     [data] = [d for k, d in await events(database) if k == "run.too_long"]
     assert (data["run_id"], data["status"]) == (run.run_id, "running")
     assert data["reason"] == "still running 61 s after its start (alert after 60 s)"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("alert_late_after_seconds", 0),
+        ("alert_late_after_seconds", 7 * 86400 + 1),
+        ("alert_max_duration_seconds", -5),
+        ("alert_max_duration_seconds", "60"),
+        ("trigger_grace_seconds", 0),
+        ("schedule_mode", "sometimes"),
+    ],
+)
+async def test_thresholds_out_of_range_are_refused_naming_the_field(
+    service: Service, database: Database, field: str, value: object
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        await minutely(service, **{field: value})
+    assert refused.value.data == {"field": field}
+    assert (await service.tasks.list_tasks(None)).total == 0
