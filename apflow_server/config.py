@@ -314,6 +314,9 @@ class Settings:
     notify_retry_seconds: tuple[int, ...] = setting(
         (5, 300, 1800, 7200, 18000, 36000, 36000), "APFLOW_NOTIFY_RETRY_SECONDS", seconds_list
     )
+    # Whether schedulers deliver notifications beside their claim loop (on by default); off,
+    # `apflow notify worker` processes deliver them.
+    notify_in_scheduler: bool = setting(True, "APFLOW_NOTIFY_IN_SCHEDULER", flag)
     # Endpoints on private and loopback addresses (refused by default, as for rest_executor).
     notify_allow_private_urls: bool = setting(False, "APFLOW_NOTIFY_ALLOW_PRIVATE_URLS", flag)
     # Encrypts notification endpoints' signing secrets in the database; every instance must

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from typing import Any
 
 import click
 
+from apflow_server.config import Settings
 from apflow_server.core.events import EVENT_TYPES
+from apflow_server.notifications.dispatcher import Dispatcher
+from apflow_server.scheduler.listener import change_listener
 from apflow_server.service import Service
 from apflow_server.service.notifications import (
     CreatedEndpoint,
     delivery_to_dict,
     endpoint_to_dict,
 )
+from apflow_server.storage.database import Database
 from apflow_server.storage.notifications import DELIVERY_STATUSES
 from apflow_server.storage.pages import Page
 
 from . import output
+from .logs import configure_logging
 from .options import format_option
-from .runtime import OPERATOR, run_with_service
+from .runtime import OPERATOR, database_errors, run_with_service
 
 
 @click.group("notify")
@@ -158,6 +166,38 @@ def test(endpoint_id: str) -> None:
 
     run_with_service(work)
     output.line(f"Queued a ping to endpoint {endpoint_id}; a running scheduler delivers it.")
+
+
+@notify_group.command("worker")
+def worker() -> None:
+    """Deliver notifications until Ctrl-C or SIGTERM (beside schedulers started with
+    APFLOW_NOTIFY_IN_SCHEDULER=0, so that deliveries never share their process)."""
+    settings = Settings.from_env()
+    configure_logging(logging.INFO, settings.log_format)
+    with database_errors():
+        asyncio.run(_deliver_until_stopped(settings))
+
+
+async def _deliver_until_stopped(settings: Settings) -> None:
+    database = Database(settings.database_url)
+    await database.ensure_schema()
+    dispatcher = Dispatcher(database, settings)
+    listener = change_listener(database, dispatcher.wake)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    dispatcher.start()
+    if listener is not None:
+        listener.start()
+    output.line("Delivering notifications; Ctrl-C to stop.")
+    try:
+        await stopping.wait()
+    finally:
+        if listener is not None:
+            await listener.stop()
+        await dispatcher.stop()
+        await database.dispose()
 
 
 @notify_group.command("deliveries")

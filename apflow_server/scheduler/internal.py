@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from apflow_server.config import Settings
@@ -30,7 +29,7 @@ from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.registry import registry as default_registry
 from apflow_server.execution.runner import RunExecutor
 from apflow_server.execution.services import ExecutorServices
-from apflow_server.notifications.dispatcher import Dispatcher
+from apflow_server.notifications.dispatcher import Dispatcher, DispatcherThread
 from apflow_server.scheduler import run_log
 from apflow_server.scheduler.base import (
     RunObserver,
@@ -38,7 +37,12 @@ from apflow_server.scheduler.base import (
     SchedulerState,
     SchedulerStats,
 )
-from apflow_server.scheduler.listener import ScheduleListener, SqliteFileWatcher
+from apflow_server.scheduler.listener import (
+    ScheduleListener,
+    SqliteFileWatcher,
+    change_listener,
+    shares_data,
+)
 from apflow_server.storage import instances, signals
 from apflow_server.storage.database import Database, DatabaseError
 from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore, TaskState
@@ -125,7 +129,7 @@ class InternalScheduler:
         self.store: RunStore | None = None
         self.executor: RunExecutor | None = None
         # Delivers the notification outbox beside the claim loop (claiming schedulers only).
-        self.dispatcher: Dispatcher | None = None
+        self.dispatcher: Dispatcher | DispatcherThread | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -182,7 +186,7 @@ class InternalScheduler:
         self.stats.state = SchedulerState.RUNNING
         signals.subscribe(self._wake.set)
         # Claiming or not: a run started here may be ended elsewhere (terminate_other).
-        self._listener = _change_listener(self._database, self._on_change)
+        self._listener = change_listener(self._database, self._on_change)
         if self._listener is not None:
             self._listener.start()
         logger.info(
@@ -203,13 +207,15 @@ class InternalScheduler:
         self._loop_task = asyncio.create_task(self._loop(), name="apflow-scheduler")
         self._lease_task = asyncio.create_task(self._renew_leases(), name="apflow-leases")
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="apflow-heartbeat")
-        if self.claiming:
+        if self.claiming and self.settings.notify_in_scheduler:
             observer = self.observer
-            self.dispatcher = Dispatcher(
-                self._database,
-                self.settings,
-                on_outcome=observer.notification_attempted if observer is not None else None,
-            )
+            counted = observer.notification_attempted if observer is not None else None
+            if shares_data(self._database):  # its own thread, loop and connections
+                self.dispatcher = DispatcherThread(
+                    self._database.url, self.settings, on_outcome=counted
+                )
+            else:  # an in-memory database: only this engine sees it
+                self.dispatcher = Dispatcher(self._database, self.settings, on_outcome=counted)
             signals.subscribe(self.dispatcher.wake)
             self.dispatcher.start()
 
@@ -649,15 +655,3 @@ class InternalScheduler:
                 },
             },
         )
-
-
-def _change_listener(
-    database: Database, on_change: Callable[[], None]
-) -> ScheduleListener | SqliteFileWatcher | None:
-    """What tells this process that another one changed the schedules."""
-    if database.dialect == "postgresql":
-        return ScheduleListener(database.url, on_change)
-    path = make_url(database.url).database
-    if path and path != ":memory:" and not path.startswith("file:"):
-        return SqliteFileWatcher(path, on_change)
-    return None

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from apflow_server.storage.database import Database
 from apflow_server.storage.postgres_url import postgres_target
 from apflow_server.storage.signals import CHANNEL
 
@@ -108,3 +109,23 @@ class SqliteFileWatcher:
             if now != last:
                 last = now
                 self.on_change()
+
+
+def shares_data(database: Database) -> bool:
+    """Whether another engine on the same URL sees the same data (not an in-memory SQLite)."""
+    if database.dialect == "postgresql":
+        return True
+    path = make_url(database.url).database
+    return bool(path) and path != ":memory:" and not str(path).startswith("file:")
+
+
+def change_listener(
+    database: Database, on_change: Callable[[], None]
+) -> ScheduleListener | SqliteFileWatcher | None:
+    """What tells this process that another one changed something (schedules, run ownership,
+    the notification outbox): LISTEN on PostgreSQL, a watch of the file on SQLite."""
+    if database.dialect == "postgresql":
+        return ScheduleListener(database.url, on_change)
+    if shares_data(database):
+        return SqliteFileWatcher(str(make_url(database.url).database), on_change)
+    return None

@@ -174,6 +174,17 @@ async def enqueue(session: AsyncSession, events: Sequence[Event], now: datetime)
     return len(rows)
 
 
+async def any_due(database: Database, now: datetime) -> bool:
+    """Whether some delivery is due: a plain read, so that looking costs no write lock."""
+    async with database.transaction() as session:
+        found = await session.scalar(
+            select(DELIVERIES.c.id)
+            .where(DELIVERIES.c.status == PENDING, DELIVERIES.c.next_attempt_at <= now)
+            .limit(1)
+        )
+    return found is not None
+
+
 @dataclass(frozen=True)
 class ClaimedDelivery:
     id: str
@@ -242,14 +253,27 @@ async def record(
     if not outcomes:
         return disabled
     async with database.transaction(write=True) as session:
+        # Deliveries (the common case) in one statement; failures one by one (each its own
+        # answer and retry time).
+        by_code: dict[int | None, list[str]] = {}  # one statement per answer (200, 204...)
         for outcome in outcomes:
+            if outcome.delivered:
+                by_code.setdefault(outcome.status_code, []).append(outcome.delivery_id)
+        for code, ids in by_code.items():
+            await session.execute(
+                update(DELIVERIES)
+                .where(among(DELIVERIES.c.id, ids, database.dialect))
+                .where(DELIVERIES.c.status == PENDING)
+                .values(status=DELIVERED, delivered_at=now, last_error=None, last_status_code=code)
+            )
+        for outcome in outcomes:
+            if outcome.delivered:
+                continue
             values: dict[str, Any] = {
                 "last_status_code": outcome.status_code,
                 "last_error": outcome.error,
             }
-            if outcome.delivered:
-                values.update(status=DELIVERED, delivered_at=now)
-            elif outcome.retry_at is None:
+            if outcome.retry_at is None:
                 values.update(status=FAILED)
             else:
                 values.update(next_attempt_at=outcome.retry_at)

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
+import signal
+import subprocess
 
-from cli_support import Cli
+import pytest
+from cli_support import CLEARED, Cli, apflow_executable
+from receiver import Receiver
+from standardwebhooks.webhooks import Webhook
 
 
 def test_cli_changes_are_audited_as_the_os_user(cli: Cli) -> None:
@@ -53,3 +59,35 @@ def test_notify_bad_input_is_one_line(cli: Cli) -> None:
     cli.fails(2, "notify", "endpoints", "create", "https://1.1.1.1/", "--event", "run.nope")
     cli.fails(1, "notify", "endpoints", "test", "ep_missing")
     cli.fails(2, "notify", "endpoints", "update", "ep_missing")
+
+
+@pytest.mark.slow
+def test_notify_worker_delivers_beside_schedulers_that_do_not(cli: Cli) -> None:
+    """`apflow notify worker` in its own process: what the CLI queues, it delivers, signed;
+    SIGTERM stops it cleanly."""
+    private = {"APFLOW_NOTIFY_ALLOW_PRIVATE_URLS": "1"}
+    with Receiver() as receiver:
+        made = cli("notify", "endpoints", "create", receiver.url, "-f", "json", **private)
+        endpoint = json.loads(made.output)
+        env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+        env.update({k: v for k, v in cli.env.items() if v is not None}, **private)
+        worker = subprocess.Popen(
+            [apflow_executable(), "notify", "worker"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().startswith("Delivering notifications")
+            cli.ok("notify", "endpoints", "test", endpoint["id"])
+            [request] = receiver.wait_for(1)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert Webhook(endpoint["secret"]).verify(request.body, request.headers)["type"] == "ping"
+    delivered = cli.json("notify", "deliveries", "-f", "json")["items"]
+    assert [d["status"] for d in delivered] == ["delivered"]
