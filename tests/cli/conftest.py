@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from cli_support import CLEARED, Cli, Process
-from sqlalchemy import text
 
 from apflow_server.storage.database import Database
+from apflow_server.storage.models import Base
 
 
 async def _empty_tables(url: str) -> None:
@@ -20,8 +20,8 @@ async def _empty_tables(url: str) -> None:
     try:
         async with database.connect() as connection:
             async with connection.begin():
-                await connection.execute(text("DELETE FROM task_runs"))
-                await connection.execute(text("DELETE FROM tasks"))
+                for table in reversed(Base.metadata.sorted_tables):  # children first
+                    await connection.execute(table.delete())
     finally:
         await database.dispose()
 

@@ -19,7 +19,7 @@ def test_cli_changes_are_audited_as_the_os_user(cli: Cli) -> None:
     task = cli.create("--name", "report", "--executor", "echo_executor")
     cli.ok("tasks", "update", task["id"], "--priority", "1")
     cli.ok("tasks", "delete", task["id"])
-    entries = cli.json("audit", "-f", "json")["items"]
+    entries = cli.json("audit", "--task", task["id"], "-f", "json")["items"]
     actor = f"cli:{getpass.getuser()}"
     assert [(e["actor"], e["action"], e["fields"]) for e in reversed(entries)] == [
         (actor, "task.create", ["name", "params"]),
