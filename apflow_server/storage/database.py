@@ -203,6 +203,12 @@ class Database:
         current = await self.current_revision()
         if current == head_revision():
             return
+        if current is not None and not _known_revision(current):
+            raise DatabaseError(
+                f"the database is at revision {current}, which this apflow-server does not know "
+                f"(its newest is {head_revision()}): it was migrated by a newer release; "
+                "upgrade apflow-server"
+            )
         if self.is_sqlite:
             await self.upgrade()
             return
@@ -210,6 +216,11 @@ class Database:
         raise DatabaseError(
             f"the database {state}; run `apflow db upgrade` to migrate it to {head_revision()}"
         )
+
+
+def _known_revision(revision: str) -> bool:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return any(script.revision == revision for script in scripts.walk_revisions())
 
 
 def _run_upgrade(connection: Connection, revision: str) -> None:

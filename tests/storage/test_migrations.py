@@ -34,3 +34,32 @@ async def test_fresh_postgres_refuses_until_upgraded(fresh_postgres_url: str) ->
         assert await database.current_revision() == head_revision()
     finally:
         await database.dispose()
+
+
+async def test_a_database_from_a_newer_release_is_named_as_such(database: Database) -> None:
+    """A schema migrated by a newer apflow-server: one clear line, not Alembic's 'Can't locate
+    revision' as an internal error; nothing is changed."""
+    import pytest
+    from sqlalchemy import text
+
+    from apflow_server.storage.database import DatabaseError
+
+    async with database.connect(write=True) as connection:
+        async with connection.begin():
+            await connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    try:
+        with pytest.raises(DatabaseError) as refused:
+            await database.ensure_schema()
+        assert str(refused.value) == (
+            "the database is at revision 9999, which this apflow-server does not know (its "
+            f"newest is {head_revision()}): it was migrated by a newer release; upgrade "
+            "apflow-server"
+        )
+        assert await database.current_revision() == "9999"
+    finally:
+        async with database.connect(write=True) as connection:
+            async with connection.begin():
+                await connection.execute(
+                    text("UPDATE alembic_version SET version_num = :head"),
+                    {"head": head_revision()},
+                )
