@@ -55,6 +55,15 @@ def flag(raw: str | None, name: str, default: Any) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def notify_mode(raw: str | None, name: str, default: Any) -> str:
+    value = (raw or "").strip().lower() or default
+    value = {"1": "process", "true": "process", "on": "process", "yes": "process"}.get(value, value)
+    value = {"0": "off", "false": "off", "no": "off"}.get(value, value)
+    if value not in {"process", "thread", "off"}:
+        raise ConfigError(f"{name} must be process, thread or off, not {raw!r}")
+    return str(value)
+
+
 def seconds_list(raw: str | None, name: str, default: Any) -> tuple[int, ...]:
     """Comma-separated whole seconds, e.g. 5,300,1800."""
     items = _items(raw)
@@ -314,9 +323,10 @@ class Settings:
     notify_retry_seconds: tuple[int, ...] = setting(
         (5, 300, 1800, 7200, 18000, 36000, 36000), "APFLOW_NOTIFY_RETRY_SECONDS", seconds_list
     )
-    # Whether schedulers deliver notifications beside their claim loop (on by default); off,
-    # `apflow notify worker` processes deliver them.
-    notify_in_scheduler: bool = setting(True, "APFLOW_NOTIFY_IN_SCHEDULER", flag)
+    # How schedulers deliver notifications: "process" (a child process beside each claiming
+    # scheduler), "thread" (a thread of its own in the scheduler's process) or "off" (only
+    # `apflow notify worker` processes deliver them).
+    notify_in_scheduler: str = setting("process", "APFLOW_NOTIFY_IN_SCHEDULER", notify_mode)
     # Endpoints on private and loopback addresses (refused by default, as for rest_executor).
     notify_allow_private_urls: bool = setting(False, "APFLOW_NOTIFY_ALLOW_PRIVATE_URLS", flag)
     # Encrypts notification endpoints' signing secrets in the database; every instance must

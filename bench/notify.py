@@ -73,10 +73,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument(
-        "--worker",
-        action="store_true",
-        help="deliver from an `apflow notify worker` process (APFLOW_NOTIFY_IN_SCHEDULER=0) "
-        "instead of the scheduler's own thread",
+        "--mode",
+        choices=("process", "thread", "worker"),
+        default="process",
+        help="who delivers: the scheduler's child process (the default), a thread in the "
+        "scheduler's process, or an `apflow notify worker` beside a scheduler started with "
+        "APFLOW_NOTIFY_IN_SCHEDULER=off",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="apflow-bench-"))
@@ -107,8 +109,8 @@ async def main() -> None:
             "--poll-interval", "60", "--max-concurrent", "100",
         ]  # fmt: skip
         log = open(workdir / "scheduler.log", "wb")
-        if args.worker:
-            env["APFLOW_NOTIFY_IN_SCHEDULER"] = "0"
+        env["APFLOW_NOTIFY_IN_SCHEDULER"] = "off" if args.mode == "worker" else args.mode
+        if args.mode == "worker":
             worker_command = [sys.executable, "-m", "apflow_server.cli.main", "notify", "worker"]
             worker = subprocess.Popen(worker_command, env=env, stdout=log, stderr=log)
         process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
@@ -136,7 +138,7 @@ async def main() -> None:
         print(
             json.dumps(
                 {
-                    "delivered_by": "worker process" if args.worker else "scheduler thread",
+                    "delivered_by": args.mode,
                     "events": args.events,
                     "arrived_at_sink": len(records),
                     "seconds_until_all_arrived": round(took, 2),

@@ -32,8 +32,8 @@ from sqlalchemy import update
 
 from apflow_server.config import Settings
 from apflow_server.core.types import RunStatus
-from apflow_server.scheduler.listener import asyncpg_dsn
 from apflow_server.storage.database import Database
+from apflow_server.storage.listener import asyncpg_dsn
 from apflow_server.storage.models import Task
 from apflow_server.storage.runs import RunResult, RunStore, claim_query
 

@@ -54,6 +54,16 @@ def test_variables_set_their_fields(tmp_path: Path) -> None:
     assert settings.allowed_hosts == ("apflow.example.com",)
 
 
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [("", "process"), ("thread", "thread"), ("OFF", "off"), ("0", "off"), ("1", "process")],
+)
+def test_notification_delivery_modes(tmp_path: Path, value: str, mode: str) -> None:
+    """process, thread and off; the flag values of earlier releases still mean on and off."""
+    environment = {"APFLOW_HOME": str(tmp_path), "APFLOW_NOTIFY_IN_SCHEDULER": value}
+    assert Settings.from_env(environment).notify_in_scheduler == mode
+
+
 def test_the_config_file_fills_what_the_environment_leaves_unset(tmp_path: Path) -> None:
     (tmp_path / "config.cli.yaml").write_text("jwt_secret: from-file\njwt_issuer: file-issuer\n")
     settings = Settings.from_env(
@@ -72,6 +82,11 @@ def test_the_config_file_fills_what_the_environment_leaves_unset(tmp_path: Path)
         ("APFLOW_JWT_ALGORITHM", "none", "jwt_algorithm must be one of HS256, HS384, HS512"),
         ("APFLOW_TRUSTED_PROXIES", "10.0.0.300", "APFLOW_TRUSTED_PROXIES: '10.0.0.300'"),
         ("APFLOW_REST_MAX_KEEPALIVE", "101", "must not exceed APFLOW_REST_MAX_CONNECTIONS"),
+        (
+            "APFLOW_NOTIFY_IN_SCHEDULER",
+            "child",
+            "APFLOW_NOTIFY_IN_SCHEDULER must be process, thread or off, not 'child'",
+        ),
     ],
 )
 def test_a_bad_value_is_one_message_naming_the_variable(

@@ -8,7 +8,7 @@ import queue
 
 import pytest
 
-from apflow_server.cli.logs import (
+from apflow_server.core.logs import (
     DroppingQueueHandler,
     JsonFormatter,
     configure_logging,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from typing import Any
 
 import click
 
 from apflow_server.config import Settings
 from apflow_server.core.events import EVENT_TYPES
+from apflow_server.core.logs import configure_logging
 from apflow_server.notifications.dispatcher import Dispatcher
-from apflow_server.scheduler.listener import change_listener
+from apflow_server.notifications.worker import deliver_until_stopped
 from apflow_server.service import Service
 from apflow_server.service.notifications import (
     CreatedEndpoint,
@@ -24,7 +24,6 @@ from apflow_server.storage.notifications import DELIVERY_STATUSES
 from apflow_server.storage.pages import Page
 
 from . import output
-from .logs import configure_logging
 from .options import format_option
 from .runtime import OPERATOR, database_errors, run_with_service
 
@@ -171,7 +170,7 @@ def test(endpoint_id: str) -> None:
 @notify_group.command("worker")
 def worker() -> None:
     """Deliver notifications until Ctrl-C or SIGTERM (beside schedulers started with
-    APFLOW_NOTIFY_IN_SCHEDULER=0, so that deliveries never share their process)."""
+    APFLOW_NOTIFY_IN_SCHEDULER=off, or to add delivery capacity)."""
     settings = Settings.from_env()
     configure_logging(logging.INFO, settings.log_format)
     with database_errors():
@@ -180,23 +179,11 @@ def worker() -> None:
 
 async def _deliver_until_stopped(settings: Settings) -> None:
     database = Database(settings.database_url)
-    await database.ensure_schema()
-    dispatcher = Dispatcher(database, settings)
-    listener = change_listener(database, dispatcher.wake)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    dispatcher.start()
-    if listener is not None:
-        listener.start()
-    output.line("Delivering notifications; Ctrl-C to stop.")
     try:
-        await stopping.wait()
+        await database.ensure_schema()
+        output.line("Delivering notifications; Ctrl-C to stop.")
+        await deliver_until_stopped(Dispatcher(database, settings), asyncio.Event())
     finally:
-        if listener is not None:
-            await listener.stop()
-        await dispatcher.stop()
         await database.dispose()
 
 

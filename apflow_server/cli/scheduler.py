@@ -20,6 +20,7 @@ from rich.status import Status
 from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
 from apflow_server.core.errors import ApflowError
+from apflow_server.core.logs import configure_logging
 from apflow_server.core.types import RunStatus, RunTrigger, TaskStatus
 from apflow_server.plugins import load_plugins
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
@@ -30,7 +31,6 @@ from apflow_server.storage.repository import TaskNode
 
 from . import daemon, output
 from .daemon import DaemonError, DaemonFiles, DaemonState
-from .logs import configure_logging
 from .options import format_option
 from .runs import execute_here, report_run
 from .runtime import OPERATOR, database_errors, open_database, run_with_service

@@ -15,10 +15,9 @@ import click
 from sqlalchemy.engine import make_url
 
 from apflow_server.config import CONFIG_FILE, MIN_JWT_SECRET_BYTES, ConfigError, Settings
+from apflow_server.core.logs import configure_logging
 from apflow_server.plugins import load_plugins
 from apflow_server.storage.database import Database
-
-from .logs import configure_logging
 
 if TYPE_CHECKING:
     import uvicorn

@@ -30,6 +30,7 @@ from apflow_server.execution.registry import registry as default_registry
 from apflow_server.execution.runner import RunExecutor
 from apflow_server.execution.services import ExecutorServices
 from apflow_server.notifications.dispatcher import Dispatcher, DispatcherThread
+from apflow_server.notifications.worker import DispatcherProcess
 from apflow_server.scheduler import run_log
 from apflow_server.scheduler.base import (
     RunObserver,
@@ -37,14 +38,14 @@ from apflow_server.scheduler.base import (
     SchedulerState,
     SchedulerStats,
 )
-from apflow_server.scheduler.listener import (
+from apflow_server.storage import instances, signals
+from apflow_server.storage.database import Database, DatabaseError
+from apflow_server.storage.listener import (
     ScheduleListener,
     SqliteFileWatcher,
     change_listener,
     shares_data,
 )
-from apflow_server.storage import instances, signals
-from apflow_server.storage.database import Database, DatabaseError
 from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore, TaskState
 
 logger = logging.getLogger("apflow_server.scheduler")
@@ -129,7 +130,7 @@ class InternalScheduler:
         self.store: RunStore | None = None
         self.executor: RunExecutor | None = None
         # Delivers the notification outbox beside the claim loop (claiming schedulers only).
-        self.dispatcher: Dispatcher | DispatcherThread | None = None
+        self.dispatcher: Dispatcher | DispatcherThread | DispatcherProcess | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -207,17 +208,21 @@ class InternalScheduler:
         self._loop_task = asyncio.create_task(self._loop(), name="apflow-scheduler")
         self._lease_task = asyncio.create_task(self._renew_leases(), name="apflow-leases")
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="apflow-heartbeat")
-        if self.claiming and self.settings.notify_in_scheduler:
-            observer = self.observer
-            counted = observer.notification_attempted if observer is not None else None
-            if shares_data(self._database):  # its own thread, loop and connections
-                self.dispatcher = DispatcherThread(
-                    self._database.url, self.settings, on_outcome=counted
-                )
-            else:  # an in-memory database: only this engine sees it
-                self.dispatcher = Dispatcher(self._database, self.settings, on_outcome=counted)
+        if self.claiming and self.settings.notify_in_scheduler != "off":
+            self.dispatcher = self._delivering()
             signals.subscribe(self.dispatcher.wake)
             self.dispatcher.start()
+
+    def _delivering(self) -> Dispatcher | DispatcherThread | DispatcherProcess:
+        """Who delivers this scheduler's notifications (APFLOW_NOTIFY_IN_SCHEDULER)."""
+        assert self._database is not None
+        observer = self.observer
+        counted = observer.notification_attempted if observer is not None else None
+        if not shares_data(self._database):  # an in-memory database: only this engine sees it
+            return Dispatcher(self._database, self.settings, on_outcome=counted)
+        if self.settings.notify_in_scheduler == "thread":
+            return DispatcherThread(self._database.url, self.settings, on_outcome=counted)
+        return DispatcherProcess(self._database, self.settings, on_outcome=counted)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let running runs finish within the grace period, then cancel them."""

@@ -27,7 +27,6 @@ def nested(levels: int) -> Any:
     return {"deep": value}
 
 
-
 # (method, params, what used to go wrong)
 RPC_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("tasks.list", {"offset": BIG}, "offset beyond BIGINT reaches the database"),

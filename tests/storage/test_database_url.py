@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import text
 
 from apflow_server.core.errors import ApflowError
-from apflow_server.scheduler.listener import ScheduleListener
 from apflow_server.storage.database import Database, DatabaseError
+from apflow_server.storage.listener import ScheduleListener
 
 APFLOW = str(Path(sys.executable).parent / "apflow")
 
