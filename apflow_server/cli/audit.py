@@ -64,8 +64,9 @@ def audit(
             f"{row['at']}  {row['actor']:<16} {row['action']:<20} "
             f"{row['target_type']} {row['target_id']}{fields}"
         )
-    if page.total > offset + len(rows):
-        output.line(f"({len(rows)} of {page.total}; --offset {offset + len(rows)} for more)")
+    footer = output.page_footer(len(rows), page.total, offset)
+    if footer:
+        output.line(footer)
 
 
 def _utc(value: datetime | None) -> datetime | None:

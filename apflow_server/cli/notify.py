@@ -216,5 +216,6 @@ def deliveries(
             f"{row['created_at']}  {row['event_type']:<18} {row['status']:<9} "
             f"attempts {row['attempts']}  {row['id']}  {answer}"
         )
-    if page.total > offset + len(rows):
-        output.line(f"({len(rows)} of {page.total}; --offset {offset + len(rows)} for more)")
+    footer = output.page_footer(len(rows), page.total, offset)
+    if footer:
+        output.line(footer)

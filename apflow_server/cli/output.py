@@ -155,7 +155,8 @@ def show_task_row(task: Task, output_format: str, headline: str) -> None:
     console().print(task_table([task]))
 
 
-def _page_footer(shown: int, total: int, offset: int) -> str:
+def page_footer(shown: int, total: int, offset: int) -> str:
+    """Where a page sits in the whole: "21-40 of 57"."""
     if shown == 0:
         return f"Nothing on this page ({total} in all)." if total else ""
     return f"{offset + 1}-{offset + shown} of {total}"
@@ -184,7 +185,7 @@ def show_tasks(
     out = console()
     out.print(task_table(tasks))
     if limit is not None:
-        out.print(_page_footer(len(tasks), total, offset))
+        out.print(page_footer(len(tasks), total, offset))
 
 
 def show_page(page: Page, output_format: str, *, limit: int, offset: int, empty: str) -> None:
@@ -258,7 +259,7 @@ def show_runs(page: Page, output_format: str, *, limit: int, offset: int) -> Non
         )
     out = console()
     out.print(table)
-    out.print(_page_footer(len(runs), page.total, offset))
+    out.print(page_footer(len(runs), page.total, offset))
 
 
 # ---------------------------------------------------------------------- preview

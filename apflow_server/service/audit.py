@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from apflow_server.core.clock import Clock, utcnow
+from apflow_server.core.clock import Clock, iso_utc, utcnow
 from apflow_server.core.errors import ValidationError
 from apflow_server.core.task_fields import parse_instant
 from apflow_server.service.caller import Principal, user_scope
@@ -116,7 +116,7 @@ def _instant(name: str, value: Any) -> datetime | None:
 def entry_to_dict(entry: AuditEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
-        "at": entry.at.isoformat().replace("+00:00", "Z"),
+        "at": iso_utc(entry.at),
         "actor": entry.actor,
         "user_id": entry.user_id,
         "action": entry.action,

@@ -13,7 +13,7 @@ import httpcore
 import httpx
 
 from apflow_server.config import Settings
-from apflow_server.core.clock import Clock, utcnow
+from apflow_server.core.clock import Clock, iso_utc, utcnow
 from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import DEFAULT_EVENTS, EVENT_TYPES, PING, Event
 from apflow_server.execution.rest.addresses import non_public_reason
@@ -257,9 +257,9 @@ def endpoint_to_dict(endpoint: NotificationEndpoint) -> dict[str, Any]:
         "events": list(endpoint.events or []),
         "enabled": endpoint.enabled,
         "disabled_reason": endpoint.disabled_reason,
-        "failing_since": _iso(endpoint.failing_since),
-        "created_at": _iso(endpoint.created_at),
-        "updated_at": _iso(endpoint.updated_at),
+        "failing_since": iso_utc(endpoint.failing_since),
+        "created_at": iso_utc(endpoint.created_at),
+        "updated_at": iso_utc(endpoint.updated_at),
     }
 
 
@@ -270,16 +270,12 @@ def delivery_to_dict(delivery: Any) -> dict[str, Any]:
         "event_type": delivery.event_type,
         "status": delivery.status,
         "attempts": delivery.attempts,
-        "next_attempt_at": _iso(delivery.next_attempt_at)
+        "next_attempt_at": iso_utc(delivery.next_attempt_at)
         if delivery.status == store.PENDING
         else None,
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,
-        "created_at": _iso(delivery.created_at),
-        "delivered_at": _iso(delivery.delivered_at),
+        "created_at": iso_utc(delivery.created_at),
+        "delivered_at": iso_utc(delivery.delivered_at),
         "payload": json.loads(delivery.body),
     }
-
-
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")

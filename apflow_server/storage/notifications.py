@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from apflow_server.core.clock import iso_utc
 from apflow_server.core.events import Event
 from apflow_server.storage.batches import among, insert_rows
 from apflow_server.storage.database import Database
@@ -134,7 +135,7 @@ async def enqueue(session: AsyncSession, events: Sequence[Event], now: datetime)
     endpoints = list(await session.execute(query))
     if not endpoints:
         return 0
-    stamp = now.isoformat().replace("+00:00", "Z")
+    stamp = iso_utc(now)
     rows = []
     for event in events:
         body: str | None = None

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
 from apflow_server.core import events as ev
-from apflow_server.core.clock import utcnow
+from apflow_server.core.clock import iso_utc, utcnow
 from apflow_server.core.errors import ApflowError, ConflictError, TaskNotFoundError
 from apflow_server.core.types import (
     CLAIMED_WHILE_RUNNING,
@@ -1392,7 +1392,7 @@ class RunStore:
                             RunStatus.RUNNING,
                             f"still running {(now - started).total_seconds():.0f} s after its "
                             f"start (alert after {threshold} s)",
-                            started_at=_instant(started),
+                            started_at=iso_utc(started),
                         )
                     )
             await outbox.enqueue(session, events, now)
@@ -1551,7 +1551,7 @@ def run_event(
             "task_id": task.id,
             "task_name": task.name,
             "run_id": run_id,
-            "scheduled_for": _instant(scheduled_for),
+            "scheduled_for": iso_utc(scheduled_for),
             "trigger": trigger,
             "status": str(status),
             "reason": reason,
@@ -1626,7 +1626,3 @@ def schedule_event(kind: str, task: TaskState, note: str | None) -> ev.Event:
         task.user_id,
         {"task_id": task.id, "task_name": task.name, "note": note},
     )
-
-
-def _instant(value: datetime | None) -> str | None:
-    return None if value is None else _aware(value).isoformat().replace("+00:00", "Z")
