@@ -32,6 +32,7 @@ from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.service import Service
 from apflow_server.storage.database import Database
 from apflow_server.storage.repository import TaskRepository, due_filter
+from apflow_server.ui import routes as ui_routes
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *ui_routes(),
         ],
         middleware=middleware(settings),
         exception_handlers={Exception: internal_error},

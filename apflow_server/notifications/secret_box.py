@@ -31,7 +31,7 @@ class SecretBox:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> SecretBox:
-        return cls(settings.secret_key or _key_file(settings.home))
+        return cls(instance_key(settings))
 
     def seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()
@@ -45,6 +45,17 @@ class SecretBox:
             raise SecretUnreadable(
                 "the endpoint's secret was encrypted under another APFLOW_SECRET_KEY"
             ) from None
+
+
+def instance_key(settings: Settings) -> str:
+    """The key every instance of a deployment shares: APFLOW_SECRET_KEY, or on a single
+    machine the one in APFLOW_HOME/secret.key. It encrypts endpoint secrets and keys the
+    dashboard's form tokens (each use derives its own key from it)."""
+    return instance_key_of(settings.secret_key, str(settings.home))
+
+
+def instance_key_of(secret_key: str | None, home: str) -> str:
+    return secret_key or _key_file(Path(home))
 
 
 def _key_file(home: Path) -> str:

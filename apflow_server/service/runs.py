@@ -193,6 +193,7 @@ class Runs:
         task_id: Any = None,
         user_id: Any = None,
         status: str | None = None,
+        trigger: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> Page:
@@ -202,6 +203,7 @@ class Runs:
             task_id=task_id,
             user_id=user_scope(caller, user_id),
             status=status,
+            trigger=trigger,
             limit=limit,
             offset=offset,
         )

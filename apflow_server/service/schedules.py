@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
@@ -22,6 +22,8 @@ from apflow_server.storage.models import Task
 from apflow_server.storage.repository import Page, TaskRepository
 
 MAX_NOTE = 1000
+MAX_UPCOMING_TASKS = 100  # schedules on the upcoming timeline
+MAX_UPCOMING_PER_TASK = 48  # occurrences of one schedule there (every half hour for a day)
 MAX_SKIP = 1000
 
 
@@ -79,6 +81,7 @@ class Schedules:
         user_id: Any = None,
         schedule_type: str | None = None,
         status: str | None = None,
+        before: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page:
@@ -87,9 +90,41 @@ class Schedules:
             user_id=user_scope(caller, user_id),
             schedule_type=schedule_type,
             status=status,
+            before=before,
             limit=limit,
             offset=offset,
         )
+
+    async def upcoming(
+        self,
+        caller: Principal | None,
+        *,
+        hours: int = 24,
+        tasks: int = MAX_UPCOMING_TASKS,
+        per_task: int = MAX_UPCOMING_PER_TASK,
+    ) -> list[tuple[Task, list[datetime]]]:
+        """What fires in the next `hours`: the enabled schedules whose next occurrence comes
+        in that window (soonest first, at most `tasks`), each with its occurrences there (at
+        most `per_task`), computed by the same engine as previews and the scheduler. A paused
+        schedule is listed too: its occurrences are recorded skipped when they fall due."""
+        now = self.repository.clock()
+        end = now + timedelta(hours=hours)
+        page = await self.list_scheduled(caller, before=end, limit=tasks)
+
+        def expand() -> list[tuple[Task, list[datetime]]]:
+            found = []
+            for task in page.items:
+                if task.next_run_at is None:
+                    continue
+                first = _aware(task.next_run_at)
+                fires = [first]
+                fires += occurrences_between(
+                    schedule_of(task), first + timedelta(microseconds=1), end, per_task - 1
+                )
+                found.append((task, fires))
+            return found
+
+        return await off_loop(expand)
 
     async def due(
         self,
@@ -371,3 +406,8 @@ def _announce(kind: str, by: str) -> Callable[[Task], Event]:
         )
 
     return event
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives stored instants back without their zone: they are UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

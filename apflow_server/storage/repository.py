@@ -403,6 +403,7 @@ class TaskRepository:
         user_id: str | None = None,
         schedule_type: str | None = None,
         status: str | None = None,
+        before: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page:
@@ -410,6 +411,8 @@ class TaskRepository:
         query = select(Task).where(Task.schedule_type.is_not(None))
         if enabled_only:
             query = query.where(Task.schedule_enabled)
+        if before is not None:  # whose next occurrence comes before this instant
+            query = query.where(Task.next_run_at < before)
         if user_id is not None:
             query = query.where(Task.user_id == user_id)
         if schedule_type is not None:
@@ -586,17 +589,31 @@ class TaskRepository:
 
     # ------------------------------------------------------------------ run history
 
+    async def task_names(self, task_ids: list[str]) -> dict[str, str]:
+        """The names of these tasks, by id (for lists of runs, which name only the id)."""
+        database = await self.db()
+        async with database.read() as session:
+            rows = await session.execute(select(Task.id, Task.name).where(Task.id.in_(task_ids)))
+            return {task_id: name for task_id, name in rows}
+
     async def list_runs(
         self,
         *,
         task_id: str | None = None,
         user_id: str | None = None,
         status: str | None = None,
+        trigger: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> Page:
         limit, offset = check_page(limit, offset)
         query = select(TaskRun)
+        if trigger is not None:
+            try:
+                query = query.where(TaskRun.trigger == RunTrigger(trigger).value)
+            except ValueError:
+                names = ", ".join(t.value for t in RunTrigger)
+                raise ValidationError("trigger", f"must be one of {names}") from None
         if task_id is not None:
             query = query.where(TaskRun.task_id == task_id)
         if user_id is not None:

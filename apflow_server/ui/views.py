@@ -1,0 +1,636 @@
+"""The dashboard's pages and actions: each reads or acts through the service layer, with the
+viewer's principal, so it sees and may do exactly what JSON-RPC lets the same token see and do.
+
+Every page is rendered on the server; `static/app.js` only makes countdowns tick, shows
+instants in the viewer's own zone and refreshes the parts marked `data-live` in place. Every
+POST is checked for its form token (session.py) before anything else happens; a successful
+action redirects (303) back to the page it came from, so a reload never repeats it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+import yaml
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from apflow_server.api.services import Services
+from apflow_server.core.clock import iso_utc, utcnow
+from apflow_server.core.errors import ApflowError, ForbiddenError, NotFoundError
+from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.service.notifications import delivery_to_dict, endpoint_to_dict
+from apflow_server.storage.models import Task
+from apflow_server.ui import session
+from apflow_server.ui.session import SignInRequired, Viewer
+
+logger = logging.getLogger(__name__)
+
+PAGE = 50  # rows per page of every list
+TASK_RUNS = 25  # runs on a task's page
+MAX_OFFSET = 1_000_000
+MAX_FIELD_CHARS = 2000  # of any one form field
+NOTICES = {  # what a successful action says (fixed texts: nothing from the URL is echoed)
+    "paused": "Paused. Occurrences that fall due are recorded skipped until you resume.",
+    "resumed": "Resumed. The next occurrence runs.",
+    "run": "Started a run now.",
+    "skipped": "The next occurrence will be skipped.",
+    "backfill": "Backfill queued: the schedulers run its occurrences oldest first.",
+}
+SIGN_IN_REASONS = {
+    "required": "Sign in with a token to see your schedules.",
+    "expired": "Your token has expired: sign in with a new one.",
+    "invalid": "Your session is no longer valid: sign in again.",
+    "signed-out": "Signed out.",
+}
+
+templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,  # every value is text unless a template says otherwise (none does)
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+Handler = Callable[[Request, "Page"], Awaitable[Response]]
+
+
+class Page:
+    """What every page handler gets: the services, the viewer and the form token."""
+
+    def __init__(self, request: Request, services: Services, viewer: Viewer, csrf: str) -> None:
+        self.request = request
+        self.services = services
+        self.service = services.service
+        self.viewer = viewer
+        self.csrf = csrf
+
+    @property
+    def caller(self) -> Any:
+        return self.viewer.principal
+
+    def render(self, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
+        html = templates.get_template(template).render(
+            viewer=self.viewer,
+            csrf=self.csrf,
+            path=self.request.url.path,
+            now=utcnow(),
+            **values,
+        )
+        return HTMLResponse(html, status_code=status_code)
+
+
+def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Resolve the viewer (or send them to sign in), check a POST's form token, and turn the
+    service's refusals into pages: 404 for what does not exist or is not theirs, 403 for what
+    they may not do."""
+
+    async def endpoint(request: Request) -> Response:
+        services: Services = request.app.state.services
+        settings = services.settings
+        browser = session.browser_secret(request) or session.new_browser_secret()
+        try:
+            viewer = session.viewer_of(request, settings)
+        except SignInRequired as why:
+            response: Response = RedirectResponse(_sign_in_url(why.reason), status_code=303)
+            if request.cookies.get(session.SESSION_COOKIE):
+                session.sign_out(response)
+            return response
+        token = session.csrf_token(settings, browser, request.cookies.get(session.SESSION_COOKIE))
+        current = Page(request, services, viewer, token)
+        if request.method == "POST":
+            form = await request.form(max_files=0, max_fields=20)
+            if not session.csrf_valid(request, settings, form.get(session.CSRF_FIELD)):
+                return current.render(
+                    "error.html",
+                    status_code=403,
+                    title="Form expired",
+                    message="This form could not be verified (its token is missing or "
+                    "forged). Reload the page and try again.",
+                )
+        try:
+            response = await handler(request, current)
+        except NotFoundError as error:
+            response = current.render(
+                "error.html", status_code=404, title="Not found", message=error.message
+            )
+        except ForbiddenError as error:
+            response = current.render(
+                "error.html", status_code=403, title="Not allowed", message=error.message
+            )
+        session.ensure_browser_secret(request, response, browser)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return endpoint
+
+
+def _sign_in_url(reason: str) -> str:
+    code = next((key for key, text in SIGN_IN_REASONS.items() if text == reason), "required")
+    return f"/ui/login?why={code}"
+
+
+# ---------------------------------------------------------------------- signing in
+
+
+async def login(request: Request) -> Response:
+    services: Services = request.app.state.services
+    settings = services.settings
+    if not settings.jwt_secret:
+        return RedirectResponse("/ui/", status_code=303)
+    browser = session.browser_secret(request) or session.new_browser_secret()
+    error = None
+    status = 200
+    if request.method == "POST":
+        form = await request.form(max_files=0, max_fields=5)
+        if not session.csrf_valid(request, settings, form.get(session.CSRF_FIELD)):
+            error, status = "This form could not be verified. Try again.", 403
+        else:
+            token = str(form.get("token") or "").strip()
+            try:
+                principal = session.check_token(token, settings)
+            except ApflowError as refused:
+                error, status = f"Not signed in: {refused.message}.", 401
+            else:
+                response = RedirectResponse("/ui/", status_code=303)
+                session.sign_in(response, request, token, _seconds_left(token))
+                logger.info("dashboard sign-in by %s", principal.subject)
+                return response
+    why = request.query_params.get("why")
+    notice = SIGN_IN_REASONS.get(why or "") if error is None else None
+    html = templates.get_template("login.html").render(
+        viewer=Viewer(None, auth_on=True),
+        csrf=session.csrf_token(settings, browser, None),
+        path="/ui/login",
+        now=utcnow(),
+        error=error,
+        notice=notice,
+        signed_out=True,
+        title="Sign in",
+    )
+    page_response = HTMLResponse(html, status_code=status)
+    session.ensure_browser_secret(request, page_response, browser)
+    page_response.headers["Cache-Control"] = "no-store"
+    return page_response
+
+
+def _seconds_left(token: str) -> int:
+    """The cookie outlives the token (whose exp the sign-in just verified) by a day, so that a
+    viewer whose token ran out is told so, rather than just asked to sign in."""
+    import jwt
+
+    expires = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    left = int(expires - utcnow().timestamp()) if isinstance(expires, int | float) else 3600
+    return max(1, min(left, 366 * 86400)) + 86400
+
+
+@page
+async def logout(request: Request, current: Page) -> Response:
+    response = RedirectResponse(
+        "/ui/login?why=signed-out" if current.viewer.auth_on else "/ui/", status_code=303
+    )
+    session.sign_out(response)
+    return response
+
+
+# ---------------------------------------------------------------------- pages
+
+
+@page
+async def schedules(request: Request, current: Page) -> Response:
+    offset = _offset(request)
+    listing = await current.service.schedules.list_scheduled(
+        current.caller, enabled_only=False, limit=PAGE, offset=offset
+    )
+    return current.render(
+        "schedules.html",
+        title="Schedules",
+        tasks=[_task_view(task) for task in listing.items],
+        total=listing.total,
+        offset=offset,
+        page_size=PAGE,
+    )
+
+
+@page
+async def task_page(request: Request, current: Page) -> Response:
+    return await _task_response(request, current)
+
+
+async def _task_response(
+    request: Request,
+    current: Page,
+    *,
+    error: str | None = None,
+    status_code: int = 200,
+    backfill_plan: dict[str, Any] | None = None,
+    backfill_form: dict[str, str] | None = None,
+) -> Response:
+    task_id = request.path_params["task_id"]
+    task = await current.service.tasks.get(current.caller, task_id)
+    fires: list[dict[str, Any]] = []
+    if task.schedule_enabled and task.schedule_type is not None:
+        try:
+            times = await current.service.schedules.preview(
+                current.caller, task_id=task.id, count=10
+            )
+            holds = await current.service.schedules.preview_holds(current.caller, task.id, times)
+        except ApflowError:  # an exhausted or ended schedule: nothing ahead
+            times, holds = [], []
+        fires = [
+            {**_instant(fire, task.schedule_timezone), "hold": hold}
+            for fire, hold in zip(times, holds, strict=True)
+        ]
+    runs = await current.service.runs.list_runs(current.caller, task_id=task.id, limit=TASK_RUNS)
+    notice = NOTICES.get(request.query_params.get("done") or "")
+    return current.render(
+        "task.html",
+        status_code=status_code,
+        title=task.name,
+        task=_task_view(task),
+        fires=fires,
+        runs=[_run_view(run) for run in runs.items],
+        runs_total=runs.total,
+        external=_external_snippets(current, task),
+        notice=notice,
+        error=error,
+        backfill_plan=backfill_plan,
+        backfill_form=backfill_form or {},
+    )
+
+
+@page
+async def upcoming(request: Request, current: Page) -> Response:
+    now = utcnow()
+    window = timedelta(hours=24)
+    rows = []
+    for task, times in await current.service.schedules.upcoming(current.caller):
+        rows.append(
+            {
+                "task": _task_view(task),
+                "fires": [
+                    {
+                        **_instant(fire, task.schedule_timezone),
+                        "left": max(0.0, min(100.0, (fire - now) / window * 100)),
+                    }
+                    for fire in times
+                ],
+            }
+        )
+    hours = [
+        {"left": hour / 24 * 100, **_instant(now + timedelta(hours=hour), "UTC")}
+        for hour in range(0, 24, 3)
+    ]
+    return current.render("upcoming.html", title="Next 24 hours", rows=rows, hours=hours)
+
+
+@page
+async def runs(request: Request, current: Page) -> Response:
+    status = _choice(request, "status", [s.value for s in RunStatus])
+    trigger = _choice(request, "trigger", [t.value for t in RunTrigger])
+    offset = _offset(request)
+    listing = await current.service.runs.list_runs(
+        current.caller, status=status, trigger=trigger, limit=PAGE, offset=offset
+    )
+    names = await _task_names(current, {run.task_id for run in listing.items})
+    return current.render(
+        "runs.html",
+        title="Runs",
+        runs=[{**_run_view(run), "task_name": names.get(run.task_id)} for run in listing.items],
+        total=listing.total,
+        offset=offset,
+        page_size=PAGE,
+        status=status,
+        trigger=trigger,
+        statuses=[s.value for s in RunStatus],
+        triggers=[t.value for t in RunTrigger],
+    )
+
+
+@page
+async def schedulers(request: Request, current: Page) -> Response:
+    instances = await current.service.runs.live_schedulers(current.caller)
+    now = utcnow()
+    return current.render(
+        "schedulers.html",
+        title="Schedulers",
+        instances=[
+            {
+                "id": instance.id,
+                "host": instance.host,
+                "pid": instance.pid,
+                "mode": instance.mode,
+                "state": instance.state,
+                "users": instance.user_filter or "all",
+                "started": _instant(instance.started_at, "UTC"),
+                "beat_ago": round((now - _aware(instance.heartbeat_at)).total_seconds(), 1),
+                "stats": {
+                    key: value
+                    for key, value in sorted((instance.stats or {}).items())
+                    if isinstance(value, int | float | str) and not isinstance(value, bool)
+                },
+            }
+            for instance in instances
+        ],
+    )
+
+
+@page
+async def audit(request: Request, current: Page) -> Response:
+    offset = _offset(request)
+    listing = await current.service.audit.listing(current.caller, limit=PAGE, offset=offset)
+    return current.render(
+        "audit.html",
+        title="Audit log",
+        entries=[
+            {
+                "at": _instant(entry.at, "UTC"),
+                "actor": entry.actor,
+                "action": entry.action,
+                "target_type": entry.target_type,
+                "target_id": entry.target_id,
+                "user_id": entry.user_id,
+                "fields": ", ".join(entry.fields or []),
+            }
+            for entry in listing.items
+        ],
+        total=listing.total,
+        offset=offset,
+        page_size=PAGE,
+    )
+
+
+@page
+async def notifications(request: Request, current: Page) -> Response:
+    endpoint_id = request.query_params.get("endpoint") or None
+    if endpoint_id is not None and len(endpoint_id) > 64:
+        raise NotFoundError("no such notification endpoint")
+    endpoints = await current.service.notifications.listing(current.caller)
+    deliveries = await current.service.notifications.deliveries(
+        current.caller, endpoint_id=endpoint_id, limit=PAGE
+    )
+    return current.render(
+        "notifications.html",
+        title="Notifications",
+        endpoints=[endpoint_to_dict(endpoint) for endpoint in endpoints],
+        deliveries=[_delivery_view(delivery) for delivery in deliveries.items],
+        deliveries_total=deliveries.total,
+        endpoint_id=endpoint_id,
+    )
+
+
+# ---------------------------------------------------------------------- actions
+
+
+@page
+async def pause(request: Request, current: Page) -> Response:
+    form = await request.form()
+    task_id = request.path_params["task_id"]
+    return await _act(
+        request,
+        current,
+        "paused",
+        current.service.schedules.pause(current.caller, task_id, note=_field(form, "note")),
+    )
+
+
+@page
+async def resume(request: Request, current: Page) -> Response:
+    form = await request.form()
+    task_id = request.path_params["task_id"]
+    return await _act(
+        request,
+        current,
+        "resumed",
+        current.service.schedules.resume(current.caller, task_id, note=_field(form, "note")),
+    )
+
+
+@page
+async def run_now(request: Request, current: Page) -> Response:
+    task_id = request.path_params["task_id"]
+    return await _act(
+        request,
+        current,
+        "run",
+        current.service.runs.trigger(
+            current.caller, task_id, wait=False, trigger=RunTrigger.MANUAL
+        ),
+    )
+
+
+@page
+async def skip(request: Request, current: Page) -> Response:
+    task_id = request.path_params["task_id"]
+    return await _act(
+        request, current, "skipped", current.service.schedules.skip(current.caller, task_id)
+    )
+
+
+@page
+async def backfill(request: Request, current: Page) -> Response:
+    """Twice: first a dry run that shows what would be queued, then, confirmed, the queueing
+    of exactly that period."""
+    form = await request.form()
+    task_id = request.path_params["task_id"]
+    values = {name: _field(form, name) or "" for name in ("start", "end", "reprocess")}
+    confirmed = form.get("confirm") == "yes"
+    try:
+        plan = await current.service.schedules.backfill(
+            current.caller,
+            task_id,
+            start=values["start"] or None,
+            end=values["end"] or None,
+            dry_run=not confirmed,
+            reprocess=values["reprocess"] or "none",
+        )
+    except (NotFoundError, ForbiddenError):
+        raise
+    except ApflowError as error:
+        return await _task_response(
+            request, current, error=error.message, status_code=400, backfill_form=values
+        )
+    if confirmed:
+        return RedirectResponse(f"/ui/tasks/{task_id}?done=backfill", status_code=303)
+    return await _task_response(request, current, backfill_plan=plan, backfill_form=values)
+
+
+async def _act(request: Request, current: Page, done: str, action: Awaitable[Any]) -> Response:
+    try:
+        await action
+    except (NotFoundError, ForbiddenError):
+        raise
+    except ApflowError as error:
+        return await _task_response(request, current, error=error.message, status_code=400)
+    task_id = request.path_params["task_id"]
+    return RedirectResponse(f"/ui/tasks/{task_id}?done={done}", status_code=303)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _field(form: Any, name: str) -> str | None:
+    value = form.get(name)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip()[:MAX_FIELD_CHARS]
+
+
+def _offset(request: Request) -> int:
+    raw = request.query_params.get("offset", "0")
+    return min(int(raw), MAX_OFFSET) if raw.isdigit() else 0
+
+
+def _choice(request: Request, name: str, allowed: list[str]) -> str | None:
+    value = request.query_params.get(name) or None
+    return value if value in allowed else None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _instant(value: datetime | None, zone: str) -> dict[str, Any]:
+    """An instant for a template: ISO UTC (for the script's countdowns and the viewer's zone)
+    and the wall-clock time in `zone`."""
+    if value is None:
+        return {"utc": None, "local": None, "zone": zone}
+    aware = _aware(value)
+    local = aware.astimezone(ZoneInfo(zone))
+    return {
+        "utc": iso_utc(aware),
+        "local": f"{local:%a %Y-%m-%d %H:%M:%S} {local.tzname()}",
+        "zone": zone,
+    }
+
+
+def _task_view(task: Task) -> dict[str, Any]:
+    zone = task.schedule_timezone or "UTC"
+    if not task.schedule_enabled:
+        state = "disabled"
+    elif task.schedule_paused:
+        state = "paused"
+    else:
+        state = "active"
+    return {
+        "id": task.id,
+        "name": task.name,
+        "user_id": task.user_id,
+        "schedule": f"{task.schedule_type or ''} {task.schedule_expression or ''}".strip(),
+        "schedule_type": task.schedule_type,
+        "zone": zone,
+        "mode": task.schedule_mode,
+        "state": state,
+        "pause_note": task.schedule_pause_note,
+        "paused_until": _instant(task.schedule_paused_until, zone),
+        "skip_count": task.schedule_skip_count,
+        "next": _instant(task.next_run_at, zone),
+        "last": _instant(task.last_run_at, zone),
+        "last_outcome": task.status,
+        "run_count": task.run_count,
+        "max_runs": task.max_runs,
+        "executor": (task.params or {}).get("executor_id")
+        if isinstance(task.params, dict)
+        else None,
+    }
+
+
+def _run_view(run: Any) -> dict[str, Any]:
+    zone = "UTC"
+    lateness = duration = None
+    if run.started_at is not None and run.scheduled_for is not None:
+        lateness = (_aware(run.started_at) - _aware(run.scheduled_for)).total_seconds()
+    if run.started_at is not None and run.finished_at is not None:
+        duration = (_aware(run.finished_at) - _aware(run.started_at)).total_seconds()
+    return {
+        "id": run.id,
+        "task_id": run.task_id,
+        "trigger": run.trigger,
+        "status": run.status,
+        "scheduled_for": _instant(run.scheduled_for, zone),
+        "started": _instant(run.started_at or run.created_at, zone),
+        "lateness": _seconds(lateness),
+        "duration": _seconds(duration),
+        "reason": run.reason or (run.error if run.status == RunStatus.FAILED.value else None),
+        "attempt": run.attempt,
+    }
+
+
+def _delivery_view(delivery: Any) -> dict[str, Any]:
+    shown = delivery_to_dict(delivery)
+    payload = shown.pop("payload", {})
+    data = payload.get("data") if isinstance(payload, dict) else None
+    shown["task_id"] = data.get("task_id") if isinstance(data, dict) else None
+    shown["created"] = _instant(delivery.created_at, "UTC")
+    return shown
+
+
+def _seconds(value: float | None) -> str | None:
+    if value is None:
+        return None
+    if abs(value) < 1:
+        return f"{value * 1000:.0f} ms"
+    if abs(value) < 120:
+        return f"{value:.1f} s"
+    return f"{value / 60:.1f} min"
+
+
+async def _task_names(current: Page, task_ids: set[str]) -> dict[str, str]:
+    if not task_ids:
+        return {}
+    found = await current.service.repository.task_names(sorted(task_ids))
+    return found
+
+
+def _external_snippets(current: Page, task: Task) -> dict[str, Any]:
+    """The webhook URL, the iCal subscription and, where the schedule converts exactly, the
+    crontab line and the Kubernetes CronJob that would trigger this task."""
+    from apflow_server.exports.ical import generate_ical_feed_url
+    from apflow_server.exports.kubernetes import generate_kubernetes_cronjob
+    from apflow_server.exports.triggers import generate_cron_config, generate_webhook_url
+
+    settings = current.services.settings
+    base = settings.public_url or str(current.request.base_url).rstrip("/")
+    webhook = generate_webhook_url(task.id, base)["url"]
+    snippets: dict[str, Any] = {
+        "webhook_url": webhook,
+        "ical_url": generate_ical_feed_url(base, task.user_id),
+        "crontab": None,
+        "cronjob": None,
+        "why_not": None,
+    }
+    if task.schedule_type is None or not task.schedule_expression:
+        snippets["why_not"] = "This task has no schedule to convert."
+        return snippets
+    anchor = task.schedule_start_at or task.schedule_anchor_at
+    secret_env = "APFLOW_WEBHOOK_SECRET" if settings.webhook_secret else None
+    try:
+        snippets["crontab"] = generate_cron_config(
+            task.id,
+            task.schedule_expression,
+            webhook,
+            schedule_type=task.schedule_type,
+            timezone=task.schedule_timezone,
+            secret_env=secret_env,
+            anchor_at=anchor,
+        )
+        manifest = generate_kubernetes_cronjob(
+            task.id,
+            task.name,
+            task.schedule_expression,
+            webhook,
+            schedule_type=task.schedule_type,
+            timezone=task.schedule_timezone,
+            secret_name="apflow-webhook" if secret_env else None,
+            anchor_at=anchor,
+        )
+        snippets["cronjob"] = yaml.safe_dump(manifest, sort_keys=False)
+    except (ApflowError, ValueError) as error:
+        snippets["why_not"] = f"No exact cron equivalent: {error}"
+    return snippets
