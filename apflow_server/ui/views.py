@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 PAGE = 50  # rows per page of every list
 TASK_RUNS = 25  # runs on a task's page
+UPCOMING_DOTS = 48  # occurrences drawn one by one on the timeline; more are drawn as a band
 MAX_OFFSET = 1_000_000
 MAX_FIELD_CHARS = 2000  # of any one form field
 NOTICES = {  # what a successful action says (fixed texts: nothing from the URL is echoed)
@@ -270,7 +271,12 @@ async def upcoming(request: Request, current: Page) -> Response:
     now = utcnow()
     window = timedelta(hours=24)
     rows = []
-    for task, times in await current.service.schedules.upcoming(current.caller):
+    for task, times in await current.service.schedules.upcoming(
+        current.caller, per_task=UPCOMING_DOTS + 1
+    ):
+        dense = len(times) > UPCOMING_DOTS  # more than the timeline draws one by one
+        shown = times[:UPCOMING_DOTS]
+        every = (shown[-1] - shown[0]) / (len(shown) - 1) if len(shown) > 1 else None
         rows.append(
             {
                 "task": _task_view(task),
@@ -279,8 +285,13 @@ async def upcoming(request: Request, current: Page) -> Response:
                         **_instant(fire, task.schedule_timezone),
                         "left": max(0.0, min(100.0, (fire - now) / window * 100)),
                     }
-                    for fire in times
+                    for fire in ([] if dense else shown)
                 ],
+                "first": _instant(shown[0], task.schedule_timezone),
+                "first_left": max(0.0, min(100.0, (shown[0] - now) / window * 100)),
+                "count": len(times),
+                "dense": dense,
+                "every": _seconds(every.total_seconds()) if every is not None else None,
             }
         )
     hours = [
@@ -532,7 +543,7 @@ def _task_view(task: Task) -> dict[str, Any]:
         "skip_count": task.schedule_skip_count,
         "next": _instant(task.next_run_at, zone),
         "last": _instant(task.last_run_at, zone),
-        "last_outcome": task.status,
+        "last_outcome": task.status if task.last_run_at is not None else None,
         "run_count": task.run_count,
         "max_runs": task.max_runs,
         "executor": (task.params or {}).get("executor_id")
@@ -578,7 +589,10 @@ def _seconds(value: float | None) -> str | None:
         return f"{value * 1000:.0f} ms"
     if abs(value) < 120:
         return f"{value:.1f} s"
-    return f"{value / 60:.1f} min"
+    minutes = value / 60
+    if abs(minutes) < 120:
+        return f"{minutes:.0f} min" if minutes == int(minutes) else f"{minutes:.1f} min"
+    return f"{minutes / 60:.1f} h"
 
 
 async def _task_names(current: Page, task_ids: set[str]) -> dict[str, str]:

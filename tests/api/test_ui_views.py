@@ -242,6 +242,9 @@ def test_the_upcoming_timeline_shows_each_occurrence_of_the_next_day(secured: Se
     hourly = schedule(
         secured, jwt, name="hourly", schedule_type="cron", schedule_expression="0 * * * *"
     )
+    often = schedule(
+        secured, jwt, name="often", schedule_type="cron", schedule_expression="*/5 * * * *"
+    )
     sign_in(secured, jwt)
     html = secured.http.get("/ui/upcoming").text
 
@@ -251,6 +254,10 @@ def test_the_upcoming_timeline_shows_each_occurrence_of_the_next_day(secured: Se
 
     assert dots(daily["id"]) == 1
     assert dots(hourly["id"]) in {24, 25}  # 24 h from now holds 24 top-of-hours (25 if on one)
+    # 288 a day: drawn as a band across the day, saying how often.
+    assert dots(often["id"]) == 0
+    row = html.split(f'data-task-id="{often["id"]}"', 1)[1].split('class="tl-row"', 1)[0]
+    assert 'class="tl-band' in row and "about every 5 min" in row
 
 
 def test_with_authentication_off_the_local_operator_sees_all_and_forms_still_need_tokens(
