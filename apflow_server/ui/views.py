@@ -233,8 +233,7 @@ async def _task_response(
     backfill_plan: dict[str, Any] | None = None,
     backfill_form: dict[str, str] | None = None,
 ) -> Response:
-    task_id = request.path_params["task_id"]
-    task = await current.service.tasks.get(current.caller, task_id)
+    task = await _visible_task(current, request.path_params["task_id"])
     fires: list[dict[str, Any]] = []
     if task.schedule_enabled and task.schedule_type is not None:
         try:
@@ -407,7 +406,7 @@ async def pause(request: Request, current: Page) -> Response:
         request,
         current,
         "paused",
-        current.service.schedules.pause(current.caller, task_id, note=_field(form, "note")),
+        lambda: current.service.schedules.pause(current.caller, task_id, note=_field(form, "note")),
     )
 
 
@@ -419,7 +418,9 @@ async def resume(request: Request, current: Page) -> Response:
         request,
         current,
         "resumed",
-        current.service.schedules.resume(current.caller, task_id, note=_field(form, "note")),
+        lambda: current.service.schedules.resume(
+            current.caller, task_id, note=_field(form, "note")
+        ),
     )
 
 
@@ -430,7 +431,7 @@ async def run_now(request: Request, current: Page) -> Response:
         request,
         current,
         "run",
-        current.service.runs.trigger(
+        lambda: current.service.runs.trigger(
             current.caller, task_id, wait=False, trigger=RunTrigger.MANUAL
         ),
     )
@@ -440,7 +441,7 @@ async def run_now(request: Request, current: Page) -> Response:
 async def skip(request: Request, current: Page) -> Response:
     task_id = request.path_params["task_id"]
     return await _act(
-        request, current, "skipped", current.service.schedules.skip(current.caller, task_id)
+        request, current, "skipped", lambda: current.service.schedules.skip(current.caller, task_id)
     )
 
 
@@ -450,6 +451,7 @@ async def backfill(request: Request, current: Page) -> Response:
     of exactly that period."""
     form = await request.form()
     task_id = request.path_params["task_id"]
+    await _visible_task(current, task_id)
     values = {name: _field(form, name) or "" for name in ("start", "end", "reprocess")}
     confirmed = form.get("confirm") == "yes"
     try:
@@ -472,9 +474,21 @@ async def backfill(request: Request, current: Page) -> Response:
     return await _task_response(request, current, backfill_plan=plan, backfill_form=values)
 
 
-async def _act(request: Request, current: Page, done: str, action: Awaitable[Any]) -> Response:
+async def _visible_task(current: Page, task_id: str) -> Task:
+    """The task, if the viewer may see it. Another user's task is "not found" here, as an
+    unknown one is: the page tells nobody which ids exist."""
     try:
-        await action
+        return await current.service.tasks.get(current.caller, task_id)
+    except ForbiddenError:
+        raise NotFoundError(f"task {task_id!r} not found") from None
+
+
+async def _act(
+    request: Request, current: Page, done: str, action: Callable[[], Awaitable[Any]]
+) -> Response:
+    await _visible_task(current, request.path_params["task_id"])
+    try:
+        await action()
     except (NotFoundError, ForbiddenError):
         raise
     except ApflowError as error:

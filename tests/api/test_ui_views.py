@@ -123,9 +123,9 @@ def test_a_user_sees_only_their_schedules_and_an_admin_sees_all(secured: Service
     # The row's next run is JSON-RPC's next_run_at, in UTC with a Z.
     expected = alice["next_run_at"].replace("+00:00", "Z")
     assert f'<time datetime="{expected}"' in listing
-    # As JSON-RPC answers: the task belongs to another user, and nothing of it is shown.
+    # Not found, as an unknown id is: the page does not tell which ids exist.
     other = secured.http.get(f"/ui/tasks/{bob['id']}")
-    assert other.status_code == 403 and "backup" not in other.text
+    assert other.status_code == 404 and "backup" not in other.text
     assert secured.http.get("/ui/schedulers").status_code == 403
     sign_out_everyone(secured)
     sign_in(secured, admin_token())
@@ -199,12 +199,14 @@ def test_pause_resume_skip_and_run_now_act_as_json_rpc_would(secured: Service) -
 def test_another_users_task_cannot_be_acted_on(secured: Service) -> None:
     task = schedule(secured, token("alice"))
     sign_in(secured, token("bob"))
-    answer = form_post(secured, f"/ui/tasks/{task['id']}/pause", {"note": "mine now"}, "/ui/")
-    assert answer.status_code == 403
-    run = form_post(secured, f"/ui/tasks/{task['id']}/run", {}, "/ui/")
-    assert run.status_code == 403
-    shown = secured.as_user(token("alice")).call("tasks.get", {"task_id": task["id"]})
-    assert shown["schedule_paused"] is False
+    for action in ("pause", "resume", "skip", "run"):
+        answer = form_post(secured, f"/ui/tasks/{task['id']}/{action}", {"note": "mine"}, "/ui/")
+        assert answer.status_code == 404, action
+    backfill = {"start": "2026-01-01T00:00", "end": "2026-01-02T00:00", "confirm": "yes"}
+    queued = form_post(secured, f"/ui/tasks/{task['id']}/backfill", backfill, "/ui/")
+    assert queued.status_code == 404
+    shown = task_of(secured, token("alice"), task["id"])
+    assert shown["schedule_paused"] is False and shown["schedule_skip_count"] == 0
     assert (
         secured.as_user(token("alice")).call("tasks.runs.list", {"task_id": task["id"]})["items"]
         == []

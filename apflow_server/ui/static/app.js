@@ -22,14 +22,22 @@
     });
   }
 
+  // "Sun 2026-12-06 08:00:00 CET", as the server writes the task's own zone.
+  var parts = new Intl.DateTimeFormat("en-US", {
+    weekday: "short", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+    minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "short"
+  });
+  function viewerText(date) {
+    var p = {};
+    parts.formatToParts(date).forEach(function (part) { p[part.type] = part.value; });
+    return p.weekday + " " + p.year + "-" + p.month + "-" + p.day + " " + p.hour + ":" +
+      p.minute + ":" + p.second + " " + p.timeZoneName;
+  }
+
   function localTimes(root) {
-    var format = new Intl.DateTimeFormat(undefined, {
-      weekday: "short", year: "numeric", month: "2-digit", day: "2-digit",
-      hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
-    });
     root.querySelectorAll(".viewer-time[data-utc]").forEach(function (el) {
       if (el.getAttribute("data-zone") === viewerZone) return; // the same zone: said once
-      el.textContent = "your time: " + format.format(new Date(el.getAttribute("data-utc")));
+      el.textContent = "your time: " + viewerText(new Date(el.getAttribute("data-utc")));
     });
     document.querySelectorAll(".viewer-zone").forEach(function (el) { el.textContent = "your zone (" + viewerZone + ")"; });
   }
