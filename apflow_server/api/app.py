@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from apflow_server.api.auth import JWTMiddleware
-from apflow_server.api.browsers import LOOPBACK_HOSTS, HostCheck, OriginCheck
+from apflow_server.api.browsers import LOOPBACK_HOSTS, HostCheck, OriginCheck, public_origin
 from apflow_server.api.calendar import ical_feed
 from apflow_server.api.metrics import Metrics
 from apflow_server.api.rpc import rpc_endpoint
@@ -93,7 +93,10 @@ def middleware(settings: Settings) -> list[Middleware]:
                 max_age=600,
             )
         )
-    stack.append(Middleware(OriginCheck, allowed_origins=settings.cors_origins))
+    # Behind a proxy that terminates TLS, the browser's origin is the public URL's, not the
+    # http:// one uvicorn sees.
+    own = (public_origin(settings.public_url),) if settings.public_url else ()
+    stack.append(Middleware(OriginCheck, allowed_origins=(*settings.cors_origins, *own)))
     stack.append(Middleware(JWTMiddleware, settings=settings))
     return stack
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -56,6 +57,12 @@ class HostCheck(TrustedHostMiddleware):
             await self.inner(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def public_origin(url: str) -> str:
+    """The web origin of a URL: scheme://host[:port], as a browser's Origin header names it."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 class OriginCheck:

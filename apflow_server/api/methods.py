@@ -296,7 +296,12 @@ async def scheduled_backfill(ctx: CallContext, params: dict[str, Any]) -> Any:
         if params.get(name) is not None
     }
     return await ctx.service.schedules.backfill(
-        ctx.principal, params["task_id"], start=params["start"], end=params["end"], **optional
+        ctx.principal,
+        params["task_id"],
+        start=params["start"],
+        end=params["end"],
+        budget=ctx.budget,
+        **optional,
     )
 
 

@@ -169,7 +169,7 @@ def is_valid_unicode(text: str) -> bool:
     return True
 
 
-def _no_nul(field: str, value: str) -> str:
+def no_nul(field: str, value: str) -> str:
     """Text columns cannot hold NUL (PostgreSQL refuses it); say so instead of failing."""
     if "\x00" in value:
         raise ValidationError(field, "must not contain NUL characters")
@@ -191,13 +191,13 @@ def check_user_id(field: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > 255:
         raise ValidationError(field, "must be a non-empty string of at most 255 characters")
-    return _no_nul(field, value.strip())
+    return no_nul(field, value.strip())
 
 
 def _name(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(field, "must be a non-empty string")
-    name: str = _no_nul(field, value.strip())
+    name: str = no_nul(field, value.strip())
     if len(name) > 200:
         raise ValidationError(field, "must be at most 200 characters")
     return name
@@ -282,7 +282,7 @@ def _dependencies(field: str, value: Any) -> list[dict[str, Any]]:
         ref = item.get("id")
         if not isinstance(ref, str) or not ref.strip():
             raise ValidationError(f"{where}.id", "must name a sibling task by id or name")
-        _no_nul(f"{where}.id", ref)
+        no_nul(f"{where}.id", ref)
         required = item.get("required", True)
         if not isinstance(required, bool):
             raise ValidationError(f"{where}.required", "must be true or false")
@@ -302,7 +302,7 @@ def _expression(field: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > 255:
         raise ValidationError(field, "must be a string of at most 255 characters")
-    return _no_nul(field, value).strip() or None
+    return no_nul(field, value).strip() or None
 
 
 def _timezone(field: str, value: Any) -> str:

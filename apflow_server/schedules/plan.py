@@ -3,6 +3,7 @@ the task's schedule attributes (the ORM row, or a plain dataclass in tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
@@ -135,10 +136,15 @@ def occurrences_due(
 
 
 def occurrences_between(
-    schedule: Schedule, start: datetime, end: datetime, limit: int
+    schedule: Schedule,
+    start: datetime,
+    end: datetime,
+    limit: int,
+    between_steps: Callable[[], None] | None = None,
 ) -> list[datetime]:
     """The schedule's occurrences in [start, end), oldest first, at most `limit` of them (a
-    caller that asks for one more than it accepts learns the period holds too many)."""
+    caller that asks for one more than it accepts learns the period holds too many).
+    `between_steps` is called before each step; it may raise to stop a long search."""
     if schedule.type is ScheduleType.ONCE:
         when = schedule.first_fire(start)
         return [when] if when is not None and start <= when < end and limit > 0 else []
@@ -146,6 +152,8 @@ def occurrences_between(
     current = schedule.next_after(start - timedelta(microseconds=1))
     while current is not None and current < end and len(found) < limit:
         found.append(current)
+        if between_steps is not None:
+            between_steps()
         current = schedule.next_after(current)
     return found
 

@@ -16,6 +16,7 @@ from apflow_server.config import Settings
 from apflow_server.core.clock import Clock, iso_utc, utcnow
 from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import DEFAULT_EVENTS, EVENT_TYPES, PING, Event
+from apflow_server.core.task_fields import is_valid_unicode
 from apflow_server.execution.rest.addresses import non_public_reason
 from apflow_server.execution.rest.transport import resolve
 from apflow_server.notifications import signing
@@ -96,7 +97,13 @@ class Notifications:
         return await store.list_endpoints(self.database, user_scope(caller, user_id))
 
     async def get(self, caller: Principal | None, endpoint_id: Any) -> NotificationEndpoint:
-        if not isinstance(endpoint_id, str) or not endpoint_id:
+        if (
+            not isinstance(endpoint_id, str)
+            or not endpoint_id
+            or len(endpoint_id) > 64
+            or "\x00" in endpoint_id
+            or not is_valid_unicode(endpoint_id)
+        ):
             raise ValidationError("id", "must be an endpoint id")
         endpoint = await store.get_endpoint(self.database, endpoint_id)
         if endpoint is None or (caller is not None and not caller.may_act_for(endpoint.user_id)):

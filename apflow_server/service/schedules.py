@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import SCHEDULE_PAUSED, SCHEDULE_RESUMED, Event
-from apflow_server.core.task_fields import parse_instant
+from apflow_server.core.task_fields import is_valid_unicode, no_nul, parse_instant
 from apflow_server.schedules.plan import localise, occurrences_between, schedule_of
 from apflow_server.schedules.policy import holds_ahead
 from apflow_server.service.audit import Audit, Change
@@ -22,8 +23,8 @@ from apflow_server.storage.models import Task
 from apflow_server.storage.repository import Page, TaskRepository
 
 MAX_NOTE = 1000
-MAX_UPCOMING_TASKS = 100  # schedules on the upcoming timeline
-MAX_UPCOMING_PER_TASK = 48  # occurrences of one schedule there (every half hour for a day)
+MAX_UPCOMING_TASKS = 50  # schedules on one page of the upcoming timeline
+MAX_UPCOMING_PER_TASK = 24  # occurrences drawn one by one (hourly for a day); more: a band
 MAX_SKIP = 1000
 
 
@@ -36,9 +37,9 @@ def _who(caller: Principal | None) -> str:
 def _note(field: str, note: Any) -> str | None:
     if note is None:
         return None
-    if not isinstance(note, str) or len(note) > MAX_NOTE:
+    if not isinstance(note, str) or len(note) > MAX_NOTE or not is_valid_unicode(note):
         raise ValidationError(field, f"must be a string of at most {MAX_NOTE} characters")
-    return note.strip() or None
+    return no_nul(field, note).strip() or None
 
 
 MAX_BACKFILL_CONCURRENCY = 1000
@@ -100,31 +101,31 @@ class Schedules:
         caller: Principal | None,
         *,
         hours: int = 24,
-        tasks: int = MAX_UPCOMING_TASKS,
+        limit: int = MAX_UPCOMING_TASKS,
+        offset: int = 0,
         per_task: int = MAX_UPCOMING_PER_TASK,
-    ) -> list[tuple[Task, list[datetime]]]:
+        budget: Budget = UNLIMITED,
+    ) -> tuple[list[Upcoming], int]:
         """What fires in the next `hours`: the enabled schedules whose next occurrence comes
-        in that window (soonest first, at most `tasks`), each with its occurrences there (at
-        most `per_task`), computed by the same engine as previews and the scheduler. A paused
-        schedule is listed too: its occurrences are recorded skipped when they fall due."""
+        in that window (soonest first, a page of them) and how many there are in all. Each
+        comes with its occurrences there, computed by the same engine as previews and the
+        scheduler, at most `per_task` of them: a schedule that fires more often is `dense`
+        and comes with its first few and the typical gap. A paused schedule is listed too:
+        its occurrences are recorded skipped when they fall due."""
         now = self.repository.clock()
         end = now + timedelta(hours=hours)
-        page = await self.list_scheduled(caller, before=end, limit=tasks)
+        page = await self.list_scheduled(caller, before=end, limit=limit, offset=offset)
 
-        def expand() -> list[tuple[Task, list[datetime]]]:
-            found = []
-            for task in page.items:
-                if task.next_run_at is None:
-                    continue
-                first = _aware(task.next_run_at)
-                fires = [first]
-                fires += occurrences_between(
-                    schedule_of(task), first + timedelta(microseconds=1), end, per_task - 1
-                )
-                found.append((task, fires))
-            return found
+        check = budget.checker("offset", "look at fewer schedules")
 
-        return await off_loop(expand)
+        def expand() -> list[Upcoming]:
+            return [
+                _upcoming(task, end - now, end, per_task, check)
+                for task in page.items
+                if task.next_run_at is not None
+            ]
+
+        return await off_loop(expand), page.total
 
     async def due(
         self,
@@ -227,6 +228,7 @@ class Schedules:
         reprocess: Any = "none",
         max_concurrent: Any = 1,
         order: Any = "oldest_first",
+        budget: Budget = UNLIMITED,
     ) -> dict[str, Any]:
         """Queue the schedule's occurrences in [start, end) for the schedulers to run, each
         with its own scheduled_for and trigger `backfill`, exactly once like any occurrence.
@@ -263,7 +265,14 @@ class Schedules:
             )
         cap = self.repository.settings.max_backfill_occurrences
         schedule = schedule_of(task)
-        occurrences = await off_loop(occurrences_between, schedule, first, last, cap + 1)
+        occurrences = await off_loop(
+            occurrences_between,
+            schedule,
+            first,
+            last,
+            cap + 1,
+            budget.checker("start", "backfill a shorter period"),
+        )
         if len(occurrences) > cap:
             raise ValidationError(
                 "end",
@@ -406,6 +415,36 @@ def _announce(kind: str, by: str) -> Callable[[Task], Event]:
         )
 
     return event
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    task: Task
+    fires: list[datetime]  # every occurrence in the window, or the first few when dense
+    every: timedelta | None  # the typical gap between occurrences
+    dense: bool  # fires more than the caller's per_task in the window
+
+
+def _upcoming(
+    task: Task, window: timedelta, end: datetime, per_task: int, check: Callable[[], None]
+) -> Upcoming:
+    """A schedule's occurrences until `end`. Three of them tell how often it fires: one that
+    would fire more than `per_task` times is not enumerated further (a cron every minute
+    would cost 1,440 steps of the engine for one row of a page)."""
+    assert task.next_run_at is not None
+    schedule = schedule_of(task)
+    first = _aware(task.next_run_at)
+    fires = [first, *occurrences_between(schedule, first + _TICK, end, 2, check)]
+    every = (fires[-1] - first) / (len(fires) - 1) if len(fires) > 1 else None
+    if every is not None and every * per_task < window:
+        return Upcoming(task, fires, every, dense=True)
+    if len(fires) == 3:
+        fires += occurrences_between(schedule, fires[-1] + _TICK, end, per_task - 2, check)
+        every = (fires[-1] - first) / (len(fires) - 1)
+    return Upcoming(task, fires[:per_task], every, dense=len(fires) > per_task)
+
+
+_TICK = timedelta(microseconds=1)
 
 
 def _aware(value: datetime) -> datetime:

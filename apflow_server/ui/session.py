@@ -86,7 +86,14 @@ def check_token(token: str, settings: Settings) -> Principal:
     return decode_token(token, settings)
 
 
-def sign_in(response: Response, request: Request, token: str, max_age: int) -> None:
+def secure_cookies(request: Request, settings: Settings) -> bool:
+    """Whether the browser reaches us over TLS: directly, or through a proxy that terminates
+    it at the APFLOW_PUBLIC_URL the deployment declares (uvicorn sees plain http then)."""
+    public = settings.public_url or ""
+    return request.url.scheme == "https" or public.startswith("https://")
+
+
+def sign_in(response: Response, token: str, max_age: int, *, secure: bool) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -94,7 +101,7 @@ def sign_in(response: Response, request: Request, token: str, max_age: int) -> N
         path="/ui",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=secure,
     )
 
 
@@ -110,13 +117,14 @@ def browser_secret(request: Request) -> str | None:
 def ensure_browser_secret(request: Request, response: Response, value: str) -> None:
     """Give a browser its random CSRF value when it has none yet."""
     if browser_secret(request) != value:
+        services = request.app.state.services
         response.set_cookie(
             CSRF_COOKIE,
             value,
             path="/ui",
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=secure_cookies(request, services.settings),
         )
 
 
@@ -137,9 +145,12 @@ def csrf_token(settings: Settings, browser: str, session: str | None) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def csrf_valid(request: Request, settings: Settings, submitted: object) -> bool:
+def csrf_valid(
+    request: Request, settings: Settings, submitted: object, *, with_session: bool = True
+) -> bool:
     browser = browser_secret(request)
     if browser is None or not isinstance(submitted, str) or not submitted:
         return False
-    expected = csrf_token(settings, browser, request.cookies.get(SESSION_COOKIE))
+    bound = request.cookies.get(SESSION_COOKIE) if with_session else None
+    expected = csrf_token(settings, browser, bound)
     return hmac.compare_digest(expected.encode(), submitted.encode())

@@ -21,11 +21,14 @@ import yaml
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from apflow_server.api.rpc import read_body
 from apflow_server.api.services import Services
 from apflow_server.core.clock import iso_utc, utcnow
+from apflow_server.core.compute import Budget
 from apflow_server.core.errors import ApflowError, ForbiddenError, NotFoundError
 from apflow_server.core.types import RunStatus, RunTrigger
 from apflow_server.service.notifications import delivery_to_dict, endpoint_to_dict
+from apflow_server.service.schedules import MAX_UPCOMING_TASKS
 from apflow_server.storage.models import Task
 from apflow_server.ui import session
 from apflow_server.ui.session import SignInRequired, Viewer
@@ -34,9 +37,21 @@ logger = logging.getLogger(__name__)
 
 PAGE = 50  # rows per page of every list
 TASK_RUNS = 25  # runs on a task's page
-UPCOMING_DOTS = 48  # occurrences drawn one by one on the timeline; more are drawn as a band
 MAX_OFFSET = 1_000_000
 MAX_FIELD_CHARS = 2000  # of any one form field
+MAX_FORM_BYTES = 64 * 1024  # of a whole form: the largest is a note and a few instants
+# Sent with every page: no framing (clickjacking), no script or style but our own (inline
+# styles only for the timeline's positions), forms only to this app, and nothing of ours
+# readable by another origin's page.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 NOTICES = {  # what a successful action says (fixed texts: nothing from the URL is echoed)
     "paused": "Paused. Occurrences that fall due are recorded skipped until you resume.",
     "resumed": "Resumed. The next occurrence runs.",
@@ -76,25 +91,34 @@ class Page:
     def caller(self) -> Any:
         return self.viewer.principal
 
+    def budget(self) -> Budget:
+        """The compute time a page may spend on schedule math, as a JSON-RPC request may."""
+        return Budget(self.services.settings.max_compute_seconds)
+
     def render(self, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:
         html = templates.get_template(template).render(
             viewer=self.viewer,
             csrf=self.csrf,
             path=self.request.url.path,
             now=utcnow(),
+            # A page answering a POST (an error) must not refresh itself from that URL.
+            refreshes=self.request.method == "GET",
             **values,
         )
         return HTMLResponse(html, status_code=status_code)
 
 
 def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Resolve the viewer (or send them to sign in), check a POST's form token, and turn the
-    service's refusals into pages: 404 for what does not exist or is not theirs, 403 for what
-    they may not do."""
+    """Resolve the viewer (or send them to sign in), check a POST's size and form token, and
+    turn the service's refusals into pages: 404 for what does not exist or is not theirs, 403
+    for what they may not do, 400 for what they asked wrongly."""
 
     async def endpoint(request: Request) -> Response:
         services: Services = request.app.state.services
         settings = services.settings
+        refused = await _refuse_cross_site_or_oversized(request)
+        if refused is not None:
+            return refused
         browser = session.browser_secret(request) or session.new_browser_secret()
         try:
             viewer = session.viewer_of(request, settings)
@@ -102,34 +126,66 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             response: Response = RedirectResponse(_sign_in_url(why.reason), status_code=303)
             if request.cookies.get(session.SESSION_COOKIE):
                 session.sign_out(response)
-            return response
-        token = session.csrf_token(settings, browser, request.cookies.get(session.SESSION_COOKIE))
+            return _hardened(response)
+        session_cookie = request.cookies.get(session.SESSION_COOKIE)
+        token = session.csrf_token(settings, browser, session_cookie)
         current = Page(request, services, viewer, token)
         if request.method == "POST":
             form = await request.form(max_files=0, max_fields=20)
             if not session.csrf_valid(request, settings, form.get(session.CSRF_FIELD)):
-                return current.render(
+                response = current.render(
                     "error.html",
                     status_code=403,
                     title="Form expired",
                     message="This form could not be verified (its token is missing or "
                     "forged). Reload the page and try again.",
                 )
+                return _hardened(response)
         try:
             response = await handler(request, current)
-        except NotFoundError as error:
+        except NotFoundError:
             response = current.render(
-                "error.html", status_code=404, title="Not found", message=error.message
+                "error.html",
+                status_code=404,
+                title="Not found",
+                message="Nothing here: it does not exist, or it is not yours to see.",
             )
         except ForbiddenError as error:
             response = current.render(
                 "error.html", status_code=403, title="Not allowed", message=error.message
             )
+        except ApflowError as error:  # a bad parameter, or a page that would compute too long
+            response = current.render(
+                "error.html", status_code=400, title="Cannot show this", message=error.message
+            )
         session.ensure_browser_secret(request, response, browser)
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
+        return _hardened(response)
 
     return endpoint
+
+
+async def _refuse_cross_site_or_oversized(request: Request) -> Response | None:
+    """Another site's page may link to the dashboard (a top-level navigation), but not embed
+    it, fetch it or post to it: browsers say where a request comes from in Sec-Fetch-Site
+    (older ones send nothing, and the Origin check and SameSite cookies still hold). A form
+    larger than any of ours is refused before it is parsed."""
+    site = request.headers.get("sec-fetch-site")
+    if site not in {None, "same-origin", "none"} and (
+        request.method != "GET" or request.headers.get("sec-fetch-dest") != "document"
+    ):
+        return _hardened(Response("not from this site", status_code=403))
+    if request.method == "POST":
+        body = await read_body(request, MAX_FORM_BYTES)
+        if body is None:
+            return _hardened(Response("form too large", status_code=413))
+        request._body = body  # what request.form() parses (Starlette reads a cached body)
+    return None
+
+
+def _hardened(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def _sign_in_url(reason: str) -> str:
@@ -145,24 +201,31 @@ async def login(request: Request) -> Response:
     settings = services.settings
     if not settings.jwt_secret:
         return RedirectResponse("/ui/", status_code=303)
+    refused = await _refuse_cross_site_or_oversized(request)
+    if refused is not None:
+        return refused
     browser = session.browser_secret(request) or session.new_browser_secret()
     error = None
     status = 200
     if request.method == "POST":
         form = await request.form(max_files=0, max_fields=5)
-        if not session.csrf_valid(request, settings, form.get(session.CSRF_FIELD)):
+        # The sign-in form's token is bound to the browser only: whoever is signed in (or
+        # was, with a token now refused) can sign in afresh.
+        submitted = form.get(session.CSRF_FIELD)
+        if not session.csrf_valid(request, settings, submitted, with_session=False):
             error, status = "This form could not be verified. Try again.", 403
         else:
             token = str(form.get("token") or "").strip()
             try:
                 principal = session.check_token(token, settings)
-            except ApflowError as refused:
-                error, status = f"Not signed in: {refused.message}.", 401
+            except ApflowError as not_accepted:
+                error, status = f"Not signed in: {not_accepted.message}.", 401
             else:
                 response = RedirectResponse("/ui/", status_code=303)
-                session.sign_in(response, request, token, _seconds_left(token))
+                secure = session.secure_cookies(request, settings)
+                session.sign_in(response, token, _seconds_left(token), secure=secure)
                 logger.info("dashboard sign-in by %s", principal.subject)
-                return response
+                return _hardened(response)
     why = request.query_params.get("why")
     notice = SIGN_IN_REASONS.get(why or "") if error is None else None
     html = templates.get_template("login.html").render(
@@ -177,8 +240,7 @@ async def login(request: Request) -> Response:
     )
     page_response = HTMLResponse(html, status_code=status)
     session.ensure_browser_secret(request, page_response, browser)
-    page_response.headers["Cache-Control"] = "no-store"
-    return page_response
+    return _hardened(page_response)
 
 
 def _seconds_left(token: str) -> int:
@@ -238,7 +300,7 @@ async def _task_response(
     if task.schedule_enabled and task.schedule_type is not None:
         try:
             times = await current.service.schedules.preview(
-                current.caller, task_id=task.id, count=10
+                current.caller, task_id=task.id, count=10, budget=current.budget()
             )
             holds = await current.service.schedules.preview_holds(current.caller, task.id, times)
         except ApflowError:  # an exhausted or ended schedule: nothing ahead
@@ -269,35 +331,36 @@ async def _task_response(
 async def upcoming(request: Request, current: Page) -> Response:
     now = utcnow()
     window = timedelta(hours=24)
-    rows = []
-    for task, times in await current.service.schedules.upcoming(
-        current.caller, per_task=UPCOMING_DOTS + 1
-    ):
-        dense = len(times) > UPCOMING_DOTS  # more than the timeline draws one by one
-        shown = times[:UPCOMING_DOTS]
-        every = (shown[-1] - shown[0]) / (len(shown) - 1) if len(shown) > 1 else None
-        rows.append(
-            {
-                "task": _task_view(task),
-                "fires": [
-                    {
-                        **_instant(fire, task.schedule_timezone),
-                        "left": max(0.0, min(100.0, (fire - now) / window * 100)),
-                    }
-                    for fire in ([] if dense else shown)
-                ],
-                "first": _instant(shown[0], task.schedule_timezone),
-                "first_left": max(0.0, min(100.0, (shown[0] - now) / window * 100)),
-                "count": len(times),
-                "dense": dense,
-                "every": _seconds(every.total_seconds()) if every is not None else None,
-            }
-        )
-    hours = [
-        {"left": hour / 24 * 100, **_instant(now + timedelta(hours=hour), "UTC")}
-        for hour in range(0, 24, 3)
+    offset = _offset(request)
+    found, total = await current.service.schedules.upcoming(
+        current.caller, offset=offset, budget=current.budget()
+    )
+
+    def left(fire: datetime) -> float:
+        return max(0.0, min(100.0, (fire - now) / window * 100))
+
+    rows = [
+        {
+            "task": _task_view(row.task),
+            "dots": [] if row.dense else [round(left(fire), 2) for fire in row.fires],
+            "first": _instant(row.fires[0], row.task.schedule_timezone),
+            "first_left": round(left(row.fires[0]), 2),
+            "count": len(row.fires),
+            "dense": row.dense,
+            "every": _seconds(row.every.total_seconds()) if row.every is not None else None,
+        }
+        for row in found
     ]
-    return current.render("upcoming.html", title="Next 24 hours", rows=rows, hours=hours)
+    hours = [{"left": hour / 24 * 100, "label": f"+{hour}h"} for hour in range(0, 24, 3)]
+    return current.render(
+        "upcoming.html",
+        title="Next 24 hours",
+        rows=rows,
+        hours=hours,
+        total=total,
+        offset=offset,
+        page_size=MAX_UPCOMING_TASKS,
+    )
 
 
 @page
@@ -379,8 +442,6 @@ async def audit(request: Request, current: Page) -> Response:
 @page
 async def notifications(request: Request, current: Page) -> Response:
     endpoint_id = request.query_params.get("endpoint") or None
-    if endpoint_id is not None and len(endpoint_id) > 64:
-        raise NotFoundError("no such notification endpoint")
     endpoints = await current.service.notifications.listing(current.caller)
     deliveries = await current.service.notifications.deliveries(
         current.caller, endpoint_id=endpoint_id, limit=PAGE
@@ -462,6 +523,7 @@ async def backfill(request: Request, current: Page) -> Response:
             end=values["end"] or None,
             dry_run=not confirmed,
             reprocess=values["reprocess"] or "none",
+            budget=current.budget(),
         )
     except (NotFoundError, ForbiddenError):
         raise
@@ -501,6 +563,7 @@ async def _act(
 
 
 def _field(form: Any, name: str) -> str | None:
+    """A text field as typed (the service checks it), or None when blank."""
     value = form.get(name)
     if not isinstance(value, str) or not value.strip():
         return None
@@ -509,7 +572,9 @@ def _field(form: Any, name: str) -> str | None:
 
 def _offset(request: Request) -> int:
     raw = request.query_params.get("offset", "0")
-    return min(int(raw), MAX_OFFSET) if raw.isdigit() else 0
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7):
+        return 0
+    return min(int(raw), MAX_OFFSET)
 
 
 def _choice(request: Request, name: str, allowed: list[str]) -> str | None:

@@ -44,7 +44,7 @@
 
   function refresh() {
     var live = document.querySelectorAll("[data-live][id]");
-    if (!live.length || document.hidden) return;
+    if (!live.length || document.hidden || document.body.hasAttribute("data-no-refresh")) return;
     fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) {
         if (response.redirected || !response.ok) return null; // signed out or gone: leave it
