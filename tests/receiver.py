@@ -18,6 +18,13 @@ class Received:
     at: float
 
 
+class _Server(ThreadingHTTPServer):
+    # The listen backlog: socketserver's default of 5 drops the connections of a dispatcher
+    # opening dozens at once (their SYNs are retried after a second, past a short test timeout,
+    # and the attempts count as failed).
+    request_queue_size = 256
+
+
 @dataclass
 class Receiver:
     statuses: list[int] = field(default_factory=list)  # answered in turn, then 200
@@ -49,7 +56,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
