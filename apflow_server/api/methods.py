@@ -22,6 +22,7 @@ from apflow_server.core.task_fields import (
 from apflow_server.core.types import OverlapPolicy, RunTrigger
 from apflow_server.service import Principal, Service
 from apflow_server.service.audit import entry_to_dict
+from apflow_server.service.calendars import calendar_to_dict
 from apflow_server.service.notifications import delivery_to_dict, endpoint_to_dict
 from apflow_server.storage.models import run_to_dict, task_to_dict
 from apflow_server.storage.repository import Page
@@ -456,6 +457,41 @@ async def audit_list(ctx: CallContext, params: dict[str, Any]) -> Any:
     return _page(page, entry_to_dict, limit, offset)
 
 
+async def calendars_create(ctx: CallContext, params: dict[str, Any]) -> Any:
+    calendar = await ctx.service.calendars.create(ctx.principal, **params)
+    return calendar_to_dict(calendar)
+
+
+async def calendars_get(ctx: CallContext, params: dict[str, Any]) -> Any:
+    calendar = await ctx.service.calendars.get(ctx.principal, params["name"], params.get("user_id"))
+    return calendar_to_dict(calendar)
+
+
+async def calendars_list(ctx: CallContext, params: dict[str, Any]) -> Any:
+    found = await ctx.service.calendars.listing(ctx.principal, params.get("user_id"))
+    return {"items": [calendar_to_dict(calendar) for calendar in found], "total": len(found)}
+
+
+async def calendars_update(ctx: CallContext, params: dict[str, Any]) -> Any:
+    changes = {key: value for key, value in params.items() if key not in {"name", "user_id"}}
+    calendar = await ctx.service.calendars.update(
+        ctx.principal, params["name"], changes, params.get("user_id")
+    )
+    return calendar_to_dict(calendar)
+
+
+async def calendars_delete(ctx: CallContext, params: dict[str, Any]) -> Any:
+    await ctx.service.calendars.delete(ctx.principal, params["name"], params.get("user_id"))
+    return {"name": params["name"], "deleted": True}
+
+
+async def calendars_days(ctx: CallContext, params: dict[str, Any]) -> Any:
+    days = await ctx.service.calendars.days(
+        ctx.principal, params["name"], params["start"], params["end"], params.get("user_id")
+    )
+    return {"days": days}
+
+
 # ---------------------------------------------------------------------- the table
 
 TASK_ID = Param("task_id", ID, required=True)
@@ -468,6 +504,43 @@ EVENTS = {
 }
 URL = {"type": "string", "minLength": 1, "maxLength": 2000, "description": "http(s)"}
 DESCRIPTION = {"type": "string", "maxLength": 500}
+CALENDAR_NAME = Param("name", {"type": "string", "minLength": 1, "maxLength": 100}, True)
+CALENDAR_FIELDS = (
+    Param(
+        "timezone",
+        {"type": "string", "maxLength": 64},
+        description="the zone whose dates decide (default: each schedule's own)",
+    ),
+    Param(
+        "weekend",
+        {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 7}},
+        description="ISO weekdays closed every week (default [6, 7]: Saturday, Sunday)",
+    ),
+    Param(
+        "holidays",
+        {
+            "type": "object",
+            "properties": {
+                "country": STRING,
+                "subdivision": STRING,
+                "categories": {"type": "array", "items": STRING},
+            },
+        },
+        description='public holidays of the `holidays` package: {"country": "DE", '
+        '"subdivision": "BY"}',
+    ),
+    Param(
+        "dates",
+        {"type": "array", "maxItems": 10000},
+        description='closed dates: "YYYY-MM-DD" or {"date": ..., "reason": ...}',
+    ),
+    Param(
+        "ics",
+        {"type": "string", "maxLength": 1048576},
+        description="closed all-day events of an iCalendar file",
+    ),
+)
+DAY = {"type": "string", "format": "date"}
 SCHEDULE_PARAMS = tuple(
     Param(name, schema)
     for name, schema in (
@@ -735,6 +808,53 @@ METHODS: tuple[RpcMethod, ...] = (
             *PAGING,
         ),
         PAGE,
+    ),
+    RpcMethod(
+        "calendars.create",
+        "A named business calendar: weekend days, a country's public holidays, explicit "
+        "closed dates and dates from ICS text. Schedules name it in schedule_calendar.",
+        calendars_create,
+        (
+            CALENDAR_NAME,
+            *CALENDAR_FIELDS,
+            Param("user_id", STRING, description="whose (admins only; default the caller)"),
+        ),
+    ),
+    RpcMethod(
+        "calendars.get",
+        "One calendar by name.",
+        calendars_get,
+        (CALENDAR_NAME, Param("user_id", STRING)),
+    ),
+    RpcMethod(
+        "calendars.list",
+        "Calendars (one's own; an admin's: everyone's, or user_id's).",
+        calendars_list,
+        (Param("user_id", STRING),),
+        PAGE,
+    ),
+    RpcMethod(
+        "calendars.update",
+        "Change what a calendar closes (the fields given replace the stored ones).",
+        calendars_update,
+        (CALENDAR_NAME, *CALENDAR_FIELDS, Param("user_id", STRING)),
+    ),
+    RpcMethod(
+        "calendars.delete",
+        "Delete a calendar no schedule names.",
+        calendars_delete,
+        (CALENDAR_NAME, Param("user_id", STRING)),
+    ),
+    RpcMethod(
+        "calendars.days",
+        "Every day in [start, end): a business day, or closed and why (at most ten years).",
+        calendars_days,
+        (
+            CALENDAR_NAME,
+            Param("start", DAY, True),
+            Param("end", DAY, True),
+            Param("user_id", STRING),
+        ),
     ),
     RpcMethod(
         "audit.list",

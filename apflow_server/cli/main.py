@@ -62,6 +62,10 @@ def usage_message(error: click.ClickException) -> str:
 # second to import). Their one-line help is written here for the same reason.
 COMMANDS = {
     "audit": ("apflow_server.cli.audit:audit", "Who changed what, and when (the audit log)."),
+    "calendars": (
+        "apflow_server.cli.calendars:calendars_group",
+        "Business calendars: which days schedules run on.",
+    ),
     "config": (
         "apflow_server.cli.configure:config_group",
         "The configuration file (APFLOW_HOME/config.cli.yaml) and tokens.",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from apflow_server.config import Settings
 from apflow_server.scheduler.internal import InternalScheduler
 from apflow_server.service.audit import Audit
+from apflow_server.service.calendars import Calendars
 from apflow_server.service.feeds import Feeds
 from apflow_server.service.notifications import Notifications
 from apflow_server.service.runs import Runs
@@ -33,6 +34,7 @@ class Service:
     schedules: Schedules = field(init=False)
     feeds: Feeds = field(init=False)
     notifications: Notifications = field(init=False)
+    calendars: Calendars = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = Audit(self.database, self.local_actor, self.repository.clock)
@@ -43,3 +45,4 @@ class Service:
         self.notifications = Notifications(
             self.database, self.settings, self.audit, self.repository.clock
         )
+        self.calendars = Calendars(self.database, self.audit, self.repository.clock)

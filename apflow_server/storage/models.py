@@ -130,6 +130,10 @@ class Task(Base):
     # The next this-many occurrences are recorded skipped ("skipped by <who>").
     schedule_skip_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     schedule_skip_by: Mapped[str | None] = mapped_column(String(255))
+    # A business calendar of the task's user, by name, and what an occurrence on a closed day
+    # does: skip (recorded skipped), next_business_day, previous_business_day.
+    schedule_calendar: Mapped[str | None] = mapped_column(String(100))
+    schedule_calendar_rule: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         # The claim query: enabled schedules ordered by due time. Partial, so the index holds
@@ -322,6 +326,34 @@ class FeedKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class BusinessCalendar(Base):
+    """A user's named calendar of business days: weekend days, public holidays of a country
+    (and subdivision), explicit closed dates and dates imported from ICS text. Schedules name
+    it; `version` grows with every change, so a process that cached its days knows when to
+    read it again."""
+
+    __tablename__ = "calendars"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(100))
+    # The zone whose dates decide (None: each schedule's own zone).
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    weekend: Mapped[list[int]] = mapped_column(JSON)
+    country: Mapped[str | None] = mapped_column(String(8))
+    subdivision: Mapped[str | None] = mapped_column(String(16))
+    # The `holidays` package's categories (None: its default, "public").
+    categories: Mapped[list[str] | None] = mapped_column(JSON)
+    # [{"date": "YYYY-MM-DD", "reason": "..."}]
+    dates: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    ics: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("user_id", "name", name="uq_calendars_user_name"),)
+
+
 class NotificationEndpoint(Base):
     """Where one user's events are sent, signed with the endpoint's own secret."""
 
@@ -414,6 +446,7 @@ BACKFILLS = cast(Table, Backfill.__table__)
 ENDPOINTS = cast(Table, NotificationEndpoint.__table__)
 DELIVERIES = cast(Table, NotificationDelivery.__table__)
 AUDIT = cast(Table, AuditEntry.__table__)
+CALENDARS = cast(Table, BusinessCalendar.__table__)
 
 TASK_FIELDS = (
     "id",

@@ -1,0 +1,38 @@
+"""`apflow calendars` on both databases: a Bavarian calendar made, shown, listed, its closed
+days read, changed, refused with one line naming what is wrong, and deleted."""
+
+from __future__ import annotations
+
+from cli_support import Cli
+
+
+def test_a_calendar_from_the_cli(cli: Cli) -> None:
+    made = cli.json("calendars", "create", "munich", "--country", "DE", "--subdivision", "BY",
+                    "--date", "2031-06-13=Team day", "-f", "json")  # fmt: skip
+    assert (made["name"], made["holidays"], made["weekend"]) == (
+        "munich",
+        {"country": "DE", "subdivision": "BY"},
+        [6, 7],
+    )
+    closed = cli.ok("calendars", "days", "munich", "--from", "2031-06-09", "--to", "2031-06-16",
+                    "--closed")  # fmt: skip
+    lines = closed.strip().splitlines()
+    assert lines[0].startswith("2031-06-12 Thu  closed: ")  # Corpus Christi
+    assert lines[1:] == [
+        "2031-06-13 Fri  closed: Team day",
+        "2031-06-14 Sat  closed: weekend",
+        "2031-06-15 Sun  closed: weekend",
+    ]
+    assert "munich" in cli.ok("calendars", "list")
+    changed = cli.json("calendars", "update", "munich", "--weekend", "7", "-f", "json")
+    assert changed["weekend"] == [7] and changed["version"] == 2
+    cli.ok("calendars", "delete", "munich")
+    assert "No calendars yet" in cli.ok("calendars", "list")
+
+
+def test_bad_calendars_are_one_line_and_nothing_is_written(cli: Cli) -> None:
+    assert "No calendars yet" in cli.ok("calendars", "list")
+    cli.fails(1, "calendars", "create", "x", "--country", "XX", names=("holidays.country",))
+    cli.fails(1, "calendars", "create", "x", "--weekend", "1,2,3,4,5,6,7", names=("weekend",))
+    cli.fails(2, "calendars", "create", "x", "--weekend", "sat")
+    assert "No calendars yet" in cli.ok("calendars", "list")
