@@ -101,8 +101,9 @@ def generate_ical_feed_url(
 
 
 def task_url(base_url: str, task_id: str) -> str:
-    """The event's URL: the task in the service's API (`<base_url>/tasks/<task id>`)."""
-    return f"{base_url.rstrip('/')}/tasks/{quote(task_id, safe='')}"
+    """The event's URL: the task's page in the dashboard (`<base_url>/ui/tasks/<task id>`),
+    which a calendar app opens in a browser (the API's /tasks/ answers only JSON-RPC POSTs)."""
+    return f"{base_url.rstrip('/')}/ui/tasks/{quote(task_id, safe='')}"
 
 
 class ICalExporter:

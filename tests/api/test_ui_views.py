@@ -376,3 +376,15 @@ def test_a_backfill_that_would_compute_too_long_is_refused_in_time(
     period = {"start": "0001-01-02T00:00", "end": "2026-01-01T00:00"}
     answer = form_post(service, f"{page}/backfill", period, page)
     assert answer.status_code == 400 and "compute for more than 1 s" in answer.text
+
+
+def test_the_calendar_feeds_event_links_open_the_tasks_page(make_service: ServiceFactory) -> None:
+    service = make_service()
+    task = schedule(service, None, name="linked")  # type: ignore[arg-type]
+    feed = service.http.get("/scheduler/ical")
+    assert feed.status_code == 200, feed.text
+    unfolded = feed.text.replace("\r\n ", "")
+    [url] = [line[4:] for line in unfolded.splitlines() if line.startswith("URL:")]
+    assert url.endswith(f"/ui/tasks/{task['id']}")
+    page = service.http.get(url)
+    assert page.status_code == 200 and "<h1>linked</h1>" in page.text

@@ -135,7 +135,8 @@ def test_url_only_with_a_base_url() -> None:
     without = _events(_parsed())
     assert all("URL" not in event for event in without.values())
     with_url = _events(_parsed(base_url="https://app.example.com/"))
-    assert with_url["daily-report@apflow"]["URL"] == "https://app.example.com/tasks/daily-report"
+    # The task's page in the dashboard, which a browser can open.
+    assert with_url["daily-report@apflow"]["URL"] == "https://app.example.com/ui/tasks/daily-report"
     assert all("URL" in event for event in with_url.values())
 
 
