@@ -40,6 +40,10 @@ async def feed_user(request: Request, services: Services) -> str | None:
             if requested is not None and requested != owner:
                 raise ForbiddenError("this feed key opens another user's calendar")
             return owner
+        if not settings.jwt_secret:  # not a feed key, and there are no tokens to be one
+            raise UnauthenticatedError(
+                "unknown api_key: use a feed key from `apflow scheduler feed-key`"
+            )
         principal = decode_token(api_key, settings)
     if principal is not None:
         if principal.is_admin:

@@ -89,6 +89,18 @@ def test_wrong_and_revoked_keys_and_no_key_are_refused(make_service: ServiceFact
     assert feed(service, api_key=key).status_code == 401
 
 
+def test_with_authentication_off_a_bogus_key_is_called_unknown(
+    make_service: ServiceFactory,
+) -> None:
+    """It said "bearer tokens are not accepted: no JWT secret is configured", which sent
+    people looking for a JWT setting; the key is simply not one of ours."""
+    service = make_service(run_scheduler=False)
+    response = feed(service, user_id="alice", api_key="bogus")
+    assert response.status_code == 401
+    assert "unknown api_key" in response.text and "JWT" not in response.text
+    assert feed(service, user_id="alice").status_code == 200  # no key needed when off
+
+
 def test_a_jwt_opens_its_own_calendar(make_service: ServiceFactory) -> None:
     service = make_service(jwt_secret=JWT_SECRET, run_scheduler=False)
     admin = admin_token()
