@@ -24,7 +24,11 @@ def calendars_group() -> None:
     """Business calendars: which days schedules run on.
 
     Weekend days, a country's public holidays (the `holidays` package: --country DE
-    --subdivision BY), explicit closed dates and the all-day events of an iCalendar file."""
+    --subdivision BY), explicit closed dates and the all-day events of an iCalendar file.
+    A schedule follows one with `apflow tasks update ID --schedule-calendar NAME`, and
+    --schedule-calendar-rule says what an occurrence on a closed day does: skip (recorded
+    skipped, the day's name the reason), next_business_day or previous_business_day.
+    Monthly schedules may count business days: BD1 09:00, BD3 09:00, BDL 17:00."""
 
 
 def _definition_options(command: Any) -> Any:

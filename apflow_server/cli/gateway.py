@@ -66,6 +66,12 @@ def _schedule_of(task: Task) -> tuple[str, str]:
             f"task {task.id!r} has no schedule to convert; set one with `apflow tasks update "
             f"{task.id} --schedule-type ... --schedule-expression ...`"
         )
+    if task.schedule_calendar is not None:
+        raise ApflowError(
+            f"task {task.id!r} follows the business calendar {task.schedule_calendar!r}, "
+            "which cron cannot express (it knows no holidays); let the internal scheduler "
+            "fire it, or subscribe to its calendar feed"
+        )
     return task.schedule_type, task.schedule_expression
 
 

@@ -9,6 +9,7 @@ import click
 from click.core import ParameterSource
 
 from apflow_server.core.types import (
+    CalendarRule,
     MisfirePolicy,
     OverlapPolicy,
     RunStatus,
@@ -172,6 +173,17 @@ schedule_options: Callable[[F], F] = compose(
         "--trigger-grace-seconds",
         type=Clearable(click.INT),
         help="external: how late the call may arrive (default 300)" + _CLEARS + ".",
+    ),
+    click.option(
+        "--schedule-calendar",
+        type=Clearable(click.STRING),
+        help="Follow this business calendar (apflow calendars create)" + _CLEARS + ".",
+    ),
+    click.option(
+        "--schedule-calendar-rule",
+        type=Clearable(choice_of(CalendarRule)),
+        help="An occurrence on a closed day: skip (default; recorded skipped), "
+        "next_business_day or previous_business_day" + _CLEARS + ".",
     ),
     click.option(
         "--alert-late-after-seconds",

@@ -14,6 +14,7 @@ from typing import Any
 
 from apflow_server.core.errors import ValidationError
 from apflow_server.core.types import (
+    CalendarRule,
     MisfirePolicy,
     OverlapPolicy,
     ScheduleMode,
@@ -37,6 +38,8 @@ SCHEDULE_FIELDS = frozenset(
         "pause_after_failures",
         "schedule_mode",
         "trigger_grace_seconds",
+        "schedule_calendar",
+        "schedule_calendar_rule",
     }
 )
 DEFINITION_FIELDS = frozenset(
@@ -315,6 +318,12 @@ def _bool(field: str, value: Any) -> bool:
     return value
 
 
+def _calendar_name(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 100:
+        raise ValidationError(field, "must be a calendar's name (1-100 characters)")
+    return no_nul(field, value.strip())
+
+
 def _choice(enum: Any) -> Any:
     def check(field: str, value: Any) -> str:
         try:
@@ -349,6 +358,8 @@ _CHECKS: dict[str, Any] = {
     "pause_after_failures": _optional(_int_in(1, MAX_PAUSE_AFTER_FAILURES)),
     "schedule_mode": _choice(ScheduleMode),
     "trigger_grace_seconds": _optional(_int_in(1, MAX_TRIGGER_GRACE_SECONDS)),
+    "schedule_calendar": _optional(_calendar_name),
+    "schedule_calendar_rule": _optional(_choice(CalendarRule)),
     "alert_late_after_seconds": _optional(_int_in(1, MAX_ALERT_SECONDS)),
     "alert_max_duration_seconds": _optional(_int_in(1, MAX_ALERT_SECONDS)),
 }
@@ -412,6 +423,18 @@ FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
         "minimum": 1,
         "maximum": MAX_TRIGGER_GRACE_SECONDS,
         "description": "external: how late a trigger may arrive (default 300)",
+    },
+    "schedule_calendar": {
+        "type": ["string", "null"],
+        "minLength": 1,
+        "maxLength": 100,
+        "description": "a business calendar of the task's user (calendars.create), by name",
+    },
+    "schedule_calendar_rule": {
+        "type": ["string", "null"],
+        "enum": [rule.value for rule in CalendarRule] + [None],
+        "description": "an occurrence on a closed day: skip (default: recorded skipped), "
+        "next_business_day or previous_business_day (moved there, same local time)",
     },
     "alert_late_after_seconds": {
         "type": ["integer", "null"],

@@ -46,6 +46,14 @@ class ScheduleMode(StrEnum):
     EXTERNAL = "external"  # an outside scheduler calls its webhook; the scheduler watches
 
 
+class CalendarRule(StrEnum):
+    """What an occurrence on a day its business calendar closes does."""
+
+    SKIP = "skip"  # recorded skipped, the reason the day's name
+    NEXT = "next_business_day"  # moved to the same wall-clock time on the next business day
+    PREVIOUS = "previous_business_day"
+
+
 class OverlapPolicy(StrEnum):
     SKIP = "skip"
     BUFFER_ONE = "buffer_one"

@@ -168,6 +168,7 @@ class ICalExporter:
             offset += len(page.items)
             if not page.items or offset >= page.total:
                 break
+        await self.repository.attach_calendars(tasks)
         return tasks
 
     def build_calendar(

@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,7 +29,7 @@ import icalendar
 from croniter import CroniterBadDateError
 
 from apflow_server.core.errors import ValidationError
-from apflow_server.core.types import ScheduleType
+from apflow_server.core.types import CalendarRule, ScheduleType
 from apflow_server.schedules.expressions import (
     FIELD,
     IntervalRecurrence,
@@ -590,12 +589,6 @@ def _add_days(day: date, days: int) -> date:
 
 
 # ---------------------------------------------------------------------- rules on a schedule
-
-
-class CalendarRule(StrEnum):
-    SKIP = "skip"
-    NEXT = "next_business_day"
-    PREVIOUS = "previous_business_day"
 
 
 def parse_calendar_rule(value: object, field: str = "calendar_rule") -> CalendarRule:

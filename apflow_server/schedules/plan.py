@@ -6,13 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from apflow_server.core.errors import ValidationError
-from apflow_server.core.types import ScheduleType
+from apflow_server.core.types import CalendarRule, ScheduleType
 from apflow_server.schedules.expressions import IntervalRecurrence
 from apflow_server.schedules.schedule import Schedule, jitter_delay
 from apflow_server.schedules.timezones import get_zone, resolve_local
+
+if TYPE_CHECKING:  # the calendars module loads the holidays tables: imported when used
+    from apflow_server.schedules.calendars import BusinessCalendar, CalendarSchedule
+
+# A schedule, or a schedule under a business calendar (the same interface).
+Timetable: TypeAlias = "Schedule | CalendarSchedule"
 
 
 class ScheduledTask(Protocol):
@@ -43,17 +49,74 @@ def localise(value: datetime | None, timezone: str) -> datetime | None:
     return resolve_local(value, get_zone(timezone)).first
 
 
-def schedule_of(task: ScheduledTask) -> Schedule:
+def schedule_of(task: ScheduledTask) -> Timetable:
+    """The task's schedule; under its business calendar when it names one (the storage layer
+    puts the calendar's closed days on the task as `loaded_calendar` first)."""
     if task.schedule_type is None:
         raise ValidationError("schedule_type", "the task has no schedule")
-    return _parsed(
+    name = getattr(task, "schedule_calendar", None)
+    if name is None:
+        if _counts_business_days(task.schedule_expression):
+            raise ValidationError(
+                "schedule_expression",
+                "BD1 ... BDL count business days: name a schedule_calendar to count them in",
+            )
+        return _parsed(
+            task.schedule_type,
+            task.schedule_expression,
+            task.schedule_timezone,
+            task.schedule_start_at,
+            task.schedule_end_at,
+            task.schedule_anchor_at,
+        )
+    calendar = getattr(task, "loaded_calendar", None)
+    if calendar is None:
+        raise ValidationError("schedule_calendar", f"no calendar named {name!r}")
+    rule = getattr(task, "schedule_calendar_rule", None) or CalendarRule.SKIP.value
+    return _under_calendar(
         task.schedule_type,
         task.schedule_expression,
         task.schedule_timezone,
         task.schedule_start_at,
         task.schedule_end_at,
         task.schedule_anchor_at,
+        calendar,
+        rule,
     )
+
+
+def _counts_business_days(expression: str | None) -> bool:
+    return bool(expression) and str(expression).strip().upper().startswith("BD")
+
+
+@lru_cache(maxsize=4096)
+def _under_calendar(
+    schedule_type: str,
+    expression: str | None,
+    timezone: str,
+    start_at: datetime | None,
+    end_at: datetime | None,
+    anchor_at: datetime | None,
+    calendar: BusinessCalendar,
+    rule: str,
+) -> CalendarSchedule:
+    from apflow_server.schedules.calendars import (  # the holidays tables: only when used
+        CalendarSchedule,
+        business_day_schedule,
+        is_business_day_expression,
+        parse_calendar_rule,
+    )
+
+    if is_business_day_expression(expression):
+        if schedule_type != ScheduleType.MONTHLY.value:
+            raise ValidationError("schedule_expression", "BD1 ... BDL are monthly expressions")
+        base = business_day_schedule(
+            str(expression), calendar, timezone, start_at=start_at, end_at=end_at,
+            anchor_at=anchor_at,
+        )  # fmt: skip
+    else:
+        base = _parsed(schedule_type, expression, timezone, start_at, end_at, anchor_at)
+    return CalendarSchedule(base, calendar, parse_calendar_rule(rule, "schedule_calendar_rule"))
 
 
 # Schedules are immutable values: a scheduler claiming many tasks of a few shapes parses each
@@ -76,12 +139,12 @@ def runs_exhausted(task: ScheduledTask) -> bool:
     return task.max_runs is not None and task.run_count >= task.max_runs
 
 
-def first_fire(schedule: Schedule, task: ScheduledTask, now: datetime) -> datetime | None:
+def first_fire(schedule: Timetable, task: ScheduledTask, now: datetime) -> datetime | None:
     """The occurrence a freshly enabled (or re-initialised) schedule waits for."""
     return None if runs_exhausted(task) else schedule.first_fire(now)
 
 
-def fire_after(schedule: Schedule, task: ScheduledTask, after: datetime) -> datetime | None:
+def fire_after(schedule: Timetable, task: ScheduledTask, after: datetime) -> datetime | None:
     """The occurrence after `after`, or None when the schedule is over (end, max_runs, once)."""
     if runs_exhausted(task) or schedule.type is ScheduleType.ONCE:
         return None
@@ -120,7 +183,7 @@ def trigger_grace(task: Any) -> int:
 
 
 def occurrences_due(
-    schedule: Schedule, task: ScheduledTask, first: datetime, until: datetime, limit: int
+    schedule: Timetable, task: ScheduledTask, first: datetime, until: datetime, limit: int
 ) -> tuple[list[datetime], datetime | None]:
     """Occurrences from `first` (inclusive) that are due by `until`, at most `limit` of them,
     and the occurrence that follows them (None when the schedule ends)."""
@@ -136,7 +199,7 @@ def occurrences_due(
 
 
 def occurrences_between(
-    schedule: Schedule,
+    schedule: Timetable,
     start: datetime,
     end: datetime,
     limit: int,
@@ -211,7 +274,7 @@ def apply_schedule(
 
 
 def next_run_from(
-    schedule: Schedule, task: ScheduledTask, now: datetime, start: datetime | None
+    schedule: Timetable, task: ScheduledTask, now: datetime, start: datetime | None
 ) -> datetime | None:
     """Where `tasks.scheduled.init` puts a schedule: its first fire from now, or the first
     occurrence after `start` (None when nothing is left)."""
@@ -225,7 +288,7 @@ def next_run_from(
     return schedule.next_after(start)
 
 
-def _why_never(task: ScheduledTask, schedule: Schedule) -> ValidationError:
+def _why_never(task: ScheduledTask, schedule: Timetable) -> ValidationError:
     if runs_exhausted(task):
         return ValidationError(
             "max_runs", f"already reached ({task.run_count} runs); raise it to enable the schedule"

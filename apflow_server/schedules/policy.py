@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from apflow_server.core.types import MisfirePolicy, OverlapPolicy
-from apflow_server.schedules.plan import ScheduledRow, occurrences_due
-from apflow_server.schedules.schedule import Schedule
+from apflow_server.core.types import CalendarRule, MisfirePolicy, OverlapPolicy
+from apflow_server.schedules.plan import ScheduledRow, Timetable, occurrences_due
 
 # Occurrences examined per decision. A backlog longer than this (a schedule down for years)
 # is walked a chunk per claim, recording each chunk as missed, so one claim stays bounded.
@@ -45,24 +44,46 @@ def paused_at(task: HoldRow, occurrence: datetime) -> bool:
     )
 
 
-def held_reason(task: HoldRow, occurrence: datetime) -> str | None:
+def closed_reason(schedule: Timetable | None, occurrence: datetime) -> str | None:
+    """Why its business calendar skips an occurrence (the closed day's name), or None: only
+    under the `skip` rule; the other rules moved the occurrence to a business day already."""
+    rule = getattr(schedule, "rule", None)
+    if schedule is None or rule != CalendarRule.SKIP:
+        return None
+    reason: str | None = schedule.closed_reason(occurrence)  # type: ignore[union-attr]
+    return reason
+
+
+def held_reason(
+    task: HoldRow, occurrence: datetime, schedule: Timetable | None = None
+) -> str | None:
     """Why an occurrence that would run is recorded skipped instead, or None: paused, else
-    one of the skips an operator asked for."""
+    a day its business calendar closes, else one of the skips an operator asked for (a
+    closed day does not use one up)."""
     if paused_at(task, occurrence):
         return PAUSED
+    closed = closed_reason(schedule, occurrence)
+    if closed is not None:
+        return closed
     if task.schedule_skip_count > 0:
         return f"skipped by {task.schedule_skip_by or 'an operator'}"
     return None
 
 
-def holds_ahead(task: HoldRow, fires: Sequence[datetime]) -> list[str | None]:
+def holds_ahead(
+    task: HoldRow, fires: Sequence[datetime], schedule: Timetable | None = None
+) -> list[str | None]:
     """For upcoming fire times in order, why each will be recorded skipped (None: it runs),
-    as the claim will decide: paused ones, then the skips left, one per occurrence."""
+    as the claim will decide: paused ones, closed days, then the skips left, one per
+    occurrence."""
     skips = task.schedule_skip_count
     reasons: list[str | None] = []
     for fire in fires:
+        closed = closed_reason(schedule, fire)
         if paused_at(task, fire):
             reasons.append(PAUSED)
+        elif closed is not None:
+            reasons.append(closed)
         elif skips > 0:
             skips -= 1
             reasons.append(f"skipped by {task.schedule_skip_by or 'an operator'}")
@@ -88,7 +109,7 @@ class DueDecision:
 
 
 def decide_due(
-    schedule: Schedule,
+    schedule: Timetable,
     task: PolicyRow,
     now: datetime,
     *,
@@ -130,7 +151,7 @@ class AfterRunDecision:
 
 
 def decide_after_run(
-    schedule: Schedule, task: PolicyRow, started: datetime, now: datetime
+    schedule: Timetable, task: PolicyRow, started: datetime, now: datetime
 ) -> AfterRunDecision | None:
     """None when nothing came due during the run (started at `started`, ending `now`).
     Occurrences older than the run (a run_all catch-up backlog) are left to the claim.

@@ -12,14 +12,14 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from apflow_server.core.types import ScheduleType
+from apflow_server.core.types import CalendarRule, ScheduleType
 from apflow_server.core.zones import get_zone
 from apflow_server.schedules.expressions import (
     CronRecurrence,
@@ -28,7 +28,7 @@ from apflow_server.schedules.expressions import (
     OnceRecurrence,
     WallClockRecurrence,
 )
-from apflow_server.schedules.plan import ScheduledTask, schedule_of
+from apflow_server.schedules.plan import ScheduledTask, Timetable, schedule_of
 from apflow_server.schedules.schedule import Schedule
 from apflow_server.schedules.timezones import resolve_local
 
@@ -112,7 +112,7 @@ def plan_occurrences(
 
 @dataclass
 class _Planner:
-    schedule: Schedule
+    schedule: Timetable
     first: datetime
     remaining: int | None
     until: datetime | None
@@ -125,6 +125,8 @@ class _Planner:
         return self.schedule.zone
 
     def plan(self) -> Occurrences:
+        if not isinstance(self.schedule, Schedule):  # under a business calendar
+            return self._calendar_dates()
         recurrence = self.schedule.recurrence
         if isinstance(recurrence, IntervalRecurrence):
             return self._interval(recurrence.period)
@@ -218,6 +220,25 @@ class _Planner:
             if count > self.max_occurrences:
                 return None
         return "until"
+
+    def _calendar_dates(self) -> Occurrences:
+        """A schedule under a business calendar: no RRULE knows its closed days, so its
+        instants are listed. Under `skip`, the occurrences on closed days are not events (they
+        are recorded skipped): left out, or an EXDATE when the first one is closed."""
+        from apflow_server.schedules.calendars import CalendarSchedule
+
+        assert isinstance(self.schedule, CalendarSchedule)
+        listed = self._rdates("a business calendar decides which days it fires on")
+        if self.schedule.rule != CalendarRule.SKIP:
+            return listed
+        schedule = self.schedule
+        open_days = tuple(i for i in listed.rdates if schedule.closed_reason(i) is None)
+        first_closed = schedule.closed_reason(self.first) is not None
+        return replace(
+            listed,
+            rdates=open_days,
+            exdates=(self.first.astimezone(UTC),) if first_closed else (),
+        )
 
     def _rdates(self, reason: str) -> Occurrences:
         """DTSTART and the engine's next occurrences within the horizon, as RDATEs."""

@@ -12,7 +12,6 @@ from apflow_server.core.clock import Clock, iso_utc, utcnow
 from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.task_fields import is_valid_unicode
 from apflow_server.core.zones import get_zone
-from apflow_server.schedules.calendars import BusinessCalendar as Closed
 from apflow_server.schedules.calendars import build_calendar
 from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, user_scope
@@ -99,9 +98,10 @@ class Calendars:
             "ics": current.ics,
         } | {key: value for key, value in changes.items()}
         fields = _definition(merged)
-        updated = await store.update(self.database, current.id, fields, self.clock())
-        if updated is None:
+        changed = await store.update(self.database, current.id, fields, self.clock())
+        if changed is None:
             raise NotFoundError(f"no calendar named {current.name!r}")
+        updated, _moved = changed
         await self.audit.record(
             caller,
             Change("calendar.update", "calendar", updated.id, updated.user_id, tuple(changes)),
@@ -128,24 +128,11 @@ class Calendars:
             raise ValidationError("end", "must be after start")
         if (last - first).days > MAX_DAYS:
             raise ValidationError("end", f"at most {MAX_DAYS} days at once")
-        closed = closed_days(await self.get(caller, name, user_id))
+        closed = store.closed_days(await self.get(caller, name, user_id))
         return [
             {"date": day.isoformat(), "business_day": reason is None, "reason": reason}
             for day, reason in closed.days(first, last)
         ]
-
-
-def closed_days(calendar: BusinessCalendar) -> Closed:
-    """What a stored calendar closes, for the schedule math."""
-    holidays = _holidays_of(calendar) or {}
-    return build_calendar(
-        weekend=calendar.weekend,
-        country=holidays.get("country"),
-        subdivision=holidays.get("subdivision"),
-        categories=holidays.get("categories"),
-        dates=calendar.dates,
-        ics=calendar.ics,
-    )
 
 
 def calendar_to_dict(calendar: BusinessCalendar) -> dict[str, Any]:

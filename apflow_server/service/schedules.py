@@ -14,7 +14,7 @@ from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import SCHEDULE_PAUSED, SCHEDULE_RESUMED, Event
 from apflow_server.core.task_fields import is_valid_unicode, no_nul, parse_instant
 from apflow_server.schedules.plan import localise, occurrences_between, schedule_of
-from apflow_server.schedules.policy import holds_ahead
+from apflow_server.schedules.policy import closed_reason, holds_ahead
 from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, user_scope
 from apflow_server.service.tasks import Tasks
@@ -115,6 +115,7 @@ class Schedules:
         now = self.repository.clock()
         end = now + timedelta(hours=hours)
         page = await self.list_scheduled(caller, before=end, limit=limit, offset=offset)
+        await self.repository.attach_calendars(page.items)
 
         check = budget.checker("offset", "look at fewer schedules")
 
@@ -264,6 +265,7 @@ class Schedules:
                 "max_concurrent", f"must be a whole number in 1..{MAX_BACKFILL_CONCURRENCY}"
             )
         cap = self.repository.settings.max_backfill_occurrences
+        await self.repository.attach_calendars([task])
         schedule = schedule_of(task)
         occurrences = await off_loop(
             occurrences_between,
@@ -279,6 +281,8 @@ class Schedules:
                 f"the period holds more than {cap} occurrences "
                 "(APFLOW_MAX_BACKFILL_OCCURRENCES); backfill a shorter one",
             )
+        # Days its business calendar closes are not run (the schedule skips them).
+        occurrences = [o for o in occurrences if closed_reason(schedule, o) is None]
         made, decided = await backfills.create(
             await self.repository.db(),
             task_id=task.id,
@@ -379,7 +383,10 @@ class Schedules:
     ) -> list[str | None]:
         """Why each of a task's upcoming fire times will be skipped (paused, skipped by
         <user>), or None where it runs."""
-        return holds_ahead(await self.tasks.get(caller, task_id), fires)
+        task = await self.tasks.get(caller, task_id)
+        await self.repository.attach_calendars([task])
+        schedule = schedule_of(task) if task.schedule_type is not None else None
+        return holds_ahead(task, fires, schedule)
 
     async def export_ical(
         self,

@@ -4,13 +4,21 @@ schedules/calendars.py; who may read or change one, in service/calendars.py)."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from apflow_server.core.errors import ValidationError
+from apflow_server.core.types import ScheduleType
+from apflow_server.schedules.calendars import BusinessCalendar as ClosedDays
+from apflow_server.schedules.calendars import build_calendar
+from apflow_server.schedules.plan import fire_after, schedule_of, set_next_run
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import BusinessCalendar, Task
+from apflow_server.storage.signals import schedule_write
 
 
 def new_calendar_id() -> str:
@@ -59,9 +67,12 @@ async def listing(database: Database, user_id: str | None, *, everyone: bool) ->
 
 async def update(
     database: Database, calendar_id: str, values: dict[str, Any], now: datetime
-) -> BusinessCalendar | None:
-    """Change a calendar and bump its version, in one transaction."""
-    async with database.transaction(write=True) as session:
+) -> tuple[BusinessCalendar, int] | None:
+    """Change a calendar, bump its version and move every enabled schedule that names it to
+    its next occurrence under the new days, all in one transaction (so no scheduler claims
+    by the old days once the new ones are visible). Returns the calendar and how many
+    schedules moved."""
+    async with schedule_write(database) as session:
         calendar = await session.get(BusinessCalendar, calendar_id, with_for_update=True)
         if calendar is None:
             return None
@@ -69,7 +80,29 @@ async def update(
             setattr(calendar, name, value)
         calendar.version += 1
         calendar.updated_at = now
-        return calendar
+        await session.flush()
+        closed = closed_days(calendar)
+        user = (
+            Task.user_id.is_(None) if calendar.user_id is None else Task.user_id == calendar.user_id
+        )
+        tasks = await session.scalars(
+            select(Task)
+            .where(user, Task.schedule_calendar == calendar.name, Task.schedule_enabled)
+            .with_for_update()
+        )
+        moved = 0
+        for task in tasks:
+            task.loaded_calendar = closed
+            # From the occurrence it waits for (it may be due and not yet claimed), or now.
+            start = min(task.next_run_at or now, now) - timedelta(microseconds=1)
+            schedule = schedule_of(task)
+            if schedule.type is ScheduleType.ONCE:  # its one occurrence, wherever it moves
+                set_next_run(task, schedule.first_fire(now))
+            else:
+                set_next_run(task, fire_after(schedule, task, start))
+            task.updated_at = now
+            moved += 1
+        return calendar, moved
 
 
 async def delete(database: Database, calendar_id: str) -> str | None:
@@ -90,6 +123,61 @@ async def delete(database: Database, calendar_id: str) -> str | None:
             return str(using)
         await session.delete(calendar)
         return None
+
+
+# What a stored calendar closes, built once per (calendar id, version): building one reads
+# the `holidays` tables, and claims read calendars on every batch of due tasks. The version is
+# read in the caller's transaction, so a changed calendar is never served from here.
+_BUILT: dict[tuple[str, int], ClosedDays] = {}
+_BUILT_MAX = 1024
+
+
+def closed_days(calendar: BusinessCalendar) -> ClosedDays:
+    key = (calendar.id, calendar.version)
+    built = _BUILT.get(key)
+    if built is None:
+        built = build_calendar(
+            weekend=calendar.weekend,
+            country=calendar.country,
+            subdivision=calendar.subdivision,
+            categories=calendar.categories,
+            dates=calendar.dates,
+            ics=calendar.ics,
+        )
+        if len(_BUILT) >= _BUILT_MAX:
+            _BUILT.clear()
+        _BUILT[key] = built
+    return built
+
+
+async def load_calendar(
+    session: AsyncSession, user_id: str | None, name: str | None
+) -> ClosedDays | None:
+    """The calendar a schedule names (None when it names none); a name the task's user has
+    no calendar for is refused, naming schedule_calendar."""
+    if name is None:
+        return None
+    row = await session.scalar(
+        select(BusinessCalendar).where(_owned_by(user_id), BusinessCalendar.name == name)
+    )
+    if row is None:
+        raise ValidationError("schedule_calendar", f"no calendar named {name!r}")
+    return closed_days(row)
+
+
+async def attach_calendars(session: AsyncSession, tasks: Sequence[Any]) -> None:
+    """Give each task that names a calendar its closed days (`loaded_calendar`), which the
+    schedule math reads: one query for all of them."""
+    wanted = {(task.user_id, task.schedule_calendar) for task in tasks if task.schedule_calendar}
+    if not wanted:
+        return
+    query = select(BusinessCalendar).where(
+        or_(*(and_(_owned_by(user), BusinessCalendar.name == name) for user, name in wanted))
+    )
+    found = {(row.user_id, row.name): closed_days(row) for row in await session.scalars(query)}
+    for task in tasks:
+        if task.schedule_calendar:
+            task.loaded_calendar = found.get((task.user_id, task.schedule_calendar))
 
 
 def _owned_by(user_id: str | None) -> Any:

@@ -135,6 +135,16 @@ class Task(Base):
     schedule_calendar: Mapped[str | None] = mapped_column(String(100))
     schedule_calendar_rule: Mapped[str | None] = mapped_column(String(32))
 
+    @property
+    def loaded_calendar(self) -> Any:
+        """Not a column: the closed days of the calendar it names, once storage read them
+        (storage/calendars.attach_calendars) for the schedule math."""
+        return self.__dict__.get("_loaded_calendar")
+
+    @loaded_calendar.setter
+    def loaded_calendar(self, value: Any) -> None:
+        self.__dict__["_loaded_calendar"] = value
+
     __table_args__ = (
         # The claim query: enabled schedules ordered by due time. Partial, so the index holds
         # only the rows the scheduler can ever pick, however many tasks are stored.
@@ -487,6 +497,8 @@ TASK_FIELDS = (
     "alert_max_duration_seconds",
     "schedule_mode",
     "trigger_grace_seconds",
+    "schedule_calendar",
+    "schedule_calendar_rule",
     "consecutive_failures",
     "schedule_skip_count",
 )

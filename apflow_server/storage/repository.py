@@ -6,7 +6,7 @@ anything is refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +56,7 @@ from apflow_server.schedules.plan import (
     set_next_run,
 )
 from apflow_server.storage import notifications as outbox
+from apflow_server.storage.calendars import attach_calendars, load_calendar
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import TASKS, Task, TaskRun, run_row
 from apflow_server.storage.pages import Page as Page
@@ -227,6 +228,10 @@ class TaskRepository:
                     alert_max_duration_seconds=spec.get("alert_max_duration_seconds"),
                 )
                 schedule_values = {k: v for k, v in spec.items() if k in SCHEDULE_FIELDS}
+                task.loaded_calendar = await _with_prefix_async(
+                    label(index),
+                    load_calendar(session, owner, spec.get("schedule_calendar")),
+                )
                 _with_prefix(
                     label(index),
                     apply_schedule,
@@ -326,6 +331,10 @@ class TaskRepository:
                 if name in cleaned:
                     setattr(task, name, cleaned[name])
             schedule_values = {k: v for k, v in cleaned.items() if k in SCHEDULE_FIELDS}
+            calendar = cleaned.get("schedule_calendar", task.schedule_calendar)
+            if schedule_values or ("user_id" in cleaned and calendar is not None):
+                # The calendar of the task's (new) owner, by the name it will have.
+                task.loaded_calendar = await load_calendar(session, task.user_id, calendar)
             if schedule_values:
                 apply_schedule(task, schedule_values, now, was_enabled=task.schedule_enabled)
             task.updated_at = now
@@ -455,6 +464,7 @@ class TaskRepository:
                 raise ValidationError(
                     "schedule_enabled", "the schedule is disabled; enable it first"
                 )
+            await attach_calendars(session, [task])
             set_next_run(task, next_run_from(schedule_of(task), task, now, start))
             task.updated_at = now
         return task
@@ -518,6 +528,7 @@ class TaskRepository:
                 task.run_count += 1
                 task.updated_at = now
                 if calculate_next_run and task.schedule_enabled and task.schedule_type:
+                    await attach_calendars(session, [task])
                     after = max(now, occurrence) if occurrence else now
                     set_next_run(task, fire_after(schedule_of(task), task, after))
                 await session.flush()
@@ -551,6 +562,7 @@ class TaskRepository:
             if schedule_fields:
                 raise ValidationError(sorted(schedule_fields)[0], "give a task_id or a schedule")
             task = await self.require_task(task_id)
+            await self.attach_calendars([task])
             schedule = schedule_of(task)
             if task.max_runs is not None:
                 remaining = task.max_runs - task.run_count
@@ -588,6 +600,13 @@ class TaskRepository:
         return await off_loop(schedule.preview, count, start, remaining, between_steps=check)
 
     # ------------------------------------------------------------------ run history
+
+    async def attach_calendars(self, tasks: Sequence[Any]) -> None:
+        """Read the calendars these tasks name, for their schedule math (`schedule_of`)."""
+        if any(getattr(task, "schedule_calendar", None) for task in tasks):
+            database = await self.db()
+            async with database.read() as session:
+                await attach_calendars(session, tasks)
 
     async def task_names(self, task_ids: list[str]) -> dict[str, str]:
         """The names of these tasks, by id (for lists of runs, which name only the id)."""
@@ -724,6 +743,16 @@ def _status(value: str) -> str:
     except ValueError:
         names = ", ".join(s.value for s in TaskStatus)
         raise ValidationError("status", f"must be one of {names}") from None
+
+
+async def _with_prefix_async(prefix: str, work: Awaitable[Any]) -> Any:
+    """`_with_prefix` for a coroutine."""
+    try:
+        return await work
+    except ValidationError as exc:
+        if not prefix or exc.field.startswith(prefix):
+            raise
+        raise ValidationError(prefix + exc.field, exc.reason) from None
 
 
 def _with_prefix(prefix: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

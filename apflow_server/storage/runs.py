@@ -46,8 +46,8 @@ from apflow_server.core.types import (
     RunTrigger,
     TaskStatus,
 )
-from apflow_server.schedules import Schedule
 from apflow_server.schedules.plan import (
+    Timetable,
     fire_after,
     is_external,
     occurrences_due,
@@ -60,6 +60,7 @@ from apflow_server.schedules.policy import (
     PAUSED,
     DueDecision,
     after_failure,
+    closed_reason,
     decide_after_run,
     decide_due,
     held_reason,
@@ -68,6 +69,7 @@ from apflow_server.schedules.policy import (
 from apflow_server.storage import notifications as outbox
 from apflow_server.storage.backfills import ACTIVE, DONE
 from apflow_server.storage.batches import among, insert_rows, update_rows
+from apflow_server.storage.calendars import attach_calendars
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
 from apflow_server.storage.models import BACKFILLS, RUNS, TASKS, Task, TaskRun, run_row
@@ -149,11 +151,17 @@ class TaskState:
     alert_max_duration_seconds: int | None
     schedule_mode: str
     trigger_grace_seconds: int | None
+    schedule_calendar: str | None
+    schedule_calendar_rule: str | None
     # The definition, when the task was read to be run and has no children.
     snapshot: TaskSnapshot | None = None
+    # The closed days of the calendar it names (read with it: `load_states`).
+    loaded_calendar: Any = None
 
 
-STATE_COLUMNS = tuple(f.name for f in fields(TaskState) if f.name != "snapshot")
+STATE_COLUMNS = tuple(
+    f.name for f in fields(TaskState) if f.name not in {"snapshot", "loaded_calendar"}
+)
 DEFINITION_COLUMNS = ("name", "priority", "inputs", "params", "schemas", "dependencies")
 # What the run lifecycle changes on a task; everything else is the user's to edit.
 WRITTEN_COLUMNS = (
@@ -238,6 +246,7 @@ async def load_states(
                 state.user_id,
             )
         states.append(state)
+    await attach_calendars(session, states)
     return states
 
 
@@ -274,7 +283,7 @@ class ClaimedRun:
 @dataclass(frozen=True)
 class _Decision:
     task: TaskState
-    schedule: Schedule
+    schedule: Timetable
     due: DueDecision
 
 
@@ -488,15 +497,26 @@ class RunStore:
         # Late occurrences are missed, unless they fell due while paused: skipped, as every
         # occurrence of a paused schedule is (read before a pause that ends here is lifted).
         late = [(d.task, o) for d in decisions for o in d.due.missed]
-        skipped = [(task, o, PAUSED) for task, o in late if paused_at(task, o)]
-        missed = [(task, o, _missed_reason(task)) for task, o in late if not paused_at(task, o)]
+        schedules = {d.task.id: d.schedule for d in decisions}
+        # ... and those on a day its calendar closes were never going to run: skipped too.
+        why_late = {
+            (task.id, o): PAUSED if paused_at(task, o) else closed_reason(schedules[task.id], o)
+            for task, o in late
+        }
+        skipped: list[tuple[TaskState, datetime, str]] = []
+        for task, o in late:
+            why = why_late[task.id, o]
+            if why is not None:
+                skipped.append((task, o, why))
+        missed = [(task, o, _missed_reason(task)) for task, o in late if not why_late[task.id, o]]
         held: dict[str, str] = {}
         waiting: set[str] = set()  # cancel_other: fired when the cancelled run has ended
         alerts: list[ev.Event] = []
         for decision in decisions:
             task, occurrence = decision.task, decision.due.fire
             paused = task.schedule_paused
-            reason = self._hold(task, occurrence) if occurrence is not None else None
+            schedule = decision.schedule
+            reason = self._hold(task, occurrence, schedule) if occurrence is not None else None
             if paused and not task.schedule_paused:  # its pause ran out
                 alerts.append(schedule_event(ev.SCHEDULE_RESUMED, task, "the pause ended"))
             if reason is not None and occurrence is not None:
@@ -591,7 +611,7 @@ class RunStore:
         self,
         session: AsyncSession,
         task: TaskState,
-        schedule: Schedule,
+        schedule: Timetable,
         occurrence: datetime,
         now: datetime,
         *,
@@ -769,17 +789,20 @@ class RunStore:
         if len(self._unpruned) > MAX_PRUNE_COUNTERS:
             self._unpruned.clear()
 
-    def _hold(self, task: TaskState, occurrence: datetime) -> str | None:
-        """Why `occurrence`, about to run, is recorded skipped instead (paused, or a skip an
-        operator asked for, which it uses up); None when it runs. A pause that ends at or
-        before the occurrence ends here: the schedule resumes by itself."""
+    def _hold(
+        self, task: TaskState, occurrence: datetime, schedule: Timetable | None = None
+    ) -> str | None:
+        """Why `occurrence`, about to run, is recorded skipped instead (paused, a day its
+        business calendar closes, or a skip an operator asked for, which it uses up); None
+        when it runs. A pause that ends at or before the occurrence ends here: the schedule
+        resumes by itself."""
         until = task.schedule_paused_until
         if task.schedule_paused and until is not None and occurrence >= until:
             task.schedule_paused = False
             task.schedule_pause_note = None
             task.schedule_paused_until = None
-        reason = held_reason(task, occurrence)
-        if reason is not None and reason != PAUSED:
+        reason = held_reason(task, occurrence, schedule)
+        if reason is not None and reason != PAUSED and closed_reason(schedule, occurrence) is None:
             task.schedule_skip_count -= 1
             if task.schedule_skip_count <= 0:
                 task.schedule_skip_count = 0

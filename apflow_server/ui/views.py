@@ -616,6 +616,8 @@ def _task_view(task: Task) -> dict[str, Any]:
         "schedule_type": task.schedule_type,
         "zone": zone,
         "mode": task.schedule_mode,
+        "calendar": task.schedule_calendar,
+        "calendar_rule": task.schedule_calendar_rule or "skip",
         "state": state,
         "pause_note": task.schedule_pause_note,
         "paused_until": _instant(task.schedule_paused_until, zone),
@@ -700,6 +702,12 @@ def _external_snippets(current: Page, task: Task) -> dict[str, Any]:
     }
     if task.schedule_type is None or not task.schedule_expression:
         snippets["why_not"] = "This task has no schedule to convert."
+        return snippets
+    if task.schedule_calendar is not None:
+        snippets["why_not"] = (
+            f"It follows the business calendar {task.schedule_calendar}, which cron cannot "
+            "express (it knows no holidays)."
+        )
         return snippets
     anchor = task.schedule_start_at or task.schedule_anchor_at
     secret_env = "APFLOW_WEBHOOK_SECRET" if settings.webhook_secret else None

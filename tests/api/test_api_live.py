@@ -185,6 +185,14 @@ def test_every_method_over_a_real_server(api: Api) -> None:
     sent = call("notifications.deliveries.list", {"endpoint_id": endpoint["id"]})["items"]
     assert [d["event_type"] for d in sent] == ["ping"]
     assert call("notifications.endpoints.delete", {"id": endpoint["id"]})["deleted"] is True
+    made = call("calendars.create", {"name": "live", "holidays": {"country": "US"}})
+    assert made["holidays"] == {"country": "US"}
+    assert call("calendars.get", {"name": "live"})["id"] == made["id"]
+    assert [c["name"] for c in call("calendars.list")["items"]] == ["live"]
+    july = {"name": "live", "start": "2027-07-05", "end": "2027-07-06"}
+    assert call("calendars.days", july)["days"][0]["business_day"] is False  # observed 4th
+    assert call("calendars.update", {"name": "live", "weekend": [7]})["version"] == 2
+    assert call("calendars.delete", {"name": "live"})["deleted"] is True
     # Every change above is in the audit log, by the caller (the admin token's subject), with
     # the names of the fields it changed and never their values.
     entries = call("audit.list", {"limit": 1000})["items"]
@@ -206,6 +214,9 @@ def test_every_method_over_a_real_server(api: Api) -> None:
         "endpoint.update",
         "endpoint.test",
         "endpoint.delete",
+        "calendar.create",
+        "calendar.update",
+        "calendar.delete",
     }
     created = [e for e in entries if e["action"] == "endpoint.create"]
     assert created[0]["fields"] == ["description", "events", "secret", "url"]

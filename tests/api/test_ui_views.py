@@ -388,3 +388,17 @@ def test_the_calendar_feeds_event_links_open_the_tasks_page(make_service: Servic
     assert url.endswith(f"/ui/tasks/{task['id']}")
     page = service.http.get(url)
     assert page.status_code == 200 and "<h1>linked</h1>" in page.text
+
+
+def test_a_task_page_says_which_calendar_it_follows(secured: Service) -> None:
+    jwt = token("alice")
+    secured.as_user(jwt).call(
+        "calendars.create", {"name": "munich", "holidays": {"country": "DE", "subdivision": "BY"}}
+    )
+    task = schedule(
+        secured, jwt, schedule_calendar="munich", schedule_calendar_rule="next_business_day"
+    )
+    sign_in(secured, jwt)
+    html = secured.http.get(f"/ui/tasks/{task['id']}").text
+    assert "munich: closed days move to the next business day" in html
+    assert "cron cannot express" in html and "CRON_TZ" not in html

@@ -36,3 +36,22 @@ def test_bad_calendars_are_one_line_and_nothing_is_written(cli: Cli) -> None:
     cli.fails(1, "calendars", "create", "x", "--weekend", "1,2,3,4,5,6,7", names=("weekend",))
     cli.fails(2, "calendars", "create", "x", "--weekend", "sat")
     assert "No calendars yet" in cli.ok("calendars", "list")
+
+
+def test_a_schedule_follows_a_calendar_and_cron_refuses_it(cli: Cli) -> None:
+    cli.ok("calendars", "create", "munich", "--country", "DE", "--subdivision", "BY")
+    task = cli.create("--name", "report", "--executor", "echo_executor")
+    cli.ok("tasks", "update", task["id"], "--schedule-type", "daily", "--schedule-expression",
+           "09:00", "--schedule-timezone", "Europe/Berlin", "--schedule-calendar", "munich",
+           "--schedule-calendar-rule", "next_business_day", "--schedule-enabled")  # fmt: skip
+    preview = cli.json("tasks", "scheduled", "preview", task["id"], "--after",
+                       "2031-05-29T12:00:00Z", "--count", "3", "-f", "json")  # fmt: skip
+    # Friday 30 May, then the weekend and Whit Monday moved to Tuesday 3 June (one fire).
+    assert [fire["utc"] for fire in preview["fire_times"]] == [
+        "2031-05-30T07:00:00+00:00",
+        "2031-06-03T07:00:00+00:00",
+        "2031-06-04T07:00:00+00:00",
+    ]
+    message = cli.fails(1, "scheduler", "cron-line", task["id"])
+    assert "business calendar 'munich'" in message
+    cli.fails(1, "calendars", "delete", "munich", names=("name",))

@@ -4,18 +4,23 @@ and a calendar a schedule names that cannot be deleted."""
 
 from __future__ import annotations
 
-from datetime import date
+import asyncio
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import holidays
 import pytest
+import recurring_ical_events
+from icalendar import Calendar
 from sqlalchemy import func, select, update
 
 from apflow_server.config import Settings
 from apflow_server.core.errors import NotFoundError, ValidationError
+from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.service import Principal, Service
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import BusinessCalendar, Task
+from apflow_server.storage.models import BusinessCalendar, Task, TaskRun
 from apflow_server.storage.repository import TaskRepository
 
 ALICE = Principal("alice", False, "jwt")
@@ -167,3 +172,175 @@ async def test_days_are_bounded(service: Service) -> None:
     with pytest.raises(ValidationError) as refused:
         await service.calendars.days(ALICE, "work", "yesterday", "2040-01-01")
     assert refused.value.data["field"] == "start"
+
+
+# ---------------------------------------------------------------------- schedules follow them
+
+
+async def scheduled(service: Service, caller: Principal, **fields: object) -> str:
+    spec = {
+        "name": "report",
+        "params": {"executor_id": "echo_executor"},
+        "schedule_type": "daily",
+        "schedule_expression": "09:00",
+        "schedule_timezone": "Europe/Berlin",
+        "schedule_enabled": True,
+        **fields,
+    }
+    (task,) = await service.tasks.create(caller, [spec], batch=False)
+    return str(task.id)
+
+
+async def fires(service: Service, task_id: str, after: str, count: int = 8) -> list[str]:
+    found = await service.schedules.preview(ALICE, task_id=task_id, count=count, after=after)
+    return [fire.astimezone(ZoneInfo("Europe/Berlin")).strftime("%a %m-%d %H:%M") for fire in found]
+
+
+async def test_next_business_day_moves_holidays_and_weekends_and_fires_once(
+    service: Service,
+) -> None:
+    await service.calendars.create(
+        ALICE, name="munich", holidays={"country": "DE", "subdivision": "BY"}
+    )
+    task_id = await scheduled(
+        service, ALICE, schedule_calendar="munich", schedule_calendar_rule="next_business_day"
+    )
+    # Whit Monday (2 June 2031) moves to Tuesday and meets Tuesday's own 09:00: one fire; the
+    # weekend of 7-8 June moves to Monday 9 June (one fire); Corpus Christi (Thursday 12 June)
+    # moves to Friday 13 June, which has its own.
+    assert await fires(service, task_id, "2031-05-31T12:00:00Z") == [
+        "Tue 06-03 09:00",
+        "Wed 06-04 09:00",
+        "Thu 06-05 09:00",
+        "Fri 06-06 09:00",
+        "Mon 06-09 09:00",
+        "Tue 06-10 09:00",
+        "Wed 06-11 09:00",
+        "Fri 06-13 09:00",
+    ]
+
+
+async def test_skip_keeps_the_occurrences_and_names_the_closed_day(service: Service) -> None:
+    await service.calendars.create(
+        ALICE, name="munich", holidays={"country": "DE", "subdivision": "BY"}
+    )
+    task_id = await scheduled(service, ALICE, schedule_calendar="munich")
+    times = await service.schedules.preview(
+        ALICE, task_id=task_id, count=3, after="2031-06-01T12:00:00Z"
+    )
+    holds = await service.schedules.preview_holds(ALICE, task_id, times)
+    bavaria = holidays.country_holidays("DE", subdiv="BY", years=2031)
+    assert holds == [bavaria[date(2031, 6, 2)], None, None]
+
+
+async def test_business_day_expressions_count_in_the_calendar(service: Service) -> None:
+    await service.calendars.create(
+        ALICE, name="munich", holidays={"country": "DE", "subdivision": "BY"}
+    )
+    first = await scheduled(
+        service, ALICE, schedule_type="monthly", schedule_expression="BD1 09:00",
+        schedule_calendar="munich",
+    )  # fmt: skip
+    last = await scheduled(
+        service, ALICE, schedule_type="monthly", schedule_expression="BDL 17:00",
+        schedule_calendar="munich",
+    )  # fmt: skip
+    # January 2028: the 1st is a Saturday, the 3rd the first business day; 6 January
+    # (Epiphany) is closed in Bavaria. The last business day of April 2028 is Friday the 28th.
+    assert await fires(service, first, "2027-12-31T12:00:00Z", 2) == [
+        "Mon 01-03 09:00",
+        "Tue 02-01 09:00",
+    ]
+    assert (await fires(service, last, "2028-04-01T00:00:00Z", 1)) == ["Fri 04-28 17:00"]
+    with pytest.raises(ValidationError) as refused:
+        await scheduled(service, ALICE, schedule_type="monthly", schedule_expression="BD1 09:00")
+    assert refused.value.data["field"] == "schedule_expression"
+
+
+async def test_a_schedule_can_only_name_a_calendar_of_its_user(
+    service: Service, database: Database
+) -> None:
+    await service.calendars.create(BOB, name="bobs")
+    with pytest.raises(ValidationError) as refused:
+        await scheduled(service, ALICE, schedule_calendar="bobs")
+    assert refused.value.data["field"] == "schedule_calendar"
+    async with database.transaction() as session:
+        assert await session.scalar(select(func.count()).select_from(Task)) == 0
+
+
+async def test_changing_a_calendar_moves_the_schedules_that_follow_it(service: Service) -> None:
+    await service.calendars.create(ALICE, name="work")
+    task_id = await scheduled(
+        service, ALICE, schedule_calendar="work", schedule_calendar_rule="next_business_day"
+    )
+    waiting = (await service.tasks.get(ALICE, task_id)).next_run_at
+    assert waiting is not None
+    day = waiting.astimezone(ZoneInfo("Europe/Berlin")).date()
+    await service.calendars.update(ALICE, "work", {"dates": [day.isoformat()]})
+    moved = (await service.tasks.get(ALICE, task_id)).next_run_at
+    assert moved is not None and moved.astimezone(ZoneInfo("Europe/Berlin")).date() > day
+    with pytest.raises(ValidationError):
+        await service.calendars.delete(ALICE, "work")
+
+
+async def test_a_scheduler_records_a_closed_day_skipped_with_its_name(
+    service: Service, database: Database
+) -> None:
+    """A real scheduler: every occurrence of an interval schedule today falls on a day the
+    calendar closes ("Audit day"), and each is recorded skipped with that reason."""
+    today = datetime.now(ZoneInfo("UTC")).date()
+    await service.calendars.create(
+        ALICE,
+        name="audit",
+        weekend=[],
+        dates=[
+            {"date": (today + timedelta(days=offset)).isoformat(), "reason": "Audit day"}
+            for offset in (-1, 0, 1)
+        ],
+    )
+    task_id = await scheduled(
+        service, ALICE, schedule_type="interval", schedule_expression="1",
+        schedule_timezone="UTC", schedule_calendar="audit",
+    )  # fmt: skip
+    scheduler = InternalScheduler(
+        SchedulerConfig(poll_interval=0.2, heartbeat_interval=5),
+        database=database,
+        settings=service.settings,
+    )
+    await scheduler.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        runs: list[TaskRun] = []
+        while asyncio.get_running_loop().time() < deadline and len(runs) < 2:
+            await asyncio.sleep(0.2)
+            runs = list((await service.runs.list_runs(ALICE, task_id=task_id)).items)
+    finally:
+        await scheduler.stop()
+    assert len(runs) >= 2
+    assert {(run.status, run.reason) for run in runs} == {("skipped", "Audit day")}
+
+
+@pytest.mark.parametrize("rule", ["skip", "next_business_day", "previous_business_day"])
+async def test_the_calendar_feed_expands_to_the_fire_times_that_run(
+    service: Service, rule: str
+) -> None:
+    """The iCal feed, read by recurring_ical_events, shows exactly the occurrences that run:
+    the preview's, less the ones its calendar skips (EXDATE or left out)."""
+    await service.calendars.create(
+        ALICE, name="munich", holidays={"country": "DE", "subdivision": "BY"}
+    )
+    await scheduled(service, ALICE, schedule_calendar="munich", schedule_calendar_rule=rule)
+    [task] = (await service.schedules.list_scheduled(ALICE)).items
+    text, _ = await service.schedules.export_ical(ALICE)
+    now = datetime.now(UTC)
+    end = now + timedelta(days=40)
+    preview = await service.schedules.preview(ALICE, task_id=task.id, count=60, after=now)
+    holds = await service.schedules.preview_holds(ALICE, task.id, preview)
+    running = [fire for fire, hold in zip(preview, holds, strict=True) if hold is None]
+    expanded = sorted(
+        occurrence["DTSTART"].dt.astimezone(UTC)
+        for occurrence in recurring_ical_events.of(Calendar.from_ical(text)).between(now, end)
+        if str(occurrence.get("UID", "")).startswith(task.id)
+    )
+    assert expanded == [fire for fire in running if fire < end]
+    assert len(expanded) >= 20  # about 27 business days in 40
