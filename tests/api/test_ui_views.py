@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -402,3 +403,17 @@ def test_a_task_page_says_which_calendar_it_follows(secured: Service) -> None:
     html = secured.http.get(f"/ui/tasks/{task['id']}").text
     assert "munich: closed days move to the next business day" in html
     assert "cron cannot express" in html and "CRON_TZ" not in html
+
+
+def test_a_next_run_on_a_closed_day_says_it_will_be_skipped(secured: Service) -> None:
+    jwt = token("alice")
+    today = datetime.now(UTC).date()
+    closed = [(today + timedelta(days=n)).isoformat() for n in range(-1, 3)]
+    secured.as_user(jwt).call(
+        "calendars.create",
+        {"name": "shut", "weekend": [], "dates": [{"date": d, "reason": "Moving"} for d in closed]},
+    )
+    task = schedule(secured, jwt, schedule_timezone="UTC", schedule_calendar="shut")
+    sign_in(secured, jwt)
+    html = secured.http.get(f"/ui/tasks/{task['id']}").text
+    assert "will be skipped: Moving" in html
