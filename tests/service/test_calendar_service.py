@@ -344,3 +344,43 @@ async def test_the_calendar_feed_expands_to_the_fire_times_that_run(
     )
     assert expanded == [fire for fire in running if fire < end]
     assert len(expanded) >= 20  # about 27 business days in 40
+
+
+async def test_a_scheduler_fires_a_moved_occurrence_once_at_its_moved_instant(
+    service: Service, database: Database
+) -> None:
+    """A real scheduler: a `once` occurrence a few seconds from now falls on a closed day and
+    previous_business_day moves it to yesterday at the same time; it is due at once and runs
+    exactly once, recorded at the moved instant (the default misfire policy runs one late
+    occurrence)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    when = now + timedelta(seconds=3)
+    await service.calendars.create(
+        ALICE, name="today-off", weekend=[],
+        dates=[{"date": when.date().isoformat(), "reason": "Closed today"}],
+    )  # fmt: skip
+    task_id = await scheduled(
+        service, ALICE, schedule_type="once", schedule_expression=when.isoformat(),
+        schedule_timezone="UTC", schedule_calendar="today-off",
+        schedule_calendar_rule="previous_business_day",
+    )  # fmt: skip
+    moved = when - timedelta(days=1)
+    assert (await service.tasks.get(ALICE, task_id)).next_run_at == moved
+    scheduler = InternalScheduler(
+        SchedulerConfig(poll_interval=0.2, heartbeat_interval=5),
+        database=database,
+        settings=service.settings,
+    )
+    await scheduler.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        runs: list[TaskRun] = []
+        while loop.time() < deadline and not (runs and runs[0].status == "completed"):
+            await asyncio.sleep(0.2)
+            runs = list((await service.runs.list_runs(ALICE, task_id=task_id)).items)
+        await asyncio.sleep(4)  # past the original instant: nothing more fires
+        runs = list((await service.runs.list_runs(ALICE, task_id=task_id)).items)
+    finally:
+        await scheduler.stop()
+    assert [(run.status, run.scheduled_for) for run in runs] == [("completed", moved)]
