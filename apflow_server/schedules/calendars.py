@@ -630,6 +630,9 @@ class CalendarSchedule:
             unbounded = replace(schedule, start_at=None, end_at=None)
         self._unbounded = unbounded
         self._fires_cache: dict[date, tuple[datetime, ...]] = {}
+        # The first day with an occurrence, from a day on: the same for every task of a shape
+        # (a cron whose occurrence today has passed built a croniter per call: ~350 us).
+        self._sources_cache: dict[date, date | None] = {}
 
     # ------------------------------------------------------------------ Schedule's interface
 
@@ -828,6 +831,15 @@ class CalendarSchedule:
 
     def _first_source_day(self, day: date) -> date | None:
         """The first local day from `day` on with an occurrence of the base schedule."""
+        if day in self._sources_cache:
+            return self._sources_cache[day]
+        found = self._find_source_day(day)
+        if len(self._sources_cache) >= 512:
+            self._sources_cache.clear()
+        self._sources_cache[day] = found
+        return found
+
+    def _find_source_day(self, day: date) -> date | None:
         recurrence = self.schedule.recurrence
         if isinstance(recurrence, OnceRecurrence):
             nominal = self._once_local().date()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,8 +17,9 @@ from apflow_server.core.types import ScheduleType
 from apflow_server.schedules.calendars import BusinessCalendar as ClosedDays
 from apflow_server.schedules.calendars import build_calendar
 from apflow_server.schedules.plan import fire_after, schedule_of, set_next_run
+from apflow_server.storage.batches import update_rows
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import BusinessCalendar, Task
+from apflow_server.storage.models import TASKS, BusinessCalendar, Task
 from apflow_server.storage.signals import schedule_write
 
 
@@ -65,13 +67,44 @@ async def listing(database: Database, user_id: str | None, *, everyone: bool) ->
         return list(await session.scalars(query))
 
 
+@dataclass
+class _Schedule:
+    """The columns of a task row its schedule math reads and `set_next_run` writes."""
+
+    id: str
+    user_id: str | None
+    schedule_type: str | None
+    schedule_expression: str | None
+    schedule_timezone: str
+    schedule_start_at: datetime | None
+    schedule_end_at: datetime | None
+    schedule_anchor_at: datetime | None
+    schedule_jitter_seconds: int
+    schedule_mode: str
+    trigger_grace_seconds: int | None
+    schedule_calendar: str | None
+    schedule_calendar_rule: str | None
+    max_runs: int | None
+    run_count: int
+    next_run_at: datetime | None
+    due_at: datetime | None
+    schedule_enabled: bool
+    loaded_calendar: Any = None
+
+
+_SCHEDULE_COLUMNS = tuple(f.name for f in fields(_Schedule) if f.name != "loaded_calendar")
+_MOVED_COLUMNS = ("next_run_at", "due_at", "schedule_enabled", "updated_at")
+
+
 async def update(
     database: Database, calendar_id: str, values: dict[str, Any], now: datetime
 ) -> tuple[BusinessCalendar, int] | None:
     """Change a calendar, bump its version and move every enabled schedule that names it to
     its next occurrence under the new days, all in one transaction (so no scheduler claims
-    by the old days once the new ones are visible). Returns the calendar and how many
-    schedules moved."""
+    by the old days once the new ones are visible; the rows are locked as the claim locks
+    them). Plain rows in, one batched UPDATE of the schedules that moved out: at 100,000
+    schedules the ORM spent 20 s building objects and writing every row back. Returns the
+    calendar and how many schedules moved."""
     async with schedule_write(database) as session:
         calendar = await session.get(BusinessCalendar, calendar_id, with_for_update=True)
         if calendar is None:
@@ -82,17 +115,22 @@ async def update(
         calendar.updated_at = now
         await session.flush()
         closed = closed_days(calendar)
+        tasks = TASKS.c
         user = (
-            Task.user_id.is_(None) if calendar.user_id is None else Task.user_id == calendar.user_id
+            tasks.user_id.is_(None)
+            if calendar.user_id is None
+            else tasks.user_id == calendar.user_id
         )
-        tasks = await session.scalars(
-            select(Task)
-            .where(user, Task.schedule_calendar == calendar.name, Task.schedule_enabled)
+        query = (
+            select(*(tasks[name] for name in _SCHEDULE_COLUMNS))
+            .where(user, tasks.schedule_calendar == calendar.name, tasks.schedule_enabled)
             .with_for_update()
         )
-        moved = 0
-        for task in tasks:
+        moved = []
+        for row in await session.execute(query):
+            task = _Schedule(*row)
             task.loaded_calendar = closed
+            before = (task.next_run_at, task.due_at)
             # From the occurrence it waits for (it may be due and not yet claimed), or now.
             start = min(task.next_run_at or now, now) - timedelta(microseconds=1)
             schedule = schedule_of(task)
@@ -100,9 +138,11 @@ async def update(
                 set_next_run(task, schedule.first_fire(now))
             else:
                 set_next_run(task, fire_after(schedule, task, start))
-            task.updated_at = now
-            moved += 1
-        return calendar, moved
+            if (task.next_run_at, task.due_at) != before:
+                moved.append({**{name: getattr(task, name) for name in _MOVED_COLUMNS[:3]},
+                              "id": task.id, "updated_at": now})  # fmt: skip
+        await update_rows(session, TASKS, "id", _MOVED_COLUMNS, moved)
+        return calendar, len(moved)
 
 
 async def delete(database: Database, calendar_id: str) -> str | None:
