@@ -568,6 +568,11 @@ class TaskRepository:
                 remaining = task.max_runs - task.run_count
         else:
             fields = validate_task_fields(schedule_fields, creating=False)
+            if fields.get("schedule_calendar") is not None:
+                # Whose calendar is a stored task's user's: a draft has none.
+                raise ValidationError(
+                    "schedule_calendar", "preview a stored task to see its calendar's effect"
+                )
             if set(fields) - SCHEDULE_FIELDS:
                 raise ValidationError(sorted(set(fields) - SCHEDULE_FIELDS)[0], "unknown field")
             draft = Task(

@@ -384,3 +384,15 @@ async def test_a_scheduler_fires_a_moved_occurrence_once_at_its_moved_instant(
     finally:
         await scheduler.stop()
     assert [(run.status, run.scheduled_for) for run in runs] == [("completed", moved)]
+
+
+async def test_a_draft_preview_with_a_calendar_says_to_preview_a_stored_task(
+    service: Service,
+) -> None:
+    await service.calendars.create(ALICE, name="work")
+    with pytest.raises(ValidationError) as refused:
+        await service.schedules.preview(
+            ALICE, schedule_type="daily", schedule_expression="09:00", schedule_calendar="work"
+        )
+    assert refused.value.data["field"] == "schedule_calendar"
+    assert "stored task" in refused.value.message
