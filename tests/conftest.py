@@ -7,7 +7,9 @@ APFLOW_TEST_POSTGRES_URL (default: the local server, user postgres) and drop it 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -53,6 +55,49 @@ async def _migrate(url: str) -> None:
         await database.upgrade()
     finally:
         await database.dispose()
+
+
+# One test restarts the PostgreSQL server every test shares (reliability/
+# test_postgres_restart.py). Under pytest-xdist, and when two test runs share a machine, the
+# other tests must not be running then. Every other test holds a shared lock while it runs;
+# the restart test takes it exclusively. A turnstile gives the exclusive taker precedence:
+# once it waits, no test starts, and the ones running finish first.
+_LOCKS = Path(tempfile.gettempdir()) / f"apflow-tests-{os.getuid()}"
+
+
+def _lock_file(name: str) -> int:
+    _LOCKS.mkdir(exist_ok=True)
+    return os.open(_LOCKS / name, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@pytest.fixture(autouse=True)
+def _shared_postgres(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("restarts_postgres"):
+        yield
+        return
+    turnstile, server = _lock_file("turnstile"), _lock_file("server")
+    try:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(server, fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(server)  # releases its lock
+        os.close(turnstile)
+
+
+@pytest.fixture
+def postgres_alone() -> Iterator[None]:
+    """Wait until no other test runs, and keep them waiting: for a test that restarts the
+    shared PostgreSQL server."""
+    turnstile, server = _lock_file("turnstile"), _lock_file("server")
+    try:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(server, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(server)
+        os.close(turnstile)
 
 
 @pytest.fixture(scope="session")

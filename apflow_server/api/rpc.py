@@ -64,7 +64,7 @@ def _adapter(spec: RpcMethod) -> Callable[..., Awaitable[Result]]:
         except ApflowError as error:
             return Error(error.code, error.message, error.data)
         except Exception as error:
-            if _database_unavailable(error):  # an outage, not a bug: no traceback
+            if database_unavailable(error):  # an outage, not a bug: no traceback
                 reason = failure_reason(error)
                 logger.warning("JSON-RPC method %s: database unavailable (%s)", spec.name, reason)
                 return Error(INTERNAL_ERROR, "Internal error", {"reason": "database unavailable"})
@@ -74,7 +74,7 @@ def _adapter(spec: RpcMethod) -> Callable[..., Awaitable[Result]]:
     return call
 
 
-def _database_unavailable(error: Exception) -> bool:
+def database_unavailable(error: Exception) -> bool:
     """The database could not be reached or dropped the connection (a restart, a failover)."""
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True

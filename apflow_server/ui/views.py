@@ -21,7 +21,7 @@ import yaml
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from apflow_server.api.rpc import read_body
+from apflow_server.api.rpc import database_unavailable, read_body
 from apflow_server.api.services import Services
 from apflow_server.core.clock import iso_utc, utcnow
 from apflow_server.core.compute import Budget
@@ -158,6 +158,19 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             response = current.render(
                 "error.html", status_code=400, title="Cannot show this", message=error.message
             )
+        except Exception as error:
+            if not database_unavailable(error):
+                raise
+            # An outage (a restart, a failover), not a bug: say so, without a traceback.
+            logger.warning("dashboard %s: database unavailable (%s)", request.url.path, error)
+            response = current.render(
+                "error.html",
+                status_code=503,
+                title="Database unavailable",
+                message="The database cannot be reached right now; this page works again "
+                "once it is back.",
+            )
+            response.headers["Retry-After"] = "5"
         session.ensure_browser_secret(request, response, browser)
         return _hardened(response)
 

@@ -417,3 +417,21 @@ def test_a_next_run_on_a_closed_day_says_it_will_be_skipped(secured: Service) ->
     sign_in(secured, jwt)
     html = secured.http.get(f"/ui/tasks/{task['id']}").text
     assert "will be skipped: Moving" in html
+
+
+def test_a_database_outage_is_a_503_page_not_a_traceback(
+    make_service: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen when PostgreSQL restarted under a browser test: the page was a 500 with a
+    traceback in the log."""
+    from apflow_server.service.schedules import Schedules
+
+    service = make_service(run_scheduler=False)
+
+    async def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+
+    monkeypatch.setattr(Schedules, "list_scheduled", refused)
+    answer = service.http.get("/ui/")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+    assert "Database unavailable" in answer.text and "Traceback" not in answer.text

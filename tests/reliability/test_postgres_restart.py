@@ -2,8 +2,8 @@
 backs off and resumes, nothing runs twice and nothing crashes.
 
 This restarts the local cluster (`pg_ctlcluster ... restart`) and runs only where that command
-exists. Other tests open their connections afresh (and a pooled connection idle for over a
-second is pinged before use), so its place in the suite does not matter.
+exists, alone: tests run in parallel (pytest-xdist), and a browser test whose server lost its
+database mid-page failed when they overlapped (tests/conftest.py holds the others back).
 """
 
 from __future__ import annotations
@@ -30,10 +30,15 @@ from apflow_server.storage.repository import TaskRepository
 
 SERVER = SERVER_SCRIPT
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir(),
-    reason="needs a local PostgreSQL cluster managed by pg_ctlcluster",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir(),
+        reason="needs a local PostgreSQL cluster managed by pg_ctlcluster",
+    ),
+    # Every other test (of this run, and of any other on this machine) waits meanwhile.
+    pytest.mark.restarts_postgres,
+    pytest.mark.usefixtures("postgres_alone"),
+]
 
 
 def restart_postgres() -> None:
