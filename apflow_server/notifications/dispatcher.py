@@ -123,6 +123,9 @@ class Dispatcher:
         )
         for endpoint_id in disabled:
             logger.warning("notification endpoint %s disabled: every delivery failed", endpoint_id)
+        if self.on_outcome is not None:  # counted once recorded: a count never runs ahead
+            for outcome in outcomes:
+                self.on_outcome(_outcome_name(outcome))
         return len(claimed)
 
     async def _attempt(
@@ -156,9 +159,6 @@ class Dispatcher:
         retry_at = None
         if not delivered:
             retry_at = self._retry_at(delivery.attempt)
-        outcome = "delivered" if delivered else ("retrying" if retry_at else "failed")
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
         if not delivered:
             logger.info(
                 "notification %s attempt %d: %s (%s)",
@@ -208,6 +208,12 @@ class Dispatcher:
                 ssl_context=httpx.create_ssl_context(),
             )
         return self._transport
+
+
+def _outcome_name(outcome: outbox.AttemptOutcome) -> str:
+    if outcome.delivered:
+        return "delivered"
+    return "retrying" if outcome.retry_at is not None else "failed"
 
 
 class DispatcherThread:
