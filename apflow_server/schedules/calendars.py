@@ -37,7 +37,12 @@ from apflow_server.schedules.expressions import (
     WallClockRecurrence,
     _parse_times,
 )
-from apflow_server.schedules.schedule import Recurrence, Schedule
+from apflow_server.schedules.schedule import (
+    Recurrence,
+    Schedule,
+    occurrences_from,
+    preview_from,
+)
 from apflow_server.schedules.timezones import (
     LocalKind,
     ensure_utc,
@@ -698,11 +703,7 @@ class CalendarSchedule:
             return None
 
     def occurrences(self, after: datetime) -> Iterator[datetime]:
-        current: datetime | None = after
-        while current is not None:
-            current = self.next_after(current)
-            if current is not None:
-                yield current
+        return occurrences_from(self.next_after, after)
 
     def preview(
         self,
@@ -712,18 +713,7 @@ class CalendarSchedule:
         *,
         between_steps: Callable[[], None] | None = None,
     ) -> list[datetime]:
-        limit = count if remaining_runs is None else max(0, min(count, remaining_runs))
-        result: list[datetime] = []
-        current = after
-        while len(result) < limit:
-            if between_steps is not None:
-                between_steps()
-            found = self.next_after(current)
-            if found is None:
-                break
-            result.append(found)
-            current = found
-        return result
+        return preview_from(self.next_after, count, after, remaining_runs, between_steps)
 
     def first_fire(self, now: datetime) -> datetime | None:
         if self.schedule.type is not ScheduleType.ONCE:

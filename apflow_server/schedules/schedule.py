@@ -131,11 +131,7 @@ class Schedule:
 
     def occurrences(self, after: datetime) -> Iterator[datetime]:
         """Every fire time strictly after `after`, ascending, until the end bound."""
-        current: datetime | None = after
-        while current is not None:
-            current = self.next_after(current)
-            if current is not None:
-                yield current
+        return occurrences_from(self.next_after, after)
 
     def preview(
         self,
@@ -148,18 +144,7 @@ class Schedule:
         """The next `count` fire times after `after` (fewer when bounds or max_runs end it).
 
         `between_steps` is called before each search; it may raise to stop a long preview."""
-        limit = count if remaining_runs is None else max(0, min(count, remaining_runs))
-        result: list[datetime] = []
-        current = after
-        while len(result) < limit:
-            if between_steps is not None:
-                between_steps()
-            found = self.next_after(current)
-            if found is None:
-                break
-            result.append(found)
-            current = found
-        return result
+        return preview_from(self.next_after, count, after, remaining_runs, between_steps)
 
     def first_fire(self, now: datetime) -> datetime | None:
         """The occurrence a freshly enabled schedule waits for.
@@ -309,6 +294,39 @@ def _transition_between(low: datetime, high: datetime, zone: ZoneInfo) -> dateti
         else:
             hi = middle
     return datetime.fromtimestamp(hi, UTC)
+
+
+def occurrences_from(
+    next_after: Callable[[datetime], datetime | None], after: datetime
+) -> Iterator[datetime]:
+    """Every fire time strictly after `after`, ascending, as `next_after` finds them."""
+    current: datetime | None = after
+    while current is not None:
+        current = next_after(current)
+        if current is not None:
+            yield current
+
+
+def preview_from(
+    next_after: Callable[[datetime], datetime | None],
+    count: int,
+    after: datetime,
+    remaining_runs: int | None = None,
+    between_steps: Callable[[], None] | None = None,
+) -> list[datetime]:
+    """The next `count` fire times after `after`, at most `remaining_runs` of them."""
+    limit = count if remaining_runs is None else max(0, min(count, remaining_runs))
+    result: list[datetime] = []
+    current = after
+    while len(result) < limit:
+        if between_steps is not None:
+            between_steps()
+        found = next_after(current)
+        if found is None:
+            break
+        result.append(found)
+        current = found
+    return result
 
 
 def jitter_delay(task_id: str, scheduled_for: datetime, max_seconds: int) -> timedelta:
