@@ -6,29 +6,40 @@ and exit 1, when cron cannot express it exactly) and prints something ready to i
 the URL, a crontab entry, a CronJob manifest. What the output cannot carry (schedule bounds,
 max_runs, the internal scheduler still firing an enabled schedule) is said in comment lines
 (`#`) that crontab and YAML ignore, or under `notes` in JSON.
+
+A schedule cron cannot express (one under a business calendar, monthly `L`) can still be
+handed over a period at a time: `--expand-until DAY` lists its occurrences up to that day as
+cron lines (Kubernetes: a List of CronJobs), each job guarded to do nothing outside the period.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 import yaml
 
 from apflow_server.config import Settings
+from apflow_server.core.clock import iso_utc
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.types import ScheduleType
 from apflow_server.exports.kubernetes import (
     DEFAULT_IMAGE,
     DEFAULT_SIGNING_IMAGE,
+    generate_expanded_kubernetes_cronjobs,
     generate_kubernetes_cronjob,
 )
 from apflow_server.exports.triggers import (
     DEFAULT_SECRET_ENV,
     generate_cron_config,
+    generate_expanded_cron_config,
     generate_webhook_url,
 )
-from apflow_server.schedules.plan import DEFAULT_TRIGGER_GRACE_SECONDS
+from apflow_server.schedules.plan import DEFAULT_TRIGGER_GRACE_SECONDS, Timetable
+from apflow_server.schedules.timezones import resolve_local
+from apflow_server.schedules.to_cron import BoundedCron, expand_to_cron
 from apflow_server.service import Service
 from apflow_server.storage.models import Task
 
@@ -53,26 +64,75 @@ def base_url_of(given: str | None, settings: Settings) -> str:
     return given or settings.public_url or LOCAL_BASE_URL
 
 
-def _load_task(task_id: str) -> Task:
-    async def work(service: Service) -> Task:
-        return await service.tasks.get(OPERATOR, task_id)
+def _load_task(task_id: str) -> tuple[Task, Timetable | None]:
+    async def work(service: Service) -> tuple[Task, Timetable | None]:
+        return await service.schedules.timetable(OPERATOR, task_id)
 
     return run_with_service(work)
 
 
-def _schedule_of(task: Task) -> tuple[str, str]:
-    if task.schedule_type is None or not task.schedule_expression:
+def _require_schedule(task: Task, schedule: Timetable | None) -> Timetable:
+    if schedule is None or not task.schedule_expression:
         raise ApflowError(
             f"task {task.id!r} has no schedule to convert; set one with `apflow tasks update "
             f"{task.id} --schedule-type ... --schedule-expression ...`"
         )
+    return schedule
+
+
+def _schedule_of(task: Task, schedule: Timetable | None) -> tuple[str, str]:
+    _require_schedule(task, schedule)
+    assert task.schedule_type is not None and task.schedule_expression is not None
     if task.schedule_calendar is not None:
         raise ApflowError(
             f"task {task.id!r} follows the business calendar {task.schedule_calendar!r}, "
-            "which cron cannot express (it knows no holidays); let the internal scheduler "
-            "fire it, or subscribe to its calendar feed"
+            "which cron cannot express (it knows no holidays); pass --expand-until DATE for "
+            "lines that fire its occurrences up to that day, let the internal scheduler fire "
+            "it, or subscribe to its calendar feed"
         )
     return task.schedule_type, task.schedule_expression
+
+
+expand_from_option = click.option(
+    "--expand-from",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="With --expand-until: the first day, in the task's zone (default: now).",
+)
+expand_until_option = click.option(
+    "--expand-until",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="List the occurrences up to the end of this day (in the task's zone, at most a year "
+    "ahead) as cron lines guarded to that period: for a schedule cron cannot express, such "
+    "as one under a business calendar.",
+)
+
+
+def _expanded(
+    task: Task, schedule: Timetable | None, start: datetime | None, until: datetime | None
+) -> BoundedCron | None:
+    """The bounded expansion the options ask for, or None (no --expand-until)."""
+    if until is None:
+        if start is not None:
+            raise click.UsageError("--expand-from: only with --expand-until")
+        return None
+    schedule = _require_schedule(task, schedule)
+    zone = schedule.zone
+    first = datetime.now(UTC) if start is None else _midnight(start.date(), zone)
+    return expand_to_cron(schedule, first, _midnight(until.date() + timedelta(days=1), zone))
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    return resolve_local(datetime.combine(day, time()), zone).first
+
+
+def _expansion_notes(expanded: BoundedCron) -> list[str]:
+    first, end = expanded.start.astimezone(expanded.zone), expanded.end.astimezone(expanded.zone)
+    return [
+        f"{expanded.fires} occurrences from {first:%Y-%m-%d %H:%M} to before "
+        f"{end:%Y-%m-%d %H:%M} ({expanded.zone.key}); each job does nothing outside that "
+        "period (cron has no year), so generate the next period before it ends, and again "
+        "after a change to the schedule or its business calendar"
+    ]
 
 
 def _notes(task: Task) -> list[str]:
@@ -135,7 +195,7 @@ def webhook_url(
     signed content and a shell snippet that signs with openssl)."""
     base_url = base_url_of(base_url, Settings.from_env())
     described = generate_webhook_url(task_id, base_url, signed, secret_env=secret_env)
-    task = _load_task(task_id)
+    task, _ = _load_task(task_id)
     if output_format == "json":
         output.print_json({"task_id": task.id, **described})
         return
@@ -173,6 +233,8 @@ def webhook_url(
     help="Lead with a CRON_TZ=<zone> line (cronie); without it, cron's own zone must be the "
     "task's.",
 )
+@expand_from_option
+@expand_until_option
 @format_option
 def cron_line(
     task_id: str,
@@ -181,19 +243,27 @@ def cron_line(
     unsigned: bool,
     timeout: int,
     cron_tz: bool,
+    expand_from: datetime | None,
+    expand_until: datetime | None,
     output_format: str,
 ) -> None:
     """A crontab entry that triggers the task through the webhook at each occurrence of its
     schedule (CRON_TZ line, then the job line); signed at run time from an environment
-    variable, never containing the secret."""
+    variable, never containing the secret. With --expand-until, one line per group of
+    occurrences up to that day instead."""
     if unsigned and secret_env:
         raise click.UsageError("--unsigned: not with --secret-env")
     settings = Settings.from_env()
     url = generate_webhook_url(task_id, base_url_of(base_url, settings))["url"]
-    task = _load_task(task_id)
-    schedule_type, expression = _schedule_of(task)
+    task, schedule = _load_task(task_id)
     if not unsigned and secret_env is None and settings.webhook_secret:
         secret_env = DEFAULT_SECRET_ENV
+    expanded = _expanded(task, schedule, expand_from, expand_until)
+    if expanded is not None:
+        signing = None if unsigned else secret_env
+        _print_expanded_cron(task, expanded, url, signing, timeout, cron_tz, output_format)
+        return
+    schedule_type, expression = _schedule_of(task, schedule)
     entry = generate_cron_config(
         task.id,
         expression,
@@ -215,7 +285,47 @@ def cron_line(
                 "schedule_expression": expression,
                 "schedule_timezone": task.schedule_timezone,
                 "cron_expression": " ".join(job_line.split()[:5]),
-                "signed": secret_env is not None and not unsigned,
+                "signed": secret_env is not None,
+                "crontab": entry,
+                "notes": notes,
+            }
+        )
+        return
+    for comment in _comments(notes):
+        output.line(comment)
+    output.line(entry)
+
+
+def _print_expanded_cron(
+    task: Task,
+    expanded: BoundedCron,
+    url: str,
+    secret_env: str | None,
+    timeout: int,
+    cron_tz: bool,
+    output_format: str,
+) -> None:
+    entry = generate_expanded_cron_config(
+        task.id,
+        expanded,
+        url,
+        secret_env=secret_env,
+        timeout_seconds=timeout,
+        cron_tz=cron_tz,
+    )
+    notes = _expansion_notes(expanded) + _notes(task)
+    if output_format == "json":
+        output.print_json(
+            {
+                "task_id": task.id,
+                "schedule_type": task.schedule_type,
+                "schedule_expression": task.schedule_expression,
+                "schedule_timezone": task.schedule_timezone,
+                "schedule_calendar": task.schedule_calendar,
+                "period": {"start": iso_utc(expanded.start), "end": iso_utc(expanded.end)},
+                "occurrences": expanded.fires,
+                "cron_expressions": list(expanded.expressions),
+                "signed": secret_env is not None,
                 "crontab": entry,
                 "notes": notes,
             }
@@ -265,6 +375,8 @@ def cron_line(
     show_default=True,
     help="The manifest as YAML (for kubectl apply -f -) or JSON.",
 )
+@expand_from_option
+@expand_until_option
 def k8s_cronjob(
     task_id: str,
     base_url: str | None,
@@ -273,11 +385,14 @@ def k8s_cronjob(
     secret_key: str,
     unsigned: bool,
     image: str | None,
+    expand_from: datetime | None,
+    expand_until: datetime | None,
     output_format: str,
 ) -> None:
     """A Kubernetes CronJob (batch/v1) that triggers the task through the webhook at each
     occurrence of its schedule, in the task's time zone; signed at run time from a
-    Kubernetes Secret, never containing the secret."""
+    Kubernetes Secret, never containing the secret. With --expand-until, a List of CronJobs
+    for the occurrences up to that day instead."""
     settings = Settings.from_env()
     if unsigned and secret_name:
         raise click.UsageError("--unsigned: not with --secret-name")
@@ -297,22 +412,38 @@ def k8s_cronjob(
         raise click.UsageError("; and ".join(missing))
     assert base_url is not None
     url = generate_webhook_url(task_id, base_url)["url"]
-    task = _load_task(task_id)
-    schedule_type, expression = _schedule_of(task)
-    manifest = generate_kubernetes_cronjob(
-        task.id,
-        task.name,
-        expression,
-        url,
-        namespace,
-        schedule_type=schedule_type,
-        timezone=task.schedule_timezone,
-        secret_name=None if unsigned else secret_name,
-        secret_key=secret_key,
-        image=image,
-        anchor_at=_anchor(task),
-    )
-    notes = _notes(task)
+    task, schedule = _load_task(task_id)
+    expanded = _expanded(task, schedule, expand_from, expand_until)
+    if expanded is not None:
+        calendar = f" under {task.schedule_calendar}" if task.schedule_calendar else ""
+        manifest = generate_expanded_kubernetes_cronjobs(
+            task.id,
+            task.name,
+            f"{task.schedule_type} {task.schedule_expression} ({task.schedule_timezone}){calendar}",
+            expanded,
+            url,
+            namespace,
+            secret_name=None if unsigned else secret_name,
+            secret_key=secret_key,
+            image=image,
+        )
+        notes = _expansion_notes(expanded) + _notes(task)
+    else:
+        schedule_type, expression = _schedule_of(task, schedule)
+        manifest = generate_kubernetes_cronjob(
+            task.id,
+            task.name,
+            expression,
+            url,
+            namespace,
+            schedule_type=schedule_type,
+            timezone=task.schedule_timezone,
+            secret_name=None if unsigned else secret_name,
+            secret_key=secret_key,
+            image=image,
+            anchor_at=_anchor(task),
+        )
+        notes = _notes(task)
     if output_format == "json":
         for note in notes:  # JSON has no comments, and the manifest must stay applicable
             click.echo(f"Note: {note}", err=True)

@@ -9,7 +9,9 @@ import unicodedata
 import uuid
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from apflow_server.core.clock import iso_utc
 from apflow_server.exports.triggers import (
     DEFAULT_CURL_TIMEOUT,
     DEFAULT_SECRET_ENV,
@@ -19,8 +21,10 @@ from apflow_server.exports.triggers import (
     _check_url,
     _convert,
     _curl_words,
+    period_guard,
     signing_statements,
 )
+from apflow_server.schedules.to_cron import BoundedCron
 
 DEFAULT_IMAGE = "curlimages/curl:8.10.1"
 # A signed trigger runs the crontab line's own shell statements, which need sh, date, sed,
@@ -40,12 +44,13 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 # ---------------------------------------------------------------------- Kubernetes
 
 
-def cronjob_name(task_name: str, task_id: str) -> str:
+def cronjob_name(task_name: str, task_id: str, suffix: str = "") -> str:
     """A DNS-1123 name of at most 52 characters: the task name in lowercase ASCII, `-` for
-    anything else, then 8 characters of the task id (a uuid's first 8, else a hash of it)."""
+    anything else, then 8 characters of the task id (a uuid's first 8, else a hash of it),
+    then `suffix` (lowercase letters, digits and `-`) if any."""
     ascii_name = unicodedata.normalize("NFKD", task_name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    short = _short_id(task_id)
+    short = _short_id(task_id) + (f"-{suffix}" if suffix else "")
     slug = slug[: MAX_CRONJOB_NAME - len(short) - 1].rstrip("-") or "apflow-task"
     return f"{slug}-{short}"
 
@@ -94,6 +99,88 @@ def generate_kubernetes_cronjob(
     zone, expression = _convert(
         schedule_type, schedule_expression, timezone, anchor_at, target="kubernetes"
     )
+    return _cronjob(
+        task_id,
+        task_name,
+        webhook_url,
+        namespace,
+        schedule=expression,
+        zone=zone,
+        described=f"{schedule_type} {schedule_expression} ({zone.key})",
+        secret_name=secret_name,
+        secret_key=secret_key,
+        image=image,
+        timeout_seconds=timeout_seconds,
+        starting_deadline_seconds=starting_deadline_seconds,
+        backoff_limit=backoff_limit,
+        history_limit=history_limit,
+    )
+
+
+def generate_expanded_kubernetes_cronjobs(
+    task_id: str,
+    task_name: str,
+    described: str,
+    expanded: BoundedCron,
+    webhook_url: str,
+    namespace: str = "default",
+    *,
+    secret_name: str | None = None,
+    secret_key: str = "webhook-secret",  # noqa: S107  (a key name in the Secret)
+    image: str | None = None,
+    timeout_seconds: int = DEFAULT_CURL_TIMEOUT,
+) -> dict[str, Any]:
+    """A `v1` List of CronJobs for a bounded period (`to_cron.expand_to_cron`), one per
+    expression, named `<task>-<id>-<n>`, each as generate_kubernetes_cronjob's. Their pods
+    run `sh -c` (curlimages/curl has a shell), led by a guard that does nothing outside the
+    period, since the same dates come round in other years. `startingDeadlineSeconds` is 50:
+    a Job started later than that could fall outside a period that ends on the next minute.
+    `described` is the schedule as people read it, kept in an annotation."""
+    if not expanded.expressions:
+        raise GatewayInputError("end", "the period holds no occurrence to trigger")
+    items = [
+        _cronjob(
+            task_id,
+            task_name,
+            webhook_url,
+            namespace,
+            schedule=expression,
+            zone=expanded.zone,
+            described=described,
+            secret_name=secret_name,
+            secret_key=secret_key,
+            image=image,
+            timeout_seconds=timeout_seconds,
+            starting_deadline_seconds=50,
+            leading=[period_guard(expanded)],
+            name_suffix=str(number),
+            period=(expanded.start, expanded.end),
+        )
+        for number, expression in enumerate(expanded.expressions, start=1)
+    ]
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def _cronjob(
+    task_id: str,
+    task_name: str,
+    webhook_url: str,
+    namespace: str,
+    *,
+    schedule: str,
+    zone: ZoneInfo,
+    described: str,
+    secret_name: str | None,
+    secret_key: str,
+    image: str | None,
+    timeout_seconds: int,
+    starting_deadline_seconds: int = 300,
+    backoff_limit: int = 2,
+    history_limit: int = 3,
+    leading: list[str] | None = None,
+    name_suffix: str = "",
+    period: tuple[datetime, datetime] | None = None,
+) -> dict[str, Any]:
     _check_task_id(task_id)
     _check_url(webhook_url)
     if "$" in webhook_url:  # the kubelet rewrites $(NAME) and $$ in a container's command
@@ -112,7 +199,7 @@ def generate_kubernetes_cronjob(
     if signed and not _SECRET_KEY.match(secret_key):
         raise GatewayInputError("secret_key", f"{secret_key!r} is not a Secret key")
 
-    name = cronjob_name(task_name, task_id)
+    name = cronjob_name(task_name, task_id, name_suffix)
     labels = {
         "app.kubernetes.io/name": "apflow-webhook-trigger",
         "app.kubernetes.io/instance": name,
@@ -121,28 +208,31 @@ def generate_kubernetes_cronjob(
     annotations = {
         "apflow-server/task-id": task_id,
         "apflow-server/task-name": task_name,
-        "apflow-server/schedule": f"{schedule_type} {schedule_expression} ({zone.key})",
+        "apflow-server/schedule": described,
         "apflow-server/webhook-url": webhook_url,
     }
+    if period is not None:
+        annotations["apflow-server/period"] = f"{iso_utc(period[0])}/{iso_utc(period[1])}"
     trigger: dict[str, Any] = {
         "name": "trigger",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
     }
-    if signed:
+    if signed or leading:
         # No `$(NAME)` of a defined variable and no `$$` in it, so the kubelet's expansion
         # leaves the script as written (the URL was checked for `$` above).
-        curl = _curl_words(webhook_url, signed=True, timeout=timeout_seconds, quiet=False)
-        statements = signing_statements(task_id, DEFAULT_SECRET_ENV)
-        script = "\n".join(["set -eu", *statements, " ".join(curl)])
+        curl = _curl_words(webhook_url, signed=signed, timeout=timeout_seconds, quiet=False)
+        statements = signing_statements(task_id, DEFAULT_SECRET_ENV) if signed else []
+        script = "\n".join(["set -eu", *(leading or []), *statements, " ".join(curl)])
         trigger["command"] = ["sh", "-c", script]
+    if signed:
         trigger["env"] = [
             {
                 "name": DEFAULT_SECRET_ENV,
                 "valueFrom": {"secretKeyRef": {"name": secret_name, "key": secret_key}},
             }
         ]
-    else:
+    if not signed and not leading:
         trigger["command"] = ["curl"]
         trigger["args"] = [
             "-fsS",
@@ -177,7 +267,7 @@ def generate_kubernetes_cronjob(
             "annotations": annotations,
         },
         "spec": {
-            "schedule": expression,
+            "schedule": schedule,
             "timeZone": zone.key,
             "concurrencyPolicy": "Forbid",
             "startingDeadlineSeconds": starting_deadline_seconds,

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from apflow_server.core.errors import ValidationError
 from apflow_server.core.zones import get_zone
-from apflow_server.schedules.to_cron import CronConversionError, CronTarget, to_cron
+from apflow_server.schedules.to_cron import BoundedCron, CronConversionError, CronTarget, to_cron
 from apflow_server.webhooks.signatures import (
     ALGORITHM,
     SIGNATURE_HEADER,
@@ -189,6 +189,47 @@ def generate_cron_config(
     zone, expression = _convert(
         schedule_type, schedule_expression, timezone, anchor_at, target="crontab"
     )
+    command = _cron_command(task_id, webhook_url, secret_env, timeout_seconds, [])
+    line = f"{expression} {command}"
+    return f"CRON_TZ={zone.key}\n{line}" if cron_tz else line
+
+
+def generate_expanded_cron_config(
+    task_id: str,
+    expanded: BoundedCron,
+    webhook_url: str,
+    *,
+    secret_env: str | None = None,
+    timeout_seconds: int = DEFAULT_CURL_TIMEOUT,
+    cron_tz: bool = True,
+) -> str:
+    """Crontab lines for a bounded period (`to_cron.expand_to_cron`): one job line per
+    expression, each as generate_cron_config's, led by a guard that does nothing outside the
+    period (cron has no year: the same dates come round again)."""
+    command = _cron_command(
+        task_id, webhook_url, secret_env, timeout_seconds, [period_guard(expanded)]
+    )
+    lines = [f"{expression} {command}" for expression in expanded.expressions]
+    return "\n".join([f"CRON_TZ={expanded.zone.key}", *lines] if cron_tz else lines)
+
+
+def period_guard(expanded: BoundedCron) -> str:
+    """A POSIX shell statement that ends the command, successfully, unless the clock is in
+    the expansion's period (unix seconds: no zone data needed). Both ends are whole minutes
+    and cron starts a job within the minute it names, so a job of the period passes and one
+    of the same date in another year does not."""
+    start, end = int(expanded.start.timestamp()), int(expanded.end.timestamp())
+    return f'now=$(date +%s); [ "$now" -ge {start} ] && [ "$now" -lt {end} ] || exit 0'
+
+
+def _cron_command(
+    task_id: str,
+    webhook_url: str,
+    secret_env: str | None,
+    timeout_seconds: int,
+    leading: list[str],
+) -> str:
+    """The job's command as a crontab writes it: `leading` statements, signing, curl."""
     _check_task_id(task_id)
     _check_url(webhook_url)
     _check_timeout(timeout_seconds)
@@ -196,9 +237,7 @@ def generate_cron_config(
     curl = _curl_words(
         webhook_url, signed=secret_env is not None, timeout=timeout_seconds, quiet=True
     )
-    command = "; ".join([*statements, " ".join(curl)])
-    line = f"{expression} {escape_cron_command(command)}"
-    return f"CRON_TZ={zone.key}\n{line}" if cron_tz else line
+    return escape_cron_command("; ".join([*leading, *statements, " ".join(curl)]))
 
 
 def escape_cron_command(command: str) -> str:

@@ -33,6 +33,9 @@ What converts, and to what:
   Kubernetes either.
 - once: refused, it is not recurring.
 
+`expand_to_cron` serves what none of these express (a business calendar, monthly `L`): the
+occurrences of a period of at most a year as cron lines, exact within the period.
+
 Not carried over: schedule_start_at (except as the interval's anchor), schedule_end_at,
 max_runs, jitter, misfire and overlap policies. An external scheduler fires the webhook at
 each occurrence; the service's webhook route runs whatever it is sent.
@@ -42,7 +45,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -58,7 +63,10 @@ from apflow_server.schedules.expressions import (
     IntervalRecurrence,
     normalise_cron,
 )
+from apflow_server.schedules.plan import Timetable
+from apflow_server.schedules.policy import closed_reason
 from apflow_server.schedules.schedule import Schedule
+from apflow_server.schedules.timezones import ensure_utc
 
 CronTarget = Literal["crontab", "kubernetes"]
 TARGETS: tuple[CronTarget, ...] = ("crontab", "kubernetes")
@@ -352,3 +360,113 @@ def _list(values: Iterable[int], low: int, high: int) -> str:
         if number is not None:
             start = previous = number
     return ",".join(parts)
+
+
+# ---------------------------------------------------------------------- a bounded period
+
+# Cron has no year: the lines of an expansion name (month, day, hour, minute), and within a
+# period shorter than a year each of those is one instant. Longer periods are refused.
+MAX_EXPANSION = timedelta(days=366)
+MAX_EXPANDED_LINES = 400
+MAX_EXPANDED_FIRES = 50_000
+
+
+@dataclass(frozen=True)
+class BoundedCron:
+    """Cron expressions, read in `zone`, that fire at exactly the schedule's occurrences in
+    [start, end) and at nothing else in that period. Outside it they fire on the same dates
+    of other years, so whatever runs them must do nothing outside it (the generators add a
+    guard on the clock). start and end are whole UTC minutes."""
+
+    zone: ZoneInfo
+    start: datetime
+    end: datetime
+    expressions: tuple[str, ...]
+    fires: int
+
+
+def expand_to_cron(schedule: Timetable, start: datetime, end: datetime) -> BoundedCron:
+    """The schedule's occurrences in [start, end), as few cron lines as the grouping finds.
+
+    For a schedule no single expression matches: one under a business calendar (its
+    occurrences on closed days left out under `skip`, moved under the other rules), or any
+    other wall-clock schedule. Occurrences are grouped by their local time and month, then
+    merged where the cron fields multiply out to exactly the same instants. Refused: a period
+    empty or longer than a year, an occurrence off a whole minute, more than
+    MAX_EXPANDED_FIRES occurrences or MAX_EXPANDED_LINES lines."""
+    start, end = (
+        _whole_minute_up(ensure_utc(start, "start")),
+        _whole_minute_up(ensure_utc(end, "end")),
+    )
+    if end <= start:
+        raise ValidationError("end", "must be after start (a period of at least a minute)")
+    if end - start > MAX_EXPANSION:
+        raise ValidationError(
+            "end",
+            "cron has no year field: expand a period of at most a year, and generate the "
+            "next one before it ends",
+        )
+    zone = schedule.zone
+    times: dict[tuple[int, int, int], set[int]] = defaultdict(set)  # (h, m, month) -> days
+    seen: set[tuple[int, int, int, int]] = set()
+    fires = 0
+    for fire in schedule.occurrences(start - timedelta(microseconds=1)):
+        if fire >= end:
+            break
+        if closed_reason(schedule, fire) is not None:
+            continue  # recorded skipped by the internal scheduler: not triggered
+        local = fire.astimezone(zone)
+        if local.second or local.microsecond:
+            raise CronConversionError(
+                f"an occurrence at {local.isoformat()} is not on a whole minute; cron fires "
+                "on minutes only"
+            )
+        key = (local.month, local.day, local.hour, local.minute)
+        if key in seen:  # a repeated local time (a DST fall-back), or a year-long period
+            raise CronConversionError(
+                f"two occurrences in the period read {local:%m-%d %H:%M} in {zone.key}; cron "
+                "cannot tell them apart: expand a shorter period"
+            )
+        seen.add(key)
+        fires += 1
+        if fires > MAX_EXPANDED_FIRES:
+            raise ValidationError(
+                "end", f"the period holds more than {MAX_EXPANDED_FIRES} occurrences"
+            )
+        times[(local.hour, local.minute, local.month)].add(local.day)
+    lines = _merge_fields(times)
+    if len(lines) > MAX_EXPANDED_LINES:
+        raise ValidationError(
+            "end",
+            f"the period needs {len(lines)} cron lines (at most {MAX_EXPANDED_LINES}); "
+            "expand a shorter one",
+        )
+    return BoundedCron(zone, start, end, tuple(lines), fires)
+
+
+def _whole_minute_up(instant: datetime) -> datetime:
+    floor = instant.replace(second=0, microsecond=0)
+    return floor if floor == instant else floor + timedelta(minutes=1)
+
+
+def _merge_fields(times: dict[tuple[int, int, int], set[int]]) -> list[str]:
+    """Cron lines for {(hour, minute, month): days}. Each step merges the lines that differ
+    in one field only; a line's fields then still multiply out to its own instants."""
+    Key = tuple[int, int, frozenset[int]]
+    by_months: dict[Key, set[int]] = defaultdict(set)  # (hour, minute, days) -> months
+    for (hour, minute, month), days in times.items():
+        by_months[(hour, minute, frozenset(days))].add(month)
+    by_minutes: dict[tuple[int, frozenset[int], frozenset[int]], set[int]] = defaultdict(set)
+    for (hour, minute, day_set), month_set in by_months.items():
+        by_minutes[(hour, frozenset(month_set), day_set)].add(minute)
+    Fields = tuple[frozenset[int], frozenset[int], frozenset[int]]
+    by_hours: dict[Fields, set[int]] = defaultdict(set)  # (minutes, months, days) -> hours
+    for (hour, month_set_, day_set_), minute_set in by_minutes.items():
+        by_hours[(frozenset(minute_set), month_set_, day_set_)].add(hour)
+    lines = [
+        (min(months), min(days), min(hours), min(minutes),
+         f"{_list(minutes, 0, 59)} {_list(hours, 0, 23)} {_list(days, 1, 31)} "
+         f"{_list(months, 1, 12)} *")
+        for (minutes, months, days), hours in by_hours.items()
+    ]  # fmt: skip
+    return [line[-1] for line in sorted(lines)]

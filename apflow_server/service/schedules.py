@@ -13,7 +13,7 @@ from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import SCHEDULE_PAUSED, SCHEDULE_RESUMED, Event
 from apflow_server.core.task_fields import is_valid_unicode, no_nul, parse_instant
-from apflow_server.schedules.plan import localise, occurrences_between, schedule_of
+from apflow_server.schedules.plan import Timetable, localise, occurrences_between, schedule_of
 from apflow_server.schedules.policy import closed_reason, holds_ahead
 from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, user_scope
@@ -383,10 +383,17 @@ class Schedules:
     ) -> list[str | None]:
         """Why each of a task's upcoming fire times will be skipped (paused, skipped by
         <user>), or None where it runs."""
+        task, schedule = await self.timetable(caller, task_id)
+        return holds_ahead(task, fires, schedule)
+
+    async def timetable(
+        self, caller: Principal | None, task_id: Any
+    ) -> tuple[Task, Timetable | None]:
+        """The task and its schedule, under its business calendar if it names one (None:
+        no schedule)."""
         task = await self.tasks.get(caller, task_id)
         await self.repository.attach_calendars([task])
-        schedule = schedule_of(task) if task.schedule_type is not None else None
-        return holds_ahead(task, fires, schedule)
+        return task, schedule_of(task) if task.schedule_type is not None else None
 
     async def export_ical(
         self,

@@ -719,7 +719,8 @@ def _external_snippets(current: Page, task: Task) -> dict[str, Any]:
     if task.schedule_calendar is not None:
         snippets["why_not"] = (
             f"It follows the business calendar {task.schedule_calendar}, which cron cannot "
-            "express (it knows no holidays)."
+            "express (it knows no holidays). For a bounded period: apflow scheduler cron-line "
+            f"{task.id} --expand-until YYYY-MM-DD (or k8s-cronjob)."
         )
         return snippets
     anchor = task.schedule_start_at or task.schedule_anchor_at

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +350,63 @@ def test_an_external_schedules_cron_line_says_it_is_watched(cli: Cli) -> None:
         "300 s is recorded missed and announced as trigger.overdue"
     )
     assert out.rstrip().endswith(f"{PUBLIC}/webhook/trigger/{task_id}")
+
+
+def business_days(cli: Cli) -> str:
+    cli.ok("calendars", "create", "munich", "--country", "DE", "--subdivision", "BY")
+    return cli.task(
+        "--schedule-type",
+        "daily",
+        "--schedule-expression",
+        "09:00",
+        "--schedule-timezone",
+        "Europe/Berlin",
+        "--schedule-calendar",
+        "munich",
+        "--schedule-enabled",
+    )
+
+
+def test_a_business_calendar_is_refused_unless_a_period_is_expanded(cli: Cli) -> None:
+    task_id = business_days(cli)
+    cli.env["APFLOW_PUBLIC_URL"] = PUBLIC
+    for command in ("cron-line", "k8s-cronjob"):
+        cli.fails(1, "scheduler", command, task_id, names=("munich", "--expand-until"))
+    period = ("--expand-from", "2031-12-01", "--expand-until", "2032-01-31")
+    shown = cli.json("scheduler", "cron-line", task_id, *period)
+    assert shown["cron_expressions"] == [
+        "0 9 2,5,7-9,12-16,19-23,26-30 1 *",
+        "0 9 1-5,8-12,15-19,22-24,29-31 12 *",
+    ]
+    assert shown["occurrences"] == 41 and shown["schedule_calendar"] == "munich"
+    # Midnight in Berlin, both ends; the end is the day after --expand-until.
+    assert shown["period"] == {"start": "2031-11-30T23:00:00Z", "end": "2032-01-31T23:00:00Z"}
+    lines = shown["crontab"].splitlines()
+    assert lines[0] == "CRON_TZ=Europe/Berlin" and len(lines) == 3
+    start = int(datetime(2031, 11, 30, 23, tzinfo=UTC).timestamp())
+    end = int(datetime(2032, 1, 31, 23, tzinfo=UTC).timestamp())
+    guard = f'now=$(date +\\%s); [ "$now" -ge {start} ] && [ "$now" -lt {end} ] || exit 0'
+    assert all(line.split(" ", 5)[5].startswith(guard) for line in lines[1:])
+    assert any("41 occurrences" in note for note in shown["notes"])
+    text = cli.ok("scheduler", "cron-line", task_id, *period)
+    assert text.startswith("# Note: 41 occurrences from 2031-12-01 00:00 to before 2032-02-01")
+    listed = yaml.safe_load(cli.ok("scheduler", "k8s-cronjob", task_id, *period))
+    assert listed["kind"] == "List" and len(listed["items"]) == 2
+    kubernetes_validate.validate(listed["items"][0], "1.30.0", strict=True)
+    names = [item["metadata"]["name"] for item in listed["items"]]
+    assert len(set(names)) == 2 and all(len(name) <= 52 for name in names)
+    schedules = [item["spec"]["schedule"] for item in listed["items"]]
+    assert schedules == shown["cron_expressions"]
+    container = listed["items"][1]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = container["containers"][0]["command"]
+    assert script[:2] == ["sh", "-c"] and guard.replace("\\%", "%") in script[2]
+
+
+def test_an_expansion_too_long_or_backwards_is_one_line(cli: Cli) -> None:
+    task_id = business_days(cli)
+    cli.fails(1, "scheduler", "cron-line", task_id, "--expand-from", "2031-01-01",
+              "--expand-until", "2032-01-02", names=("at most a year",))  # fmt: skip
+    cli.fails(1, "scheduler", "cron-line", task_id, "--expand-from", "2031-01-02",
+              "--expand-until", "2030-12-31", names=("after start",))  # fmt: skip
+    cli.fails(2, "scheduler", "cron-line", task_id, "--expand-from", "2031-01-02")
+    cli.fails(2, "scheduler", "cron-line", task_id, "--expand-until", "next week")

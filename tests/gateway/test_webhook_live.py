@@ -18,8 +18,10 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -334,3 +336,57 @@ def test_the_cron_emulation_cuts_at_an_unescaped_percent() -> None:
         "a % b",
         "x\ny",
     )
+
+
+def test_an_expanded_line_triggers_inside_its_period_and_nowhere_else(live: Live) -> None:
+    """A bounded period's line fires on the same dates of every year; its guard lets the job
+    through only within the period (by the machine's clock, with real sh and date)."""
+    from apflow_server.exports.triggers import generate_expanded_cron_config
+    from apflow_server.schedules.to_cron import BoundedCron
+
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    zone = ZoneInfo("Europe/Paris")
+
+    def line(start: datetime, end: datetime) -> str:
+        expanded = BoundedCron(zone, start, end, ("* * * * *",), fires=1)
+        return generate_expanded_cron_config(
+            live.task_id, expanded, url_of(live), secret_env="APFLOW_WEBHOOK_SECRET"
+        )
+
+    before = len(live.runs())
+    for start, end in (
+        (minute + timedelta(minutes=2), minute + timedelta(days=300)),  # not yet
+        (minute - timedelta(days=300), minute),  # over (the end is exclusive)
+    ):
+        result = run_cron_entry(line(start, end), APFLOW_WEBHOOK_SECRET=SECRET)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert len(live.runs()) == before
+    result = run_cron_entry(
+        line(minute, minute + timedelta(minutes=2)), APFLOW_WEBHOOK_SECRET=SECRET
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert live.wait_finished(before + 1)[-1] == ("webhook", "completed")
+
+
+def test_the_cli_expanded_cronjob_triggers_the_task(live: Live) -> None:
+    """`k8s-cronjob --expand-until`: each CronJob's script (guard, signing, curl) run as its
+    pod would, from today (its midnight in the task's zone) to a month ahead."""
+    today = datetime.now(ZoneInfo("Europe/Paris")).date()  # the task's zone
+    shown = live.apflow(
+        *("scheduler", "k8s-cronjob", live.task_id, "--secret-name", "apflow-webhook"),
+        *("--base-url", live.base_url, "-f", "json", "--expand-from", today.isoformat()),
+        *("--expand-until", (today + timedelta(days=31)).isoformat()),
+    )
+    assert shown.returncode == 0, shown.stderr
+    listed = json.loads(shown.stdout)
+    assert listed["kind"] == "List" and listed["items"]
+    pod = listed["items"][0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (trigger,) = pod["containers"]
+    env = cron_env(**{item["name"]: SECRET for item in trigger["env"]})
+    before = len(live.runs())
+    fresh_second()
+    result = subprocess.run(
+        trigger["command"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert live.wait_finished(before + 1)[-1] == ("webhook", "completed")
