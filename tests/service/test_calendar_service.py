@@ -13,11 +13,11 @@ import holidays
 import pytest
 import recurring_ical_events
 from icalendar import Calendar
+from processes import spawn, stop
 from sqlalchemy import func, select, update
 
 from apflow_server.config import Settings
 from apflow_server.core.errors import NotFoundError, ValidationError
-from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.service import Principal, Service
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import BusinessCalendar, Task, TaskRun
@@ -284,10 +284,11 @@ async def test_changing_a_calendar_moves_the_schedules_that_follow_it(service: S
 
 
 async def test_a_scheduler_records_a_closed_day_skipped_with_its_name(
-    service: Service, database: Database
+    service: Service, database: Database, tmp_path: Path
 ) -> None:
-    """A real scheduler: every occurrence of an interval schedule today falls on a day the
-    calendar closes ("Audit day"), and each is recorded skipped with that reason."""
+    """A scheduler in its own OS process: every occurrence of an interval schedule today
+    falls on a day the calendar closes ("Audit day"), and each is recorded skipped with that
+    reason."""
     today = datetime.now(ZoneInfo("UTC")).date()
     await service.calendars.create(
         ALICE,
@@ -302,20 +303,16 @@ async def test_a_scheduler_records_a_closed_day_skipped_with_its_name(
         service, ALICE, schedule_type="interval", schedule_expression="1",
         schedule_timezone="UTC", schedule_calendar="audit",
     )  # fmt: skip
-    scheduler = InternalScheduler(
-        SchedulerConfig(poll_interval=0.2, heartbeat_interval=5),
-        database=database,
-        settings=service.settings,
-    )
-    await scheduler.start()
+    process = spawn(database.url, tmp_path / "journal", "--poll", "0.2")
     try:
-        deadline = asyncio.get_running_loop().time() + 10
+        deadline = asyncio.get_running_loop().time() + 15
         runs: list[TaskRun] = []
         while asyncio.get_running_loop().time() < deadline and len(runs) < 2:
             await asyncio.sleep(0.2)
             runs = list((await service.runs.list_runs(ALICE, task_id=task_id)).items)
     finally:
-        await scheduler.stop()
+        errors = stop(process)
+    assert "Traceback" not in errors, errors
     assert len(runs) >= 2
     assert {(run.status, run.reason) for run in runs} == {("skipped", "Audit day")}
 
@@ -347,12 +344,12 @@ async def test_the_calendar_feed_expands_to_the_fire_times_that_run(
 
 
 async def test_a_scheduler_fires_a_moved_occurrence_once_at_its_moved_instant(
-    service: Service, database: Database
+    service: Service, database: Database, tmp_path: Path
 ) -> None:
-    """A real scheduler: a `once` occurrence a few seconds from now falls on a closed day and
-    previous_business_day moves it to yesterday at the same time; it is due at once and runs
-    exactly once, recorded at the moved instant (the default misfire policy runs one late
-    occurrence)."""
+    """A scheduler in its own OS process: a `once` occurrence a few seconds from now falls on
+    a closed day and previous_business_day moves it to yesterday at the same time; it is due
+    at once and runs exactly once, recorded at the moved instant (the default misfire policy
+    runs one late occurrence)."""
     now = datetime.now(UTC).replace(microsecond=0)
     when = now + timedelta(seconds=3)
     await service.calendars.create(
@@ -366,15 +363,10 @@ async def test_a_scheduler_fires_a_moved_occurrence_once_at_its_moved_instant(
     )  # fmt: skip
     moved = when - timedelta(days=1)
     assert (await service.tasks.get(ALICE, task_id)).next_run_at == moved
-    scheduler = InternalScheduler(
-        SchedulerConfig(poll_interval=0.2, heartbeat_interval=5),
-        database=database,
-        settings=service.settings,
-    )
-    await scheduler.start()
+    process = spawn(database.url, tmp_path / "journal", "--poll", "0.2")
     try:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
+        deadline = loop.time() + 15
         runs: list[TaskRun] = []
         while loop.time() < deadline and not (runs and runs[0].status == "completed"):
             await asyncio.sleep(0.2)
@@ -382,7 +374,8 @@ async def test_a_scheduler_fires_a_moved_occurrence_once_at_its_moved_instant(
         await asyncio.sleep(4)  # past the original instant: nothing more fires
         runs = list((await service.runs.list_runs(ALICE, task_id=task_id)).items)
     finally:
-        await scheduler.stop()
+        errors = stop(process)
+    assert "Traceback" not in errors, errors
     assert [(run.status, run.scheduled_for) for run in runs] == [("completed", moved)]
 
 
