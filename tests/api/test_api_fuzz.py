@@ -122,6 +122,18 @@ NASTY_STRINGS = [
     "pending",
     "in_progress",
     "echo_executor",
+    "fuzz-cal",
+    "skip",
+    "next_business_day",
+    "previous_business_day",
+    "BD1 09:00",
+    "BDL 17:00",
+    "BD0 09:00",
+    "BD24 09:00",
+    "DE",
+    "DE-BY",
+    "XX",
+    "BEGIN:VCALENDAR\r\nEND:VCALENDAR",
     "x" * 300,
     "é" * 5000,
     "a" * 100_000,
@@ -217,6 +229,8 @@ def fuzz_service(
                 {"id": "fuzz-kid", "name": "kid", "parent_id": "fuzz-root"},
             ],
         )
+        # A calendar the fuzz can name (schedule_calendar, calendars.*).
+        service.api.call("calendars.create", {"name": "fuzz-cal", "holidays": {"country": "DE"}})
         yield service
 
 
