@@ -182,6 +182,25 @@ def trigger_grace(task: Any) -> int:
     return DEFAULT_TRIGGER_GRACE_SECONDS if grace is None else int(grace)
 
 
+def fires_ahead(
+    schedule: Timetable,
+    count: int,
+    start: datetime,
+    remaining: int | None,
+    *,
+    strictly_after: bool,
+    between_steps: Callable[[], None] | None = None,
+) -> list[datetime]:
+    """A preview: the next `count` fire times from `start`, at most `remaining`. A `once` that
+    is past but has not run is shown, since it is due now, unless asked `strictly_after`."""
+    if schedule.type is ScheduleType.ONCE:
+        when = schedule.first_fire(start)
+        if when is None or remaining == 0 or (strictly_after and when <= start):
+            return []
+        return [when]
+    return schedule.preview(count, start, remaining, between_steps=between_steps)
+
+
 def occurrences_due(
     schedule: Timetable, task: ScheduledTask, first: datetime, until: datetime, limit: int
 ) -> tuple[list[datetime], datetime | None]:

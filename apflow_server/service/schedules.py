@@ -13,7 +13,13 @@ from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import SCHEDULE_PAUSED, SCHEDULE_RESUMED, Event
 from apflow_server.core.task_fields import is_valid_unicode, no_nul, parse_instant
-from apflow_server.schedules.plan import Timetable, localise, occurrences_between, schedule_of
+from apflow_server.schedules.plan import (
+    Timetable,
+    fires_ahead,
+    localise,
+    occurrences_between,
+    schedule_of,
+)
 from apflow_server.schedules.policy import closed_reason, holds_ahead
 from apflow_server.service.audit import Audit, Change
 from apflow_server.service.caller import Principal, check_owner, user_scope
@@ -385,6 +391,27 @@ class Schedules:
         <user>), or None where it runs."""
         task, schedule = await self.timetable(caller, task_id)
         return holds_ahead(task, fires, schedule)
+
+    async def fires_ahead(
+        self, caller: Principal | None, task_id: Any, *, count: int, budget: Budget = UNLIMITED
+    ) -> tuple[Task, list[tuple[datetime, str | None]]]:
+        """The task, and its next `count` fire times with why each will be skipped (None: it
+        runs); none for a disabled, ended or exhausted schedule. One read of the task."""
+        task, schedule = await self.timetable(caller, task_id)
+        if schedule is None or not task.schedule_enabled:
+            return task, []
+        remaining = None if task.max_runs is None else task.max_runs - task.run_count
+        check = budget.checker("count", "ask for fewer fire times")
+        fires = await off_loop(
+            fires_ahead,
+            schedule,
+            count,
+            self.repository.clock(),
+            remaining,
+            strictly_after=False,
+            between_steps=check,
+        )
+        return task, list(zip(fires, holds_ahead(task, fires, schedule), strict=True))
 
     async def timetable(
         self, caller: Principal | None, task_id: Any

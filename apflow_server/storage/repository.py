@@ -42,7 +42,6 @@ from apflow_server.core.trees import (
 from apflow_server.core.types import (
     RunStatus,
     RunTrigger,
-    ScheduleType,
     TaskStatus,
     parse_schedule_type,
 )
@@ -50,6 +49,7 @@ from apflow_server.schedules.expressions import IntervalRecurrence
 from apflow_server.schedules.plan import (
     apply_schedule,
     fire_after,
+    fires_ahead,
     localise,
     next_run_from,
     schedule_of,
@@ -595,14 +595,16 @@ class TaskRepository:
                 draft.schedule_anchor_at = now.replace(microsecond=0) + schedule.recurrence.period
                 schedule = schedule_of(draft)
             remaining = fields.get("max_runs")
-        if schedule.type is ScheduleType.ONCE:
-            # Without `after`, a once that is past but has not run is shown: it is due now.
-            when = schedule.first_fire(start)
-            if when is None or remaining == 0 or (after is not None and when <= start):
-                return []
-            return [when]
         check = budget.checker("count", "ask for fewer fire times")
-        return await off_loop(schedule.preview, count, start, remaining, between_steps=check)
+        return await off_loop(
+            fires_ahead,
+            schedule,
+            count,
+            start,
+            remaining,
+            strictly_after=after is not None,
+            between_steps=check,
+        )
 
     # ------------------------------------------------------------------ run history
 

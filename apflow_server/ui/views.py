@@ -308,20 +308,18 @@ async def _task_response(
     backfill_plan: dict[str, Any] | None = None,
     backfill_form: dict[str, str] | None = None,
 ) -> Response:
-    task = await _visible_task(current, request.path_params["task_id"])
-    fires: list[dict[str, Any]] = []
-    if task.schedule_enabled and task.schedule_type is not None:
-        try:
-            times = await current.service.schedules.preview(
-                current.caller, task_id=task.id, count=10, budget=current.budget()
-            )
-            holds = await current.service.schedules.preview_holds(current.caller, task.id, times)
-        except ApflowError:  # an exhausted or ended schedule: nothing ahead
-            times, holds = [], []
-        fires = [
-            {**_instant(fire, task.schedule_timezone), "hold": hold}
-            for fire, hold in zip(times, holds, strict=True)
-        ]
+    task_id = request.path_params["task_id"]
+    try:
+        task, ahead = await current.service.schedules.fires_ahead(
+            current.caller, task_id, count=10, budget=current.budget()
+        )
+    except ForbiddenError:  # as _visible_task: another user's task is not found
+        raise NotFoundError(f"task {task_id!r} not found") from None
+    except NotFoundError:
+        raise
+    except ApflowError:  # fire times beyond the page's compute budget: none shown
+        task, ahead = await _visible_task(current, task_id), []
+    fires = [{**_instant(fire, task.schedule_timezone), "hold": hold} for fire, hold in ahead]
     runs = await current.service.runs.list_runs(current.caller, task_id=task.id, limit=TASK_RUNS)
     notice = NOTICES.get(request.query_params.get("done") or "")
     return current.render(
