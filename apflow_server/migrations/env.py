@@ -4,6 +4,7 @@ when invoked as `alembic upgrade head` (then APFLOW_DATABASE_URL / APFLOW_HOME d
 from __future__ import annotations
 
 import asyncio
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -48,9 +49,18 @@ async def _run_standalone() -> None:
         await database.dispose()
 
 
+def _log_as_configured() -> None:
+    """Plain `alembic` logs as alembic.ini says (each migration it runs, at INFO); under
+    `Database.upgrade` the service's own logging stays as it is."""
+    if context.config.config_file_name is not None:
+        fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+
+
 if context.is_offline_mode():
+    _log_as_configured()
     run_migrations_offline()
 elif (connection := context.config.attributes.get("connection")) is not None:
     _run(connection)
 else:
+    _log_as_configured()
     asyncio.run(_run_standalone())

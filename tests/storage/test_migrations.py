@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from apflow_server.storage.database import Database, head_revision
 from apflow_server.storage.models import Base
+
+ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
 
 async def test_schema_matches_models_and_is_at_head(database: Database) -> None:
@@ -63,3 +71,21 @@ async def test_a_database_from_a_newer_release_is_named_as_such(database: Databa
                     text("UPDATE alembic_version SET version_num = :head"),
                     {"head": head_revision()},
                 )
+
+
+def test_plain_alembic_migrates_and_says_what_it_ran(tmp_path: Path) -> None:
+    """`alembic -c <checkout>/alembic.ini upgrade head` from any folder: it migrates the
+    database APFLOW_HOME names and logs each migration (env.py reads the file's logging)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APFLOW_")}
+    env["APFLOW_HOME"] = str(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "alembic"), "-c", str(ALEMBIC_INI), "upgrade", "head"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Running upgrade  -> 0001" in result.stderr, result.stderr
+    assert "Running upgrade 0010 -> 0011" in result.stderr
+    with sqlite3.connect(tmp_path / "home" / "apflow.db") as db:
+        (version,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert version == head_revision()
