@@ -26,6 +26,27 @@ class ConfigError(ApflowError):
     """A setting has a value the service cannot use."""
 
 
+def ensure_folder(folder: Path, what: str) -> None:
+    """Create `folder` if it is missing, but only inside one that exists: a mistyped
+    APFLOW_HOME (or SQLite path) is refused in one line rather than built, parents and all,
+    with a fresh empty database in it."""
+    folder = folder.expanduser()
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        if not folder.is_dir():
+            raise ConfigError(f"{what} {folder} is a file, not a folder") from None
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{what} {folder} cannot be created: {folder.parent} does not exist "
+            "(a typo? create the folder first if it is meant)"
+        ) from None
+    except PermissionError:
+        raise ConfigError(f"{what} {folder} cannot be created: permission denied") from None
+
+
 # (raw value or None, variable name, the field's default) -> the setting's value
 Reader = Callable[[str | None, str, Any], Any]
 

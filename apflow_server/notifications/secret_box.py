@@ -13,7 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from apflow_server.config import Settings
+from apflow_server.config import Settings, ensure_folder
 
 KEY_FILE = "secret.key"
 
@@ -66,7 +66,7 @@ def _key_file(home: Path) -> str:
         return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         pass
-    home.mkdir(parents=True, exist_ok=True)
+    ensure_folder(home, "APFLOW_HOME")
     key = base64.urlsafe_b64encode(os.urandom(32)).decode()
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

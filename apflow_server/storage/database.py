@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from apflow_server.config import Settings, normalise_database_url
+from apflow_server.config import Settings, ensure_folder, normalise_database_url
 from apflow_server.core.errors import ApflowError
 from apflow_server.storage.postgres_url import postgres_target
 
@@ -103,7 +103,10 @@ class Database:
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                ensure_folder(
+                    Path(database).expanduser().parent,
+                    "the SQLite database's folder (APFLOW_HOME, or APFLOW_DATABASE_URL's path)",
+                )
             self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=0)
             _install_sqlite_hooks(self.engine)
         elif self.dialect == "postgresql":

@@ -337,6 +337,26 @@ def test_bad_settings_are_refused(cli: Cli) -> None:
     assert_one_error_line(result.stderr, "APFLOW_REST_MAX_KEEPALIVE (500)")
 
 
+def test_a_mistyped_home_is_refused_and_not_built(cli: Cli, tmp_path: Path) -> None:
+    """APFLOW_HOME is created when missing, but only inside a folder that exists: a typo
+    is one line, with nothing made (it printed "No tasks found." from a new database)."""
+    cli.env["APFLOW_DATABASE_URL"] = None  # the embedded default, under APFLOW_HOME
+    mistyped = tmp_path / "no-such-folder" / "x" / "apflow"
+    for command in (("tasks", "list"), ("calendars", "list"), ("serve", "--port", "1")):
+        result = cli(*command, APFLOW_HOME=str(mistyped))
+        assert result.exit_code == 1, result.stdout
+        assert_one_error_line(result.stderr, str(mistyped), "does not exist")
+    assert not (tmp_path / "no-such-folder").exists()
+    fresh = tmp_path / "apflow-home"  # one level new: made, as ~/.apflow is on first use
+    assert cli("tasks", "list", APFLOW_HOME=str(fresh)).exit_code == 0
+    assert (fresh / "apflow.db").is_file()
+    file = tmp_path / "a-file"
+    file.write_text("")
+    result = cli("tasks", "list", APFLOW_HOME=str(file))
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, str(file), "not a folder")
+
+
 # ---------------------------------------------------------------------- real processes
 
 
