@@ -3,17 +3,19 @@ reporting a finished run with the tree it ran (exit 1 unless it completed)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
 from apflow_server.core.errors import ApflowError
-from apflow_server.core.types import RunStatus, RunTrigger
+from apflow_server.core.types import RunStatus, RunTrigger, TaskStatus
 from apflow_server.scheduler import InternalScheduler, SchedulerConfig
 from apflow_server.service import Service
 from apflow_server.service.audit import Change
 from apflow_server.service.runs import OPERATOR_INSTANCE
-from apflow_server.storage.models import TaskRun
+from apflow_server.storage.models import Task, TaskRun
 from apflow_server.storage.repository import TaskNode
 
 from . import output
@@ -70,8 +72,44 @@ async def execute_here(
             run_id = await scheduler.trigger(task_id, RunTrigger.MANUAL)
             change = Change("task.run.manual", "task", task.id, task.user_id)
             await service.audit.record(OPERATOR, change)
-            await scheduler.wait_idle()
+            await _wait_showing_progress(service, task, scheduler.wait_idle())
         finally:
             await scheduler.stop()
     run = await service.runs.get_run(OPERATOR, run_id)
     return run, await service.tasks.subtree(OPERATOR, task_id)
+
+
+# How often a terminal's progress line is refreshed from the database.
+PROGRESS_SECONDS = 1.0
+
+
+async def _wait_showing_progress(service: Service, task: Task, idle: Awaitable[None]) -> None:
+    """Wait for the run; on a terminal, a status line on stderr meanwhile (elapsed time, the
+    tree's tasks finished, the root's progress), so a long run does not look like a hang."""
+    out = output.console(stderr=True)
+    if not out.is_terminal:
+        await idle
+        return
+    waiting = asyncio.ensure_future(idle)
+    began = time.monotonic()
+    with out.status(f"Running {output.describe(task)}", spinner="dots") as status:
+        while not (await asyncio.wait({waiting}, timeout=PROGRESS_SECONDS))[0]:
+            node = await service.tasks.subtree(OPERATOR, task.id)
+            tasks = list(_walk(node))
+            finished = sum(1 for each in tasks if each.status in FINISHED)
+            percent = f", {node.task.progress:.0%}" if node.task.progress else ""
+            status.update(
+                f"Running {output.describe(task)}: {time.monotonic() - began:.0f} s, "
+                f"{finished} of {len(tasks)} task{'s' if len(tasks) != 1 else ''} "
+                f"finished{percent}"
+            )
+    await waiting
+
+
+FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def _walk(node: TaskNode) -> Iterator[Task]:
+    yield node.task
+    for child in node.children:
+        yield from _walk(child)

@@ -198,6 +198,26 @@ def test_execute_runs_a_tree_in_this_process(scli: Cli, tmp_path: Path) -> None:
     assert alone["status"] == "completed" and [t["id"] for t in alone["tasks"]] == [fetch]
 
 
+def test_execute_shows_progress_on_a_terminal_only(scli: Cli, tmp_path: Path) -> None:
+    """A long run is not silent on a terminal (FORCE_COLOR makes rich treat stderr as one):
+    a status line with the time so far and the tasks finished. Redirected, stderr stays
+    empty and stdout holds the outcome alone."""
+    scli.env["APFLOW_PLUGINS"] = "support"  # the test executors (tests/support.py)
+    sleep = {"executor_id": "test_sleep"}
+    tree = [
+        {"name": "Nightly", "id": "nightly"},
+        {"name": "Nap", "parent_id": "Nightly", "params": sleep, "inputs": {"seconds": 2.5}},
+    ]
+    scli.json("tasks", "create", "--file", write_tree(tmp_path, tree))
+    shown = scli("tasks", "execute", "nightly", FORCE_COLOR="1")
+    assert shown.exit_code == 0, shown.stderr
+    assert "Running nightly (Nightly)" in shown.stderr
+    assert "of 2 tasks finished" in shown.stderr
+    quiet = scli("tasks", "execute", "nightly", "-f", "json")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["status"] == "completed"
+
+
 def test_execute_of_a_failing_tree_exits_1_after_the_outcome(scli: Cli, tmp_path: Path) -> None:
     cli = scli
     tree = [
