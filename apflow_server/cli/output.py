@@ -277,23 +277,24 @@ def show_preview(
 ) -> None:
     reasons = list(holds) or [None] * len(fire_times)
     if output_format == "json":
+        # JSON-RPC's tasks.scheduled.preview answer (fire_times in UTC, skipped), plus the
+        # schedule it describes and each fire time in the schedule's zone.
         local = ZoneInfo(zone)
-        print_json(
-            {
-                "task_id": task_id,
-                "schedule_type": schedule_type,
-                "schedule_expression": expression,
-                "schedule_timezone": zone,
-                "fire_times": [
-                    {
-                        "utc": when.astimezone(UTC).isoformat(),
-                        "local": when.astimezone(local).isoformat(),
-                        **({"skipped": reason} if reason else {}),
-                    }
-                    for when, reason in zip(fire_times, reasons, strict=True)
-                ],
-            }
-        )
+        answer: dict[str, Any] = {
+            "task_id": task_id,
+            "schedule_type": schedule_type,
+            "schedule_expression": expression,
+            "schedule_timezone": zone,
+            "fire_times": [when.isoformat() for when in fire_times],
+            "local_times": [when.astimezone(local).isoformat() for when in fire_times],
+        }
+        if task_id is not None:
+            answer["skipped"] = [
+                {"fire_time": when.isoformat(), "reason": reason}
+                for when, reason in zip(fire_times, reasons, strict=True)
+                if reason is not None
+            ]
+        print_json(answer)
         return
     subject = f"task {task_id}: " if task_id else ""
     title = f"{subject}{schedule_type} {expression} ({zone})"

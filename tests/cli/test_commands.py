@@ -338,11 +338,18 @@ def test_preview_an_unsaved_schedule_across_dst(cli: Cli) -> None:
     assert preview["task_id"] is None
     assert preview["schedule_timezone"] == "Europe/Berlin"
     # 02:30 does not exist on 2025-03-30 (02:00 -> 03:00): it fires at 03:30 CEST = 01:30Z.
+    # JSON-RPC's fire_times (UTC), and each in the schedule's zone.
     assert preview["fire_times"] == [
-        {"utc": "2025-03-29T01:30:00+00:00", "local": "2025-03-29T02:30:00+01:00"},
-        {"utc": "2025-03-30T01:30:00+00:00", "local": "2025-03-30T03:30:00+02:00"},
-        {"utc": "2025-03-31T00:30:00+00:00", "local": "2025-03-31T02:30:00+02:00"},
+        "2025-03-29T01:30:00+00:00",
+        "2025-03-30T01:30:00+00:00",
+        "2025-03-31T00:30:00+00:00",
     ]
+    assert preview["local_times"] == [
+        "2025-03-29T02:30:00+01:00",
+        "2025-03-30T03:30:00+02:00",
+        "2025-03-31T02:30:00+02:00",
+    ]
+    assert "skipped" not in preview  # a draft has no pauses or skips
     table = cli.ok(*args)
     assert "daily 02:30 (Europe/Berlin)" in table
     assert "2025-03-30 01:30:00Z" in table
@@ -351,7 +358,7 @@ def test_preview_an_unsaved_schedule_across_dst(cli: Cli) -> None:
 
     # Fall back: 02:30 happens twice on 2025-10-26 and fires once, at the first (CEST).
     autumn = cli.json(*args[:-4], "--after", "2025-10-25T12:00:00Z", "--count", "2")
-    assert [t["utc"] for t in autumn["fire_times"]] == [
+    assert autumn["fire_times"] == [
         "2025-10-26T00:30:00+00:00",
         "2025-10-27T01:30:00+00:00",
     ]
@@ -361,9 +368,8 @@ def test_preview_an_unsaved_schedule_across_dst(cli: Cli) -> None:
         *sh("tasks scheduled preview --schedule-type once"),
         *sh("--schedule-expression 2031-06-01T09:00:00 --schedule-timezone Asia/Tokyo"),
     )
-    assert once["fire_times"] == [
-        {"utc": "2031-06-01T00:00:00+00:00", "local": "2031-06-01T09:00:00+09:00"}
-    ]
+    assert once["fire_times"] == ["2031-06-01T00:00:00+00:00"]
+    assert once["local_times"] == ["2031-06-01T09:00:00+09:00"]
 
 
 def test_preview_a_stored_task(cli: Cli) -> None:
@@ -376,7 +382,8 @@ def test_preview_a_stored_task(cli: Cli) -> None:
     )
     assert preview["task_id"] == task["id"]
     assert (preview["schedule_type"], preview["schedule_expression"]) == ("daily", "02:30")
-    assert [t["local"] for t in preview["fire_times"]] == [
+    assert preview["skipped"] == []
+    assert preview["local_times"] == [
         "2025-03-30T03:30:00+02:00",
         "2025-03-31T02:30:00+02:00",
     ]

@@ -425,9 +425,8 @@ def test_pause_resume_and_skip_from_the_cli(cli: Cli) -> None:
     skipped = cli.json("tasks", "scheduled", "skip", task_id, "--count", "3")
     assert skipped["schedule_skip_count"] == 3
     preview = cli.json("tasks", "scheduled", "preview", task_id, "--count", "4")
-    assert [entry.get("skipped") for entry in preview["fire_times"]] == [
-        "skipped by the operator"
-    ] * 3 + [None]
+    assert [entry["reason"] for entry in preview["skipped"]] == ["skipped by the operator"] * 3
+    assert [entry["fire_time"] for entry in preview["skipped"]] == preview["fire_times"][:3]
 
     plain = cli.create("--name", "plain")["id"]
     cli.fails(REFUSED, "tasks", "scheduled", "pause", plain, names=("task_id", "no schedule"))
