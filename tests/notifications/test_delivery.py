@@ -41,11 +41,6 @@ def settings(database: Database, tmp_path) -> Settings:
     )
 
 
-@pytest.fixture
-def service(database: Database, settings: Settings) -> Service:
-    return Service(settings, database, TaskRepository(database, settings=settings))
-
-
 async def deliveries(database: Database) -> list[NotificationDelivery]:
     async with database.transaction() as session:
         query = select(NotificationDelivery).order_by(NotificationDelivery.created_at)

@@ -23,32 +23,10 @@ from apflow_server.notifications.worker import DispatcherProcess
 from apflow_server.service import Principal, Service
 from apflow_server.storage import notifications
 from apflow_server.storage.database import Database
-from apflow_server.storage.repository import TaskRepository
 
 ALICE = Principal("alice", False, "jwt")
-KEY = "a key the test and its processes share"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def settings(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    environment = {
-        "APFLOW_SECRET_KEY": KEY,
-        "APFLOW_NOTIFY_ALLOW_PRIVATE_URLS": "1",
-        "APFLOW_NOTIFY_TIMEOUT_SECONDS": "2",  # an attempt is held 4 s
-        "APFLOW_NOTIFY_RETRY_SECONDS": "0,0,0",
-        "APFLOW_NOTIFY_IN_SCHEDULER": "process",
-        "APFLOW_HOME": str(tmp_path),
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)  # scheduler processes inherit them
-    return Settings.from_env()
-
-
-@pytest.fixture
-def service(database: Database, settings: Settings) -> Service:
-    return Service(settings, database, TaskRepository(database, settings=settings))
 
 
 def running(pid: int) -> bool:

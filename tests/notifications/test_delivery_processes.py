@@ -17,39 +17,15 @@ from receiver import Receiver
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
-from apflow_server.config import Settings
 from apflow_server.core.events import PING, Event
 from apflow_server.service import Principal, Service
 from apflow_server.storage import notifications
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import NotificationDelivery
-from apflow_server.storage.repository import TaskRepository
 
 ALICE = Principal("alice", False, "jwt")
-KEY = "a key the test and its scheduler processes share"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def settings(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    environment = {
-        "APFLOW_SECRET_KEY": KEY,
-        "APFLOW_NOTIFY_ALLOW_PRIVATE_URLS": "1",
-        "APFLOW_NOTIFY_TIMEOUT_SECONDS": "2",  # an attempt is held 4 s
-        "APFLOW_NOTIFY_RETRY_SECONDS": "0,0,0",
-        "APFLOW_HOME": str(tmp_path),
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)  # the scheduler processes inherit them
-    return Settings(
-        home=tmp_path, database_url=database.url, secret_key=KEY, notify_allow_private_urls=True
-    )
-
-
-@pytest.fixture
-def service(database: Database, settings: Settings) -> Service:
-    return Service(settings, database, TaskRepository(database, settings=settings))
 
 
 async def stored(database: Database) -> list[NotificationDelivery]:
