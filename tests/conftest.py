@@ -1,7 +1,8 @@
 """Shared fixtures: a migrated database on SQLite and on PostgreSQL for every storage test.
 
-PostgreSQL tests create their own database (apflow_test_<random>) on the server named by
-APFLOW_TEST_POSTGRES_URL (default: the local server, user postgres) and drop it afterwards.
+PostgreSQL tests create their own database (apflow_test_<random>) on the run's server
+(tests/postgres_server.py: APFLOW_TEST_POSTGRES_URL, else the local server on 5432, else a
+throwaway one, else they are skipped) and drop it afterwards.
 """
 
 from __future__ import annotations
@@ -10,43 +11,95 @@ import asyncio
 import fcntl
 import os
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
+import postgres_server
 import pytest
 from sqlalchemy import text
 
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Base
 
-ADMIN_URL = os.environ.get(
-    "APFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Find or start the PostgreSQL server of this run (tests/postgres_server.py), once: a
+    pytest-xdist worker inherits the choice through the environment."""
+    if hasattr(config, "workerinput"):
+        return
+    try:
+        decision = postgres_server.decide()
+    except postgres_server.NoPostgres as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[_POSTGRES] = decision
+    if decision.url is not None:
+        os.environ[postgres_server.URL_VARIABLE] = decision.url
+    else:
+        os.environ[postgres_server.MISSING_VARIABLE] = decision.description
+    if decision.throwaway is not None:
+        os.environ[postgres_server.DATA_VARIABLE] = str(decision.throwaway.data)
+
+
+_POSTGRES_FIXTURES = {
+    "postgres_url",
+    "fresh_postgres_url",
+    "migrated_postgres_url",
+    "postgres_alone",
+}
+
+
+def _needs_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    for value in callspec.params.values() if callspec is not None else ():
+        # The databases' parameter ("postgresql"), or a fixture's name ("migrated_postgres_url").
+        if isinstance(value, str) and (value == "postgresql" or value in _POSTGRES_FIXTURES):
+            return True
+    if item.get_closest_marker("postgres") or item.get_closest_marker("restarts_postgres"):
+        return True
+    return bool(_POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a PostgreSQL server, its tests are deselected (the summary's last line says
+    why and how to run them), not reported one by one as skipped."""
+    if not os.environ.get(postgres_server.MISSING_VARIABLE):
+        return
+    kept = [item for item in items if not _needs_postgres(item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if _needs_postgres(item)])
+        items[:] = kept
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    decision = config.stash.get(_POSTGRES, None)
+    if decision is not None and decision.throwaway is not None:
+        decision.throwaway.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    decision = config.stash.get(_POSTGRES, None)
+    return None if decision is None else decision.description
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    decision = terminalreporter.config.stash.get(_POSTGRES, None)
+    if decision is not None and decision.url is None:
+        terminalreporter.write_line(decision.description)
+
+
+_POSTGRES = pytest.StashKey[postgres_server.Decision]()
 
 
 def _server_url(database: str) -> str:
-    base, _, _ = ADMIN_URL.rpartition("/")
-    return f"{base}/{database}"
+    return postgres_server.database_url(database)
 
 
 async def _create_pg_database() -> str:
-    name = f"apflow_test_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(ADMIN_URL)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    return name
+    return await postgres_server.create_database("apflow_test")
 
 
 async def _drop_pg_database(name: str) -> None:
-    connection = await asyncpg.connect(ADMIN_URL)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+    await postgres_server.drop_database(name)
 
 
 async def _migrate(url: str) -> None:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import jwt
+import postgres_server
 
 from apflow_server.storage.database import Database
 
@@ -38,9 +38,6 @@ JWT_SECRET = "jwt-secret-for-the-api-tests-" + "0123456789abcdef" * 3
 OTHER_SECRET = "another-secret-nobody-configured-" + "fedcba9876543210" * 3
 WEBHOOK_SECRET = "webhook-secret-for-the-api-tests-0123456789"
 
-ADMIN_URL = os.environ.get(
-    "APFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 # Variables that would leak the developer's own setup into a server process.
 CLEARED = (
@@ -285,14 +282,7 @@ def assert_field(error: dict[str, Any], code: int, field_name: str | None = None
 
 
 async def _create_pg_database() -> str:
-    name = f"apflow_api_{uuid.uuid4().hex[:12]}"
-    connection = await asyncpg.connect(ADMIN_URL)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    base, _, _ = ADMIN_URL.rpartition("/")
-    url = f"{base}/{name}"
+    url = postgres_server.database_url(await postgres_server.create_database("apflow_api"))
     database = Database(url)
     try:
         await database.upgrade()
@@ -306,17 +296,8 @@ def create_pg_database() -> str:
     return asyncio.run(_create_pg_database())
 
 
-async def _drop_pg_database(url: str) -> None:
-    name = url.rpartition("/")[2]
-    connection = await asyncpg.connect(ADMIN_URL)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 def drop_pg_database(url: str) -> None:
-    asyncio.run(_drop_pg_database(url))
+    asyncio.run(postgres_server.drop_database(url.rpartition("/")[2]))
 
 
 # ---------------------------------------------------------------------- processes
@@ -386,7 +367,7 @@ class ServerProcess:
     def output(self) -> str:
         if not self._log_handle.closed:
             self._log_handle.flush()
-        return self.log.read_text()
+        return self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 20) -> int:
         if self.process.poll() is None:

@@ -1,9 +1,10 @@
 """PostgreSQL restarts under a running server: it keeps answering /healthz, its scheduler
 backs off and resumes, nothing runs twice and nothing crashes.
 
-This restarts the local cluster (`pg_ctlcluster ... restart`) and runs only where that command
-exists, alone: tests run in parallel (pytest-xdist), and a browser test whose server lost its
-database mid-page failed when they overlapped (tests/conftest.py holds the others back).
+This restarts the server the tests use (the run's throwaway one with `pg_ctl restart`, else
+the local cluster with `pg_ctlcluster ... restart`) and runs alone: tests run in parallel
+(pytest-xdist), and a browser test whose server lost its database mid-page failed when they
+overlapped (tests/conftest.py holds the others back).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import postgres_server
 import pytest
 from api_support import SERVER_SCRIPT, free_port, server_env
+from postgres_server import Throwaway
 from sqlalchemy import select
 
 from apflow_server.config import Settings
@@ -30,10 +33,24 @@ from apflow_server.storage.repository import TaskRepository
 
 SERVER = SERVER_SCRIPT
 
+
+def _throwaway() -> Throwaway | None:
+    """The run's own server (tests/postgres_server.py), when it started one."""
+    data = os.environ.get(postgres_server.DATA_VARIABLE)
+    programs = postgres_server.program_folder()
+    url = os.environ.get(postgres_server.URL_VARIABLE, "")
+    if not data or programs is None:
+        return None
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    return Throwaway(programs, Path(data), port, "postgres" if os.geteuid() == 0 else None)
+
+
+_CLUSTER = shutil.which("pg_ctlcluster") is not None and Path("/etc/postgresql").is_dir()
+
 pytestmark = [
     pytest.mark.skipif(
-        shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir(),
-        reason="needs a local PostgreSQL cluster managed by pg_ctlcluster",
+        _throwaway() is None and not _CLUSTER,
+        reason="needs the run's throwaway PostgreSQL or a local cluster managed by pg_ctlcluster",
     ),
     # Every other test (of this run, and of any other on this machine) waits meanwhile.
     pytest.mark.restarts_postgres,
@@ -42,6 +59,11 @@ pytestmark = [
 
 
 def restart_postgres() -> None:
+    """Restart the server the tests use: the run's throwaway one, else the local cluster."""
+    throwaway = _throwaway()
+    if throwaway is not None:
+        throwaway.restart()
+        return
     version = sorted(os.listdir("/etc/postgresql"))[0]
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
