@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import free_port
 
 APFLOW = Path(sys.executable).parent / "apflow"
 REPO = Path(__file__).resolve().parents[2]
@@ -56,58 +53,6 @@ def gen_token(env: Mapping[str, str], subject: str, *roles: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
-
-
-class Server:
-    """`apflow serve --port <free>` (scheduler on) in its own process; its stdout and stderr
-    go to one log file in APFLOW_HOME."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.port = free_port()
-        self.log = Path(env["APFLOW_HOME"]) / f"server-{self.port}.log"
-        self._handle = self.log.open("w")
-        self.process = subprocess.Popen(
-            [str(APFLOW), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=dict(env),
-            stdout=self._handle,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited {self.process.returncode}: {self.output}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"the server did not come up: {self.output}")
-
-    @property
-    def output(self) -> str:
-        if not self._handle.closed:
-            self._handle.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            code = -9
-        self._handle.close()
-        return code
 
 
 class Rpc:

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from api_support import create_pg_database, drop_pg_database, server_env
-from browser_support import SCREENSHOTS, PageProblems, Rpc, Server, chromium_path, gen_token
+from api_support import ServerProcess, create_pg_database, drop_pg_database, server_env
+from browser_support import SCREENSHOTS, PageProblems, Rpc, chromium_path, gen_token
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -43,7 +43,7 @@ class Live:
     bob: Rpc
     admin: Rpc
     carol: Rpc  # the screenshots' user: nothing but the tasks made for them
-    server: Server
+    server: ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         APFLOW_ALLOW_COMMAND_EXECUTOR="1",
         APFLOW_COMMAND_ALLOWLIST="sleep,false",
     )
-    server = Server(env)
+    server = ServerProcess(env)
     try:
         server.wait_ready()
         alice, bob = gen_token(env, "alice"), gen_token(env, "bob")
