@@ -76,6 +76,28 @@ def flag(raw: str | None, name: str, default: Any) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def pooler_mode(raw: str | None, name: str, default: Any) -> str:
+    value = (raw or "").strip().lower() or default
+    if value == "statement":
+        raise ConfigError(
+            f"{name}=statement cannot work: apflow-server runs transactions of several "
+            "statements (claiming a batch, recording a run), which statement pooling splits "
+            "across server connections; use PgBouncer's transaction (or session) pooling"
+        )
+    if value not in {"none", "session", "transaction"}:
+        raise ConfigError(f"{name} must be none, session or transaction, not {raw!r}")
+    return str(value)
+
+
+def postgres_url(raw: str | None, name: str, default: Any) -> str | None:
+    if raw is None or not raw.strip():
+        return default if default is None else str(default)
+    value = normalise_database_url(raw.strip())
+    if not value.startswith("postgresql+asyncpg://"):
+        raise ConfigError(f"{name} must be a postgresql:// URL")
+    return value
+
+
 def notify_mode(raw: str | None, name: str, default: Any) -> str:
     value = (raw or "").strip().lower() or default
     value = {"1": "process", "true": "process", "on": "process", "yes": "process"}.get(value, value)
@@ -311,6 +333,15 @@ class Settings:
 
     home: Path
     database_url: str
+    # A connection pooler between this service and PostgreSQL: "transaction" (PgBouncer's
+    # transaction pooling) turns off what needs one server connection for a whole session
+    # (prepared statements kept across transactions, start-up parameters, LISTEN).
+    database_pooler: str = setting("none", "APFLOW_DATABASE_POOLER", pooler_mode)
+    # A direct connection (not through the pooler), used only to LISTEN for changes; without
+    # it, behind a transaction pooler, schedulers notice other processes' changes by polling.
+    database_listen_url: str | None = setting(
+        None, "APFLOW_DATABASE_LISTEN_URL", postgres_url, secret_value=True
+    )
     default_timezone: str = setting("UTC", "APFLOW_DEFAULT_TIMEZONE", time_zone)
     misfire_grace_seconds: int = setting(60, "APFLOW_MISFIRE_GRACE_SECONDS", whole())
     max_catchup_runs: int = setting(100, "APFLOW_MAX_CATCHUP_RUNS", whole(minimum=1))

@@ -178,7 +178,7 @@ def worker() -> None:
 
 
 async def _deliver_until_stopped(settings: Settings) -> None:
-    database = Database(settings.database_url)
+    database = Database.from_settings(settings)
     try:
         await database.ensure_schema()
         output.line("Delivering notifications; Ctrl-C to stop.")

@@ -269,7 +269,12 @@ class DispatcherThread:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        database = Database(self.database_url, pool_size=2)
+        database = Database(
+            self.database_url,
+            pool_size=2,
+            pooler=self.settings.database_pooler,
+            listen_url=self.settings.database_listen_url,
+        )
         self._dispatcher = Dispatcher(database, self.settings, on_outcome=self.on_outcome)
         self._done = asyncio.Event()
         self._loop = asyncio.get_running_loop()

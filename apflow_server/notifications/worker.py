@@ -206,7 +206,7 @@ async def _child_main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     settings = await _read_settings(reader)
     configure_logging(logging.INFO, settings.log_format)
-    database = Database(settings.database_url, pool_size=2)
+    database = Database.from_settings(settings, pool_size=2)
     dispatcher = Dispatcher(database, settings, on_outcome=_report)
     stopping = asyncio.Event()
 

@@ -41,6 +41,7 @@ from apflow_server.scheduler.base import (
 from apflow_server.storage import instances, signals
 from apflow_server.storage.database import Database, DatabaseError
 from apflow_server.storage.listener import (
+    UNWATCHED_POLL_SECONDS,
     ScheduleListener,
     SqliteFileWatcher,
     change_listener,
@@ -123,6 +124,9 @@ class InternalScheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
         self._listener: ScheduleListener | SqliteFileWatcher | None = None
+        # The longest sleep while nothing is due: poll_interval, shorter when no listener
+        # tells of other processes' changes.
+        self._idle_poll = self.config.poll_interval
         self._heartbeat_task: asyncio.Task[None] | None = None
         # Set when a run of ours may have been ended elsewhere (terminate_other): the lease
         # task checks ownership at once instead of at its next renewal.
@@ -190,6 +194,8 @@ class InternalScheduler:
         self._listener = change_listener(self._database, self._on_change)
         if self._listener is not None:
             self._listener.start()
+        elif shares_data(self._database):  # behind a transaction pooler, no listen URL
+            self._idle_poll = min(self.config.poll_interval, UNWATCHED_POLL_SECONDS)
         logger.info(
             "scheduler %s started: host=%s pid=%s mode=%s user=%s database=%s poll=%ss "
             "max_concurrent=%s",
@@ -397,11 +403,11 @@ class InternalScheduler:
             for run in backfilled:
                 self._launch(run)
         if not self.claiming:
-            return self.config.poll_interval
+            return self._idle_poll
         if backfilled:
             return 0.0  # more may be queued: take them while slots are free
         if self.config.max_concurrent_tasks - len(self._active) <= 0:
-            return self.config.poll_interval  # a finishing run frees a slot and wakes us
+            return self._idle_poll  # a finishing run frees a slot and wakes us
         wake_at = await self.store.next_wake_at(self.config.user_id)
         self.stats.next_wake_at = wake_at
         logger.debug(
@@ -411,10 +417,10 @@ class InternalScheduler:
             wake_at.isoformat() if wake_at else "none",
         )
         if wake_at is None or self.state is not SchedulerState.RUNNING:
-            return self.config.poll_interval  # a change wakes us
+            return self._idle_poll  # a change wakes us
         delay = (wake_at - CLAIM_AHEAD - utcnow()).total_seconds()
         if delay > 0:
-            return min(delay, self.config.poll_interval)
+            return min(delay, self._idle_poll)
         if claimed or wake_at > now + CLAIM_AHEAD:
             # Due within the look-ahead but after this claim's window (the claim began
             # earlier): claim again at once, or it would start a whole MIN_SLEEP late.

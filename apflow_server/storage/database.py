@@ -15,22 +15,24 @@ statement once; SQLAlchemy then drops every pooled connection older than the fai
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from apflow_server.config import Settings, ensure_folder, normalise_database_url
 from apflow_server.core.errors import ApflowError
-from apflow_server.storage.postgres_url import postgres_target
+from apflow_server.storage.postgres_url import PostgresTarget, postgres_target
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -93,11 +95,48 @@ def _install_stale_check(engine: AsyncEngine) -> None:
             raise DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
+def _through_transaction_pooler(target: PostgresTarget) -> tuple[URL, dict[str, Any]]:
+    """Connection settings for PgBouncer in transaction pooling, where consecutive
+    transactions of one client may run on different server connections: no statement kept
+    prepared from one transaction to the next (asyncpg's cache off; SQLAlchemy's too, and
+    the statements it prepares get unique names, which PgBouncer's other clients cannot
+    collide with), and no start-up parameters besides the ones PgBouncer passes on (so no
+    `jit=off`: set it on the database, `ALTER DATABASE ... SET jit = off`)."""
+    if target.server_settings.keys() - _POOLER_PARAMETERS:
+        raise DatabaseError(
+            "behind a transaction pooler the URL cannot set start-up parameters "
+            f"({', '.join(sorted(target.server_settings))}): set them on the database "
+            "(ALTER DATABASE ... SET) instead"
+        )
+    url = target.url.update_query_dict({"prepared_statement_cache_size": "0"})
+    connect_args = target.connect_args()
+    connect_args["statement_cache_size"] = 0
+    connect_args["prepared_statement_name_func"] = _unique_statement_name
+    return url, connect_args
+
+
+# Start-up parameters PgBouncer forwards (the others make it refuse the connection).
+_POOLER_PARAMETERS = frozenset({"application_name"})
+
+
+def _unique_statement_name() -> str:
+    return f"__apflow_{uuid.uuid4().hex}__"
+
+
 class Database:
     """An engine plus the transaction helpers every storage module uses."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        pooler: str = "none",
+        listen_url: str | None = None,
+    ) -> None:
         self.url = normalise_database_url(url)
+        self.pooler = pooler
+        self.listen_url = listen_url
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
@@ -111,14 +150,20 @@ class Database:
             _install_sqlite_hooks(self.engine)
         elif self.dialect == "postgresql":
             target = postgres_target(parsed)  # sslmode=..., application_name=..., ...
+            if pooler == "transaction":
+                url_or_target, connect_args = _through_transaction_pooler(target)
+            else:
+                url_or_target = target.url
+                # Our statements are short and prepared once. PostgreSQL's generic plan for
+                # the claim assumes a third of the table is due, which crosses
+                # jit_above_cost, and JIT-compiling it took 11 ms for a query that runs in
+                # 0.1 ms.
+                connect_args = target.connect_args(server_settings={"jit": "off"})
             self.engine = create_async_engine(
-                target.url,
+                url_or_target,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                # Our statements are short and prepared once. PostgreSQL's generic plan for the
-                # claim assumes a third of the table is due, which crosses jit_above_cost, and
-                # JIT-compiling it took 11 ms for a query that runs in 0.1 ms.
-                connect_args=target.connect_args(server_settings={"jit": "off"}),
+                connect_args=connect_args,
             )
             _install_stale_check(self.engine)
         else:
@@ -127,8 +172,13 @@ class Database:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Database:
-        return cls(settings.database_url)
+    def from_settings(cls, settings: Settings, *, pool_size: int = 10) -> Database:
+        return cls(
+            settings.database_url,
+            pool_size=pool_size,
+            pooler=settings.database_pooler,
+            listen_url=settings.database_listen_url,
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -177,9 +227,26 @@ class Database:
         except (OperationalError, ProgrammingError) as exc:
             if "alembic_version" in str(exc):
                 return None
-            raise DatabaseError(f"cannot reach the database: {failure_reason(exc)}") from None
+            raise DatabaseError(unreachable(exc)) from None
         except (DBAPIError, OSError) as exc:
-            raise DatabaseError(f"cannot reach the database: {failure_reason(exc)}") from None
+            raise DatabaseError(unreachable(exc)) from None
+
+    @staticmethod
+    async def _check_listen_url(url: str) -> None:
+        """The direct connection schedulers LISTEN on answers (a start-up check: a wrong
+        one would leave them deaf to changes, silently)."""
+        target = postgres_target(make_url(url))
+        arguments = target.connect_args()
+        arguments.pop("dsn", None)  # its SSL options are in asyncpg_dsn()
+        dsn = target.asyncpg_dsn()
+        arguments.setdefault("timeout", 10)
+        try:
+            connection = await asyncpg.connect(dsn, **arguments)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise DatabaseError(
+                f"cannot reach APFLOW_DATABASE_LISTEN_URL: {failure_reason(exc)}"
+            ) from None
+        await connection.close()
 
     async def upgrade(self, revision: str = "head") -> None:
         """Apply migrations up to `revision` in one transaction.
@@ -204,6 +271,8 @@ class Database:
         whichever replica happens to start first.
         """
         current = await self.current_revision()
+        if self.listen_url is not None:
+            await self._check_listen_url(self.listen_url)
         if current == head_revision():
             return
         if current is not None and not _known_revision(current):
@@ -230,6 +299,15 @@ def _run_upgrade(connection: Connection, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
+
+
+def unreachable(exc: BaseException) -> str:
+    """The line for a database that cannot be used, with the setting a known cause needs."""
+    reason = failure_reason(exc)
+    if "unsupported startup parameter" in reason:
+        # PgBouncer refusing the start-up parameters a direct connection is given.
+        reason += " (behind PgBouncer? set APFLOW_DATABASE_POOLER=transaction)"
+    return f"cannot reach the database: {reason}"
 
 
 def failure_reason(exc: BaseException) -> str:

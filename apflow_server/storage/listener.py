@@ -18,6 +18,9 @@ from apflow_server.storage.signals import CHANNEL
 
 logger = logging.getLogger(__name__)
 
+# How often a process that cannot LISTEN looks for other processes' changes at least.
+UNWATCHED_POLL_SECONDS = 5.0
+
 
 def asyncpg_dsn(url: str) -> str:
     """A DSN that asyncpg opens by itself for a database URL, its libpq SSL options kept
@@ -123,9 +126,14 @@ def change_listener(
     database: Database, on_change: Callable[[], None]
 ) -> ScheduleListener | SqliteFileWatcher | None:
     """What tells this process that another one changed something (schedules, run ownership,
-    the notification outbox): LISTEN on PostgreSQL, a watch of the file on SQLite."""
+    the notification outbox): LISTEN on PostgreSQL, a watch of the file on SQLite. None: no
+    other process shares the data, or (behind a transaction pooler without a listen URL)
+    nothing can tell; the caller then polls (UNWATCHED_POLL_SECONDS)."""
     if database.dialect == "postgresql":
-        return ScheduleListener(database.url, on_change)
+        # Behind a transaction pooler LISTEN would hold whichever server connection the
+        # pooler lent for one transaction: only a direct connection can listen.
+        url = database.listen_url or (None if database.pooler == "transaction" else database.url)
+        return None if url is None else ScheduleListener(url, on_change)
     if shares_data(database):
         return SqliteFileWatcher(str(make_url(database.url).database), on_change)
     return None

@@ -335,6 +335,12 @@ def test_bad_settings_are_refused(cli: Cli) -> None:
     result = cli("tasks", "list", APFLOW_REST_MAX_KEEPALIVE="500")
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, "APFLOW_REST_MAX_KEEPALIVE (500)")
+    result = cli("tasks", "list", APFLOW_DATABASE_POOLER="bouncy")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_DATABASE_POOLER", "'bouncy'")
+    result = cli("tasks", "list", APFLOW_DATABASE_LISTEN_URL="mysql://db/apflow")
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "APFLOW_DATABASE_LISTEN_URL", "postgresql://")
 
 
 def test_a_mistyped_home_is_refused_and_not_built(cli: Cli, tmp_path: Path) -> None:
