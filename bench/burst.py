@@ -4,6 +4,8 @@ echo executor: runs per second until all are recorded, and how late each started
     .venv/bin/python bench/burst.py --db sqlite --tasks 1000
     .venv/bin/python bench/burst.py --db postgresql --tasks 10000 --processes 2
 
+    .venv/bin/python bench/burst.py --db postgresql --tasks 10000 --pgbouncer
+
 Each scheduler is a real OS process (`apflow scheduler start`, poll_interval 60). The database
 is created for the run (a temporary SQLite file, or a fresh PostgreSQL database that is dropped
 afterwards). Prints one JSON line of figures.
@@ -22,12 +24,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from sqlalchemy import func, insert, select
+
+# The tests' PgBouncer starter (tests/pgbouncer_server.py) serves --pgbouncer too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from pgbouncer_server import pgbouncer, through
 
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import Task, TaskRun
@@ -130,8 +137,21 @@ async def main() -> None:
     parser.add_argument(
         "--spread", type=float, default=0.0, help="spread the due times over this many seconds"
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="the schedulers connect through a PgBouncer in transaction pooling (started for "
+        "the run: Debian's pgbouncer, as the tests start it) with APFLOW_DATABASE_POOLER",
+    )
     args = parser.parse_args()
+    if args.pgbouncer and args.db != "postgresql":
+        parser.error("--pgbouncer needs --db postgresql")
+    with ExitStack() as stack:
+        pooler = stack.enter_context(pgbouncer()) if args.pgbouncer else None
+        await run(args, pooler)
 
+
+async def run(args: argparse.Namespace, pooler: str | None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="apflow-bench-"))
     pg_name = None
     if args.db == "sqlite":
@@ -145,6 +165,9 @@ async def main() -> None:
         due = (datetime.now(UTC) + timedelta(seconds=args.lead + 2)).replace(microsecond=0)
         await seed(database, args.tasks, due, args.spread)
         env = {**os.environ, "APFLOW_DATABASE_URL": url, "APFLOW_HOME": str(workdir)}
+        if pooler is not None and pg_name is not None:
+            env["APFLOW_DATABASE_URL"] = through(pooler, pg_name)
+            env["APFLOW_DATABASE_POOLER"] = "transaction"
         command = [
             sys.executable,
             "-m",
@@ -170,7 +193,7 @@ async def main() -> None:
         print(
             json.dumps(
                 {
-                    "database": args.db,
+                    "database": args.db + (" via pgbouncer" if pooler else ""),
                     "tasks": args.tasks,
                     "spread_seconds": args.spread,
                     "processes": args.processes,
