@@ -127,7 +127,7 @@ async def wait_for_runs(database: Database, count: int, timeout: float) -> float
     raise TimeoutError(f"only {done} of {count} runs completed")
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--tasks", type=int, default=1000)
@@ -146,9 +146,9 @@ async def main() -> None:
     args = parser.parse_args()
     if args.pgbouncer and args.db != "postgresql":
         parser.error("--pgbouncer needs --db postgresql")
-    with ExitStack() as stack:
+    with ExitStack() as stack:  # PgBouncer runs outside the event loop of the run
         pooler = stack.enter_context(pgbouncer()) if args.pgbouncer else None
-        await run(args, pooler)
+        asyncio.run(run(args, pooler))
 
 
 async def run(args: argparse.Namespace, pooler: str | None) -> None:
@@ -223,4 +223,4 @@ async def run(args: argparse.Namespace, pooler: str | None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

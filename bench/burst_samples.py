@@ -12,7 +12,6 @@ same scheduler processes, same queries); this file only imports it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -78,7 +77,7 @@ def main() -> None:
     burst.Database = SamplingDatabase  # type: ignore[misc]
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
-        asyncio.run(burst.main())
+        burst.main()
     lines = [line for line in captured.getvalue().splitlines() if line.startswith("{")]
     figures = json.loads(lines[-1])
     samples = SamplingDatabase.samples
