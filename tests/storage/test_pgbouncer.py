@@ -60,16 +60,18 @@ def test_through_pgbouncer_migrate_and_fire_exactly_once(
         pooled = {"APFLOW_DATABASE_URL": url, "APFLOW_DATABASE_POOLER": "transaction"}
         migrated = apflow("db", "upgrade", **pooled, APFLOW_HOME=str(tmp_path))
         assert migrated.returncode == 0, migrated.stderr
-        asyncio.run(_schedule(url, tmp_path))
         journal = tmp_path / "journal.txt"
         journal.touch()
         monkeypatch.setenv("APFLOW_DATABASE_POOLER", "transaction")
-        # One listens on a direct connection, the other polls (no listen URL).
+        # One listens on a direct connection, the other polls (no listen URL); each runs 10
+        # at a time, 50 ms each, so that both take a share.
         monkeypatch.setenv("APFLOW_DATABASE_LISTEN_URL", direct)
-        listening = spawn(url, journal, "--poll", "60", "--max-concurrent", "40")
+        listening = spawn(url, journal, "--poll", "60", "--max-concurrent", "10")
         monkeypatch.delenv("APFLOW_DATABASE_LISTEN_URL")
-        polling = spawn(url, journal, "--poll", "60", "--max-concurrent", "40")
+        polling = spawn(url, journal, "--poll", "60", "--max-concurrent", "10")
         try:
+            # Due after the polling one's next look (every 5 s without a listen URL).
+            asyncio.run(_schedule(url, tmp_path, lead=7.0))
             counts: Counter[str] = Counter()
             for _ in range(600):
                 lines = journal.read_text().splitlines()
@@ -88,17 +90,18 @@ def test_through_pgbouncer_migrate_and_fire_exactly_once(
         assert len(pids) == 2  # both processes claimed some
 
 
-async def _schedule(url: str, home: Path) -> None:
+async def _schedule(url: str, home: Path, lead: float) -> None:
     """TASKS schedules that fire once, a moment from now."""
     database = Database(url, pooler="transaction")
     settings = Settings(home=home, database_url=url, database_pooler="transaction")
     service = Service(settings, database, TaskRepository(database, settings=settings))
-    start = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)
+    start = (datetime.now(UTC) + timedelta(seconds=lead)).replace(microsecond=0)
     try:
         for index in range(TASKS):
             spec = {
                 "name": f"pooled-{index}",
                 "params": {"executor_id": "test_journal"},
+                "inputs": {"seconds": 0.05},
                 # Due even if making them all takes longer than that (the misfire policy runs
                 # one late occurrence).
                 "schedule_type": "once",
