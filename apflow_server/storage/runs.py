@@ -1456,27 +1456,30 @@ class RunStore:
     async def next_wake_at(self, user_id: str | None = None) -> datetime | None:
         """The earliest moment something may need this scheduler: a due time, a requested
         trigger, or a lease that will expire."""
-        async with self.database.transaction() as session:
-            due_query = select(func.min(Task.due_at)).where(Task.schedule_enabled, actionable())
-            requested = select(func.min(Task.trigger_requested_at)).where(
-                Task.trigger_requested_at.is_not(None)
-            )
-            if user_id is not None:
-                due_query = due_query.where(Task.user_id == user_id)
-                requested = requested.where(Task.user_id == user_id)
-            lease = select(func.min(TaskRun.lease_expires_at)).where(TaskRun.status == RUNNING)
-            # One statement, one round trip, for the three (each an index's first entry).
-            candidates = (
-                await session.execute(
-                    select(
-                        due_query.scalar_subquery(),
-                        requested.scalar_subquery(),
-                        lease.scalar_subquery(),
-                    )
-                )
-            ).one()
+        parameters = {} if user_id is None else {"wake_user": user_id}
+        async with self.database.read() as session:  # one statement: autocommit
+            result = await session.execute(_wake_statement(user_id is not None), parameters)
+            candidates = result.one()
         found = [_aware(c) for c in candidates if c is not None]
         return min(found) if found else None
+
+
+@functools.lru_cache(maxsize=2)
+def _wake_statement(
+    by_user: bool,
+) -> Select[datetime | None, datetime | None, datetime | None]:
+    """The earliest due time, requested trigger and lease expiry, in one statement (each is
+    an index's first entry), built once: a scheduler asks before every sleep."""
+    due_query = select(func.min(Task.due_at)).where(Task.schedule_enabled, actionable())
+    requested = select(func.min(Task.trigger_requested_at)).where(
+        Task.trigger_requested_at.is_not(None)
+    )
+    if by_user:
+        user = bindparam("wake_user", type_=TASKS.c.user_id.type)
+        due_query = due_query.where(Task.user_id == user)
+        requested = requested.where(Task.user_id == user)
+    lease = select(func.min(TaskRun.lease_expires_at)).where(TaskRun.status == RUNNING)
+    return select(due_query.scalar_subquery(), requested.scalar_subquery(), lease.scalar_subquery())
 
 
 TREE_NO_OVERLAP = "the previous run was still running (a tree's runs cannot overlap)"
