@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 # The tests' PgBouncer starter (tests/pgbouncer_server.py) serves --pgbouncer too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -183,6 +183,16 @@ async def run(args: argparse.Namespace, pooler: str | None) -> None:
             log = open(workdir / f"scheduler-{index}.log", "wb")
             processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
         finished = await wait_for_runs(database, args.tasks, timeout=600)
+        connections = None
+        if pg_name is not None:  # what the schedulers hold, the bench's own one excluded
+            async with database.transaction() as session:
+                held = await session.scalar(
+                    text(
+                        "SELECT count(*) - 1 FROM pg_stat_activity "
+                        "WHERE datname = current_database()"
+                    )
+                )
+            connections = int(held or 0)
         elapsed = finished - (time.monotonic() - (datetime.now(UTC) - due).total_seconds())
         async with database.transaction() as session:
             runs = list(await session.scalars(select(TaskRun)))
@@ -206,6 +216,7 @@ async def run(args: argparse.Namespace, pooler: str | None) -> None:
                     "lateness_p99_ms": round(percentile(lateness, 0.99) * 1000, 1),
                     "lateness_max_ms": round(max(lateness) * 1000, 1),
                     "wall_clock_check_s": round(elapsed, 1),
+                    "server_connections_after": connections,
                 }
             )
         )
