@@ -1,0 +1,197 @@
+"""The top of the minute: N tasks on `* * * * *` for M minutes with P scheduler processes.
+Every occurrence exactly once, lateness percentiles per minute (started_at - scheduled_for,
+by the database's clock), and the size of the run history under a retention of K runs per
+task (APFLOW_RUN_HISTORY_KEEP), sampled every minute.
+
+    .venv/bin/python bench/top_of_minute.py --tasks 10000 --minutes 10 --processes 2 --keep 3
+
+Targets: p99 lateness < 1.5 s every minute, 0 duplicates, the runs table flat under retention.
+Prints a Markdown table, then one JSON line. The database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from burst import create_pg, drop_pg, percentile
+
+from apflow_server.storage.database import Database
+from apflow_server.storage.listener import asyncpg_dsn
+
+COLUMNS = (
+    "id", "name", "status", "priority", "inputs", "params", "schemas", "dependencies",
+    "progress", "created_at", "updated_at", "schedule_type", "schedule_expression",
+    "schedule_timezone", "schedule_enabled", "run_count", "next_run_at", "due_at",
+    "schedule_misfire", "schedule_overlap", "schedule_jitter_seconds",
+)  # fmt: skip
+
+
+async def copy_every_minute(dsn: str, count: int, first: datetime) -> None:
+    now = datetime.now(UTC)
+    records = [
+        (
+            str(uuid.uuid4()), f"minutely-{index}", "pending", 2, "{}",
+            '{"executor_id": "echo_executor"}', "{}", "[]", 0.0, now, now, "cron",
+            "* * * * *", "UTC", True, 0, first, first, "run_once", "skip", 0,
+        )
+        for index in range(count)
+    ]  # fmt: skip
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.copy_records_to_table("tasks", records=records, columns=COLUMNS)
+        await connection.execute("VACUUM ANALYZE tasks")
+    finally:
+        await connection.close()
+
+
+async def history_rows(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM task_runs"))
+    finally:
+        await connection.close()
+
+
+async def per_minute(dsn: str) -> tuple[list[dict[str, Any]], int]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT scheduled_for, extract(epoch FROM started_at - scheduled_for) AS late, "
+            "status FROM task_runs WHERE scheduled_for IS NOT NULL"
+        )
+        duplicates = int(
+            await connection.fetchval(
+                "SELECT count(*) - count(DISTINCT (task_id, scheduled_for)) FROM task_runs "
+                "WHERE scheduled_for IS NOT NULL"
+            )
+        )
+    finally:
+        await connection.close()
+    minutes: dict[datetime, list[float]] = {}
+    statuses: dict[datetime, dict[str, int]] = {}
+    for row in rows:
+        minutes.setdefault(row["scheduled_for"], []).append(float(row["late"] or 0.0))
+        counts = statuses.setdefault(row["scheduled_for"], {})
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    table = [
+        {
+            "minute": minute.astimezone(UTC).strftime("%H:%M"),
+            "runs": len(late),
+            "statuses": statuses[minute],
+            "p50_ms": round(percentile(late, 0.5) * 1000, 1),
+            "p99_ms": round(percentile(late, 0.99) * 1000, 1),
+            "max_ms": round(max(late) * 1000, 1),
+        }
+        for minute, late in sorted(minutes.items())
+    ]
+    return table, duplicates
+
+
+async def run(args: argparse.Namespace, created: list[str]) -> dict[str, Any]:
+    name, url = await create_pg()
+    created.append(name)
+    database = Database(url)
+    await database.upgrade()
+    await database.dispose()
+    dsn = asyncpg_dsn(url)
+    first = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    if (first - datetime.now(UTC)).total_seconds() < 20:
+        first += timedelta(minutes=1)
+    await copy_every_minute(dsn, args.tasks, first)
+    home = tempfile.mkdtemp(prefix="apflow-minute-")
+    env = {
+        **os.environ,
+        "APFLOW_DATABASE_URL": url,
+        "APFLOW_HOME": home,
+        "APFLOW_RUN_HISTORY_KEEP": str(args.keep),
+    }
+    command = [
+        sys.executable, "-m", "apflow_server.cli.main", "scheduler", "start",
+        "--poll-interval", "60", "--max-concurrent", str(args.max_concurrent),
+    ]  # fmt: skip
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(args.processes)
+    ]
+    sizes: list[int] = []
+    try:
+        end = first + timedelta(minutes=args.minutes)
+        while datetime.now(UTC) < end + timedelta(seconds=30):
+            await asyncio.sleep((40 - datetime.now(UTC).second) % 60 or 60)  # at :40
+            sizes.append(await history_rows(dsn))
+            print(f"history rows: {sizes[-1]:,}", file=sys.stderr, flush=True)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    table, duplicates = await per_minute(dsn)
+    return {
+        "tasks": args.tasks,
+        "minutes": args.minutes,
+        "processes": args.processes,
+        "keep": args.keep,
+        "first_minute": first.strftime("%H:%M"),
+        "duplicates": duplicates,
+        "per_minute": table,
+        "history_rows_each_minute": sizes,
+        "worst_minute_p99_ms": max(row["p99_ms"] for row in table) if table else None,
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{summary['tasks']:,} tasks on `* * * * *`, {summary['processes']} scheduler "
+        f"processes, APFLOW_RUN_HISTORY_KEEP={summary['keep']}; duplicates: "
+        f"{summary['duplicates']}",
+        "",
+        "| minute (UTC) | runs | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in summary["per_minute"]:
+        lines.append(
+            f"| {row['minute']} | {row['runs']:,} | {row['p50_ms']} | {row['p99_ms']} | "
+            f"{row['max_ms']} |"
+        )
+    sizes = ", ".join(f"{size:,}" for size in summary["history_rows_each_minute"])
+    lines += ["", f"History rows, sampled each minute: {sizes}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--keep", type=int, default=3, help="APFLOW_RUN_HISTORY_KEEP")
+    parser.add_argument("--max-concurrent", type=int, default=100)
+    args = parser.parse_args()
+    created: list[str] = []
+    began = time.monotonic()
+    try:
+        summary = asyncio.run(run(args, created))
+        summary["wall_seconds"] = round(time.monotonic() - began, 1)
+        print(markdown(summary))
+        print(json.dumps(summary))
+    finally:
+        for name in created:
+            asyncio.run(drop_pg(name))
+
+
+if __name__ == "__main__":
+    main()
