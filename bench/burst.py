@@ -184,6 +184,7 @@ async def run(args: argparse.Namespace, pooler: str | None) -> None:
             processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
         finished = await wait_for_runs(database, args.tasks, timeout=600)
         connections = None
+        updates: dict[str, dict[str, int]] = {}
         if pg_name is not None:  # what the schedulers hold, the bench's own one excluded
             async with database.transaction() as session:
                 held = await session.scalar(
@@ -193,6 +194,20 @@ async def run(args: argparse.Namespace, pooler: str | None) -> None:
                     )
                 )
             connections = int(held or 0)
+            await asyncio.sleep(1.0)  # statistics reach pg_stat_user_tables within a second
+            async with database.transaction() as session:
+                counts = (
+                    await session.execute(
+                        text(
+                            "SELECT relname, n_tup_upd, n_tup_hot_upd, n_dead_tup "
+                            "FROM pg_stat_user_tables WHERE relname IN ('tasks', 'task_runs')"
+                        )
+                    )
+                ).all()
+            updates = {
+                row[0]: {"updates": row[1], "hot_updates": row[2], "dead_tuples": row[3]}
+                for row in counts
+            }
         elapsed = finished - (time.monotonic() - (datetime.now(UTC) - due).total_seconds())
         async with database.transaction() as session:
             runs = list(await session.scalars(select(TaskRun)))
@@ -217,6 +232,7 @@ async def run(args: argparse.Namespace, pooler: str | None) -> None:
                     "lateness_max_ms": round(max(lateness) * 1000, 1),
                     "wall_clock_check_s": round(elapsed, 1),
                     "server_connections_after": connections,
+                    "table_updates": updates,
                 }
             )
         )
