@@ -258,10 +258,10 @@ def cron_line(
     task, schedule = _load_task(task_id)
     if not unsigned and secret_env is None and settings.webhook_secret:
         secret_env = DEFAULT_SECRET_ENV
+    secret_env = None if unsigned else secret_env
     expanded = _expanded(task, schedule, expand_from, expand_until)
     if expanded is not None:
-        signing = None if unsigned else secret_env
-        _print_expanded_cron(task, expanded, url, signing, timeout, cron_tz, output_format)
+        _print_expanded_cron(task, expanded, url, secret_env, timeout, cron_tz, output_format)
         return
     schedule_type, expression = _schedule_of(task, schedule)
     entry = generate_cron_config(
@@ -270,30 +270,19 @@ def cron_line(
         url,
         schedule_type=schedule_type,
         timezone=task.schedule_timezone,
-        secret_env=None if unsigned else secret_env,
+        secret_env=secret_env,
         anchor_at=_anchor(task),
         timeout_seconds=timeout,
         cron_tz=cron_tz,
     )
-    notes = _notes(task)
-    if output_format == "json":
-        job_line = entry.splitlines()[-1]
-        output.print_json(
-            {
-                "task_id": task.id,
-                "schedule_type": schedule_type,
-                "schedule_expression": expression,
-                "schedule_timezone": task.schedule_timezone,
-                "cron_expression": " ".join(job_line.split()[:5]),
-                "signed": secret_env is not None,
-                "crontab": entry,
-                "notes": notes,
-            }
-        )
-        return
-    for comment in _comments(notes):
-        output.line(comment)
-    output.line(entry)
+    job_line = entry.splitlines()[-1]
+    fields = {
+        "schedule_type": schedule_type,
+        "schedule_expression": expression,
+        "schedule_timezone": task.schedule_timezone,
+        "cron_expression": " ".join(job_line.split()[:5]),
+    }
+    _print_crontab(task, entry, _notes(task), fields, secret_env, output_format)
 
 
 def _print_expanded_cron(
@@ -313,18 +302,33 @@ def _print_expanded_cron(
         timeout_seconds=timeout,
         cron_tz=cron_tz,
     )
+    fields = {
+        "schedule_type": task.schedule_type,
+        "schedule_expression": task.schedule_expression,
+        "schedule_timezone": task.schedule_timezone,
+        "schedule_calendar": task.schedule_calendar,
+        "period": {"start": iso_utc(expanded.start), "end": iso_utc(expanded.end)},
+        "occurrences": expanded.fires,
+        "cron_expressions": list(expanded.expressions),
+    }
     notes = _expansion_notes(expanded) + _notes(task)
+    _print_crontab(task, entry, notes, fields, secret_env, output_format)
+
+
+def _print_crontab(
+    task: Task,
+    entry: str,
+    notes: list[str],
+    fields: dict[str, Any],
+    secret_env: str | None,
+    output_format: str,
+) -> None:
+    """The crontab text with its notes as comments, or all of it as JSON."""
     if output_format == "json":
         output.print_json(
             {
                 "task_id": task.id,
-                "schedule_type": task.schedule_type,
-                "schedule_expression": task.schedule_expression,
-                "schedule_timezone": task.schedule_timezone,
-                "schedule_calendar": task.schedule_calendar,
-                "period": {"start": iso_utc(expanded.start), "end": iso_utc(expanded.end)},
-                "occurrences": expanded.fires,
-                "cron_expressions": list(expanded.expressions),
+                **fields,
                 "signed": secret_env is not None,
                 "crontab": entry,
                 "notes": notes,
