@@ -235,10 +235,7 @@ class Database:
     async def _check_listen_url(url: str) -> None:
         """The direct connection schedulers LISTEN on answers (a start-up check: a wrong
         one would leave them deaf to changes, silently)."""
-        target = postgres_target(make_url(url))
-        arguments = target.connect_args()
-        arguments.pop("dsn", None)  # its SSL options are in asyncpg_dsn()
-        dsn = target.asyncpg_dsn()
+        dsn, arguments = postgres_target(make_url(url)).own_connection()
         arguments.setdefault("timeout", 10)
         try:
             connection = await asyncpg.connect(dsn, **arguments)

@@ -33,10 +33,7 @@ class ScheduleListener:
 
     def __init__(self, url: str, on_change: Callable[[], None]) -> None:
         # The URL's libpq options, as the pooled connections get them (storage.postgres_url).
-        target = postgres_target(make_url(url))
-        self.dsn = target.asyncpg_dsn()
-        self.connect_args = target.connect_args()
-        self.connect_args.pop("dsn", None)  # its SSL options are in self.dsn
+        self.dsn, self.connect_args = postgres_target(make_url(url)).own_connection()
         self.on_change = on_change
         self._task: asyncio.Task[None] | None = None
 

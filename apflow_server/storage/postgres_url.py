@@ -73,6 +73,13 @@ class PostgresTarget:
             args["timeout"] = self.timeout
         return args
 
+    def own_connection(self) -> tuple[str, dict[str, Any]]:
+        """The DSN and keyword arguments for a connection asyncpg opens by itself (the
+        schedule listener, the start-up check of a listen URL)."""
+        arguments = self.connect_args()
+        arguments.pop("dsn", None)  # its SSL options are in the DSN
+        return self.asyncpg_dsn(), arguments
+
     def asyncpg_dsn(self) -> str:
         """The DSN for a connection asyncpg opens by itself (the schedule listener): the URL's
         address and credentials plus the SSL options, which asyncpg reads from a DSN anyway.
