@@ -66,6 +66,18 @@ async def drop_pg(name: str) -> None:
     await connection.close()
 
 
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM to each (they stop gracefully), then a kill for any still there after
+    `timeout` seconds."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 async def seed(
     database: Database,
     count: int,
@@ -237,13 +249,7 @@ async def run(args: argparse.Namespace, pooler: str | None) -> None:
             )
         )
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         await database.dispose()
         if pg_name:
             await drop_pg(pg_name)

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from burst import create_pg, drop_pg, percentile
+from burst import create_pg, drop_pg, percentile, stop_processes
 
 from apflow_server.storage.database import Database
 from apflow_server.storage.listener import asyncpg_dsn
@@ -133,13 +132,7 @@ async def run(args: argparse.Namespace, created: list[str]) -> dict[str, Any]:
             sizes.append(await history_rows(dsn))
             print(f"history rows: {sizes[-1]:,}", file=sys.stderr, flush=True)
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
     table, duplicates = await per_minute(dsn)
     return {
         "tasks": args.tasks,
