@@ -17,9 +17,8 @@ from apflow_server.core.types import RunStatus, TaskStatus
 from apflow_server.execution.registry import ExecutorRegistry
 from apflow_server.execution.tree import TreeRun
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import Task
-from apflow_server.storage.repository import subtree_of
-from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore
+from apflow_server.storage.models import TASKS
+from apflow_server.storage.runs import ClaimedRun, RunResult, RunStore, TaskState, tree_states
 
 if TYPE_CHECKING:
     from apflow_server.execution.services import ExecutorServices
@@ -49,7 +48,7 @@ class DatabaseSink:
     async def _write(self, task_id: str, **values: Any) -> None:
         async with self.database.transaction(write=True) as session:
             await session.execute(
-                update(Task).where(Task.id == task_id).values(updated_at=utcnow(), **values)
+                update(TASKS).where(TASKS.c.id == task_id).values(updated_at=utcnow(), **values)
             )
 
 
@@ -110,7 +109,7 @@ class RunExecutor:
         if not tasks:
             return False, None, "the task was deleted"
         tree = TreeRun(
-            tasks,  # type: ignore[arg-type]
+            tasks,
             claimed.task_id,
             run_id=claimed.run_id,
             attempt=attempt,
@@ -123,17 +122,17 @@ class RunExecutor:
         outcome = await tree.run()
         return outcome.ok, outcome.result, outcome.error
 
-    async def _fresh_tree(self, root_id: str) -> list[Task]:
+    async def _fresh_tree(self, root_id: str) -> list[TaskState]:
         """Load the tree and reset every descendant to a clean pending state."""
         now: datetime = utcnow()
         async with self.database.transaction() as session:
-            rows = await subtree_of(session, root_id)
+            rows = await tree_states(session, root_id)
         below = [row.id for row in rows if row.id != root_id]
         if below:
             async with self.database.transaction(write=True) as session:
                 await session.execute(
-                    update(Task)
-                    .where(Task.id.in_(below))
+                    update(TASKS)
+                    .where(TASKS.c.id.in_(below))
                     .values(
                         status=TaskStatus.PENDING.value,
                         result=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -100,7 +101,7 @@ class TreeRun:
 
     def __init__(
         self,
-        tasks: list[TaskSpec],
+        tasks: Sequence[TaskSpec],
         root_id: str,
         *,
         run_id: str,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, delete, func, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -721,16 +721,30 @@ async def subtree_of(session: AsyncSession, root_id: str) -> list[Task]:
     return list(await session.scalars(select(Task).where(Task.id.in_(subtree_ids(root_id)))))
 
 
+def ancestor_ids(parent_id: str) -> Select[tuple[str, int]]:
+    """The ids of `parent_id` and its ancestors up to the root, with their distance (1: the
+    parent): one recursive query, the only walk up a tree. MAX_TREE_DEPTH bounds it even on
+    rows that an operator's edit made into a cycle."""
+    chain = (
+        select(Task.id, Task.parent_id, literal(1).label("depth"))
+        .where(Task.id == parent_id)
+        .cte("ancestry", recursive=True)
+    )
+    chain = chain.union_all(
+        select(Task.id, Task.parent_id, chain.c.depth + 1).where(
+            Task.id == chain.c.parent_id, chain.c.depth < MAX_TREE_DEPTH
+        )
+    )
+    return select(chain.c.id, chain.c.depth)
+
+
 async def ancestors(session: AsyncSession, parent_id: str | None) -> list[Task]:
     """The ancestors from `parent_id` up to the root (last); at most MAX_TREE_DEPTH of them."""
-    chain: list[Task] = []
-    while parent_id is not None and len(chain) < MAX_TREE_DEPTH:
-        parent = await session.get(Task, parent_id)
-        if parent is None:
-            break
-        chain.append(parent)
-        parent_id = parent.parent_id
-    return chain
+    if parent_id is None:
+        return []
+    chain = ancestor_ids(parent_id).subquery()
+    query = select(Task).join(chain, Task.id == chain.c.id).order_by(chain.c.depth)
+    return list(await session.scalars(query))
 
 
 async def _ancestry(session: AsyncSession, task: Task) -> list[Task]:

@@ -84,7 +84,7 @@ from apflow_server.storage.calendars import attach_calendars
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
 from apflow_server.storage.models import BACKFILLS, RUNS, TASKS, Task, TaskRun, run_row
-from apflow_server.storage.repository import ancestors, due_filter, prune_runs, subtree_ids
+from apflow_server.storage.repository import ancestor_ids, due_filter, prune_runs, subtree_ids
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
 logger = logging.getLogger(__name__)
@@ -99,25 +99,11 @@ IN_PROGRESS = TaskStatus.IN_PROGRESS.value
 RUNNING = RunStatus.RUNNING.value
 
 
-@dataclass(frozen=True)
-class TaskSnapshot:
-    """A task's definition as read in the claiming transaction."""
-
-    id: str
-    parent_id: str | None
-    name: str
-    priority: int
-    inputs: dict[str, Any]
-    params: dict[str, Any]
-    schemas: dict[str, Any]
-    dependencies: list[Any]
-    user_id: str | None
-
-
 @dataclass(slots=True)
 class TaskState:
-    """The columns of a task row that the run lifecycle reads and writes, read under the
-    row's lock and written back with `_write_back` before the transaction commits.
+    """A task row as the run lifecycle sees it, the one type from claim to finish: the columns
+    it reads and writes (read under the row's lock and written back with `write_back` before
+    the transaction commits) and, when the task is to be run, its definition.
 
     Plain rows rather than ORM objects: claiming and finishing handle hundreds of tasks per
     transaction, and the ORM's identity map and unit of work cost more than the SQL did.
@@ -164,16 +150,30 @@ class TaskState:
     trigger_grace_seconds: int | None
     schedule_calendar: str | None
     schedule_calendar_rule: str | None
-    # The definition, when the task was read to be run and has no children.
-    snapshot: TaskSnapshot | None = None
+    # The definition (name is above), read with `definition=True` for a task about to run.
+    priority: int = 0
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    schemas: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dependencies: list[Any] = dataclasses.field(default_factory=list)
+    # Whether it has children; None when the definition was not read.
+    has_children: bool | None = None
     # The closed days of the calendar it names (read with it: `load_states`).
     loaded_calendar: Any = None
 
+    @property
+    def standalone(self) -> bool:
+        """Read with its definition and without children: its run needs no further read (a
+        tree is loaded, and its descendants reset, when its run starts)."""
+        return self.has_children is False
 
+
+DEFINITION_COLUMNS = ("priority", "inputs", "params", "schemas", "dependencies")
 STATE_COLUMNS = tuple(
-    f.name for f in fields(TaskState) if f.name not in {"snapshot", "loaded_calendar"}
+    f.name
+    for f in fields(TaskState)
+    if f.name not in {*DEFINITION_COLUMNS, "has_children", "loaded_calendar"}
 )
-DEFINITION_COLUMNS = ("name", "priority", "inputs", "params", "schemas", "dependencies")
 # What the run lifecycle changes on a task; everything else is the user's to edit.
 WRITTEN_COLUMNS = (
     "status",
@@ -240,26 +240,19 @@ async def load_states(
     *,
     definition: bool = False,
 ) -> list[TaskState]:
-    """Task states as selected by `states_query`. With the definition, a task without
-    children carries its snapshot, so its run needs no further read; a tree is loaded (and
-    its descendants reset) when its run starts."""
+    """Task states as selected by `states_query`, with their definitions if it selected them."""
     width = len(STATE_COLUMNS)
     states = []
     for row in await session.execute(query, parameters):
         state = TaskState(*row[:width])
-        if definition and not row[-1]:
-            name, priority, inputs, params, schemas, dependencies = row[width:-1]
-            state.snapshot = TaskSnapshot(
-                state.id,
-                state.parent_id,
-                name,
-                priority,
-                dict(inputs or {}),
-                dict(params or {}),
-                dict(schemas or {}),
-                list(dependencies or []),
-                state.user_id,
-            )
+        if definition:
+            priority, inputs, params, schemas, dependencies, has_children = row[width:]
+            state.priority = priority
+            state.inputs = dict(inputs or {})
+            state.params = dict(params or {})
+            state.schemas = dict(schemas or {})
+            state.dependencies = list(dependencies or [])
+            state.has_children = bool(has_children)
         states.append(state)
     await attach_calendars(session, states)
     return states
@@ -284,7 +277,7 @@ class ClaimedRun:
     # True when an Idempotency-Key matched an earlier run: nothing new was started.
     replayed: bool = False
     # The task itself when it has no children: the runner needs no further read.
-    leaf: TaskSnapshot | None = None
+    leaf: TaskState | None = None
 
     @property
     def lateness(self) -> float | None:
@@ -491,7 +484,7 @@ class RunStore:
             await notify_in_transaction(session)
         definition = states_query(definition=True).where(TASKS.c.id == backfill.task_id)
         states = await load_states(session, definition, definition=True)
-        leaf = states[0].snapshot if states else None
+        leaf = states[0] if states and states[0].standalone else None
         return [
             ClaimedRun(
                 run_id,
@@ -720,7 +713,13 @@ class RunStore:
         task.last_run_at = now
         task.updated_at = now
         return ClaimedRun(
-            run_id, task.id, task.user_id, trigger.value, occurrence, now, leaf=task.snapshot
+            run_id,
+            task.id,
+            task.user_id,
+            trigger.value,
+            occurrence,
+            now,
+            leaf=task if task.standalone else None,
         )
 
     def _run_row(
@@ -993,16 +992,17 @@ class RunStore:
                 f"task {task.id!r} is already running (overlap {policy})",
                 data={"task_id": task.id},
             )
-        if task.parent_id is not None or task.snapshot is None:  # part of a tree
+        if task.parent_id is not None or not task.standalone:  # part of a tree
             await pending.flush()
             # Checked before anything is written. The running descendants of a task being
             # replaced are its own run's: they end with it (released below).
             busy = await _busy_relative(pending.session, task, descendants=not replacing)
             if busy is not None:
+                busy_id, busy_name = busy
                 raise ConflictError(
-                    f"task {task.id!r} is part of a tree that is running ({busy.name!r}, "
-                    f"{busy.id}); a task runs either alone or with its tree, not both",
-                    data={"task_id": busy.id},
+                    f"task {task.id!r} is part of a tree that is running ({busy_name!r}, "
+                    f"{busy_id}); a task runs either alone or with its tree, not both",
+                    data={"task_id": busy_id},
                 )
         if replacing:
             await pending.flush()  # the run it replaces may be one this batch started
@@ -1497,7 +1497,7 @@ def _overlaps(task: TaskState, policy: str | None = None) -> bool:
     """Whether a new run of the task may start beside its running one: allow_all, for a task
     without children (a tree's task rows hold the state of one run at a time)."""
     chosen = policy or task.schedule_overlap
-    return chosen == OverlapPolicy.ALLOW_ALL.value and task.snapshot is not None
+    return chosen == OverlapPolicy.ALLOW_ALL.value and task.standalone
 
 
 def _missed_reason(task: TaskState) -> str:
@@ -1523,19 +1523,34 @@ def _replayed(run: TaskRun) -> ClaimedRun:
 
 async def _busy_relative(
     session: AsyncSession, task: TaskState, *, descendants: bool = True
-) -> Task | None:
-    """An ancestor or (with `descendants`) a descendant of `task` that is running, if any."""
-    for parent in await ancestors(session, task.parent_id):
-        if parent.status == IN_PROGRESS:
-            return parent
-    if not descendants:
-        return None
-    has_children = await session.scalar(select(Task.id).where(Task.parent_id == task.id).limit(1))
-    if has_children is None:
+) -> tuple[str, str] | None:
+    """The id and name of an ancestor (nearest first) or, with `descendants`, a descendant of
+    `task` that is running, if any."""
+    if task.parent_id is not None:
+        chain = ancestor_ids(task.parent_id).subquery()
+        query = (
+            select(TASKS.c.id, TASKS.c.name)
+            .join(chain, TASKS.c.id == chain.c.id)
+            .where(TASKS.c.status == IN_PROGRESS)
+            .order_by(chain.c.depth)
+        )
+        if (found := (await session.execute(query.limit(1))).first()) is not None:
+            return found.id, found.name
+    if not descendants or task.has_children is False:
         return None
     below = subtree_ids(task.id, with_root=False)
-    query = select(Task).where(Task.id.in_(below), Task.status == IN_PROGRESS)
-    return await session.scalar(query.limit(1))
+    query = select(TASKS.c.id, TASKS.c.name).where(
+        TASKS.c.id.in_(below), TASKS.c.status == IN_PROGRESS
+    )
+    found = (await session.execute(query.limit(1))).first()
+    return None if found is None else (found.id, found.name)
+
+
+async def tree_states(session: AsyncSession, root_id: str) -> list[TaskState]:
+    """The tasks of the tree under `root_id` (the root included) with their definitions, for
+    its run."""
+    query = states_query(definition=True).where(TASKS.c.id.in_(subtree_ids(root_id)))
+    return await load_states(session, query, definition=True)
 
 
 @dataclass(frozen=True)
