@@ -122,6 +122,15 @@ def parse_instant(field: str, value: Any) -> datetime | None:
     return within_range(field, parsed)
 
 
+def parse_utc_instant(field: str, value: Any) -> datetime | None:
+    """An instant given with its UTC offset (a bound of a query, not a wall-clock time in a
+    task's zone), in UTC."""
+    parsed = parse_instant(field, value)
+    if parsed is not None and parsed.tzinfo is None:
+        raise ValidationError(field, "must carry a UTC offset, e.g. 2025-01-15T09:00:00Z")
+    return parsed.astimezone(UTC) if parsed else None
+
+
 # A wall-clock time this close to the ends of the datetime range has no UTC instant in some
 # zone (UTC+14 at 0001-01-01T00:00 is in year 0).
 _FIRST_LOCAL = datetime(1, 1, 2)

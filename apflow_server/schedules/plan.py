@@ -3,12 +3,13 @@ the task's schedule attributes (the ORM row, or a plain dataclass in tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from apflow_server.core.errors import ValidationError
+from apflow_server.core.task_fields import SCHEDULE_FIELDS, validate_task_fields
 from apflow_server.core.types import CalendarRule, ScheduleType
 from apflow_server.schedules.expressions import IntervalRecurrence
 from apflow_server.schedules.schedule import Schedule, jitter_delay
@@ -56,11 +57,6 @@ def schedule_of(task: ScheduledTask) -> Timetable:
         raise ValidationError("schedule_type", "the task has no schedule")
     name = getattr(task, "schedule_calendar", None)
     if name is None:
-        if _counts_business_days(task.schedule_expression):
-            raise ValidationError(
-                "schedule_expression",
-                "BD1 ... BDL count business days: name a schedule_calendar to count them in",
-            )
         return _parsed(
             task.schedule_type,
             task.schedule_expression,
@@ -83,6 +79,35 @@ def schedule_of(task: ScheduledTask) -> Timetable:
         calendar,
         rule,
     )
+
+
+def draft_schedule(
+    fields: Mapping[str, Any], *, default_timezone: str, now: datetime
+) -> tuple[Schedule, int | None]:
+    """The schedule that unsaved task fields describe, and the runs its max_runs allows (a
+    preview of what creating the task would do). An interval without a start counts from
+    `now`, as enabling it would."""
+    clean = validate_task_fields(fields, creating=False)
+    if clean.get("schedule_calendar") is not None:
+        # A calendar is a stored task's user's: a draft has none.
+        raise ValidationError(
+            "schedule_calendar", "preview a stored task to see its calendar's effect"
+        )
+    if unknown := sorted(set(clean) - SCHEDULE_FIELDS):
+        raise ValidationError(unknown[0], "unknown field")
+    schedule_type, expression = clean.get("schedule_type"), clean.get("schedule_expression")
+    if schedule_type is None:
+        raise ValidationError("schedule_type", "is required for a preview")
+    if not expression:
+        raise ValidationError("schedule_expression", "is required for a preview")
+    timezone = clean.get("schedule_timezone", default_timezone)
+    start_at = localise(clean.get("schedule_start_at"), timezone)
+    end_at = localise(clean.get("schedule_end_at"), timezone)
+    schedule = _parsed(schedule_type, expression, timezone, start_at, end_at, None)
+    if isinstance(schedule.recurrence, IntervalRecurrence) and schedule.start_at is None:
+        anchor = now.replace(microsecond=0) + schedule.recurrence.period
+        schedule = _parsed(schedule_type, expression, timezone, start_at, end_at, anchor)
+    return schedule, clean.get("max_runs")
 
 
 def _counts_business_days(expression: str | None) -> bool:
@@ -130,6 +155,11 @@ def _parsed(
     end_at: datetime | None,
     anchor_at: datetime | None,
 ) -> Schedule:
+    if _counts_business_days(expression):
+        raise ValidationError(
+            "schedule_expression",
+            "BD1 ... BDL count business days: name a schedule_calendar to count them in",
+        )
     return Schedule.parse(
         schedule_type, expression, timezone, start_at=start_at, end_at=end_at, anchor_at=anchor_at
     )

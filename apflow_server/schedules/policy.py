@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from apflow_server.core.types import CalendarRule, MisfirePolicy, OverlapPolicy
-from apflow_server.schedules.plan import ScheduledRow, Timetable, occurrences_due
+from apflow_server.core.types import CalendarRule, MisfirePolicy, OverlapPolicy, RunStatus
+from apflow_server.schedules.plan import (
+    ScheduledRow,
+    Timetable,
+    fire_after,
+    occurrences_due,
+)
 
 # Occurrences examined per decision. A backlog longer than this (a schedule down for years)
 # is walked a chunk per claim, recording each chunk as missed, so one claim stays bounded.
@@ -182,3 +187,42 @@ def decide_after_run(
     if policy in (OverlapPolicy.CANCEL_OTHER, OverlapPolicy.TERMINATE_OTHER):
         return AfterRunDecision(skipped=during[:-1], fire=during[-1], following=None)
     return AfterRunDecision(skipped=during, fire=None, following=following)
+
+
+@dataclass(frozen=True)
+class ExternalRunDecision:
+    """What a run reported by an external scheduler records (`tasks.scheduled.complete`)."""
+
+    occurrence: datetime | None  # the occurrence it served: the schedule's next, once due
+    status: RunStatus
+    error: str | None
+    move: bool  # whether the schedule moves on, to `following`
+    following: datetime | None
+
+
+def decide_external_run(
+    schedule: Timetable | None,
+    task: ScheduledRow,
+    now: datetime,
+    *,
+    success: bool,
+    error: str | None,
+    calculate_next_run: bool,
+) -> ExternalRunDecision:
+    """The run served the schedule's next occurrence when that is due (so reporting the same
+    occurrence twice meets the history's unique key), else none; the schedule then moves to
+    the first occurrence after now (none once this run uses up max_runs), unless the caller
+    keeps it where it is."""
+    occurrence = task.next_run_at if task.next_run_at and task.next_run_at <= now else None
+    move = calculate_next_run and task.schedule_enabled and schedule is not None
+    following = None
+    if move and schedule is not None:
+        runs_left = task.max_runs is None or task.run_count + 1 < task.max_runs
+        following = fire_after(schedule, task, now) if runs_left else None
+    return ExternalRunDecision(
+        occurrence=occurrence,
+        status=RunStatus.COMPLETED if success else RunStatus.FAILED,
+        error=None if success else (error or "failed"),
+        move=move,
+        following=following,
+    )

@@ -12,12 +12,11 @@ import asyncio
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from apflow_server.core.clock import Clock, iso_utc, utcnow
 from apflow_server.core.errors import ValidationError
-from apflow_server.core.task_fields import parse_instant
+from apflow_server.core.task_fields import parse_utc_instant
 from apflow_server.service.caller import Principal, user_scope
 from apflow_server.storage import audit as store
 from apflow_server.storage.database import Database
@@ -97,20 +96,11 @@ class Audit:
             user_id=user_scope(caller, user_id),
             target_id=task_id,
             actor=actor,
-            since=_instant("since", since),
-            until=_instant("until", until),
+            since=parse_utc_instant("since", since),
+            until=parse_utc_instant("until", until),
             limit=limit,
             offset=offset,
         )
-
-
-def _instant(name: str, value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    parsed = parse_instant(name, value)
-    if parsed is not None and parsed.tzinfo is None:
-        raise ValidationError(name, "must carry a UTC offset, e.g. 2025-01-15T09:00:00Z")
-    return parsed
 
 
 def entry_to_dict(entry: AuditEntry) -> dict[str, Any]:

@@ -12,9 +12,15 @@ from typing import Any
 from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import SCHEDULE_PAUSED, SCHEDULE_RESUMED, Event
-from apflow_server.core.task_fields import is_valid_unicode, no_nul, parse_instant
+from apflow_server.core.task_fields import (
+    is_valid_unicode,
+    no_nul,
+    parse_instant,
+    parse_utc_instant,
+)
 from apflow_server.schedules.plan import (
     Timetable,
+    draft_schedule,
     fires_ahead,
     localise,
     occurrences_between,
@@ -26,7 +32,7 @@ from apflow_server.service.caller import Principal, check_owner, user_scope
 from apflow_server.service.tasks import Tasks
 from apflow_server.storage import backfills
 from apflow_server.storage.models import Task
-from apflow_server.storage.repository import Page, TaskRepository
+from apflow_server.storage.repository import MAX_PAGE, Page, TaskRepository
 
 MAX_NOTE = 1000
 MAX_UPCOMING_TASKS = 50  # schedules on one page of the upcoming timeline
@@ -352,6 +358,13 @@ class Schedules:
         result: Any = None,
         calculate_next_run: bool = True,
     ) -> Task:
+        """Record a run an external scheduler performed and move the schedule on."""
+        if not isinstance(success, bool):
+            raise ValidationError("success", "must be true or false")
+        if error is not None and not isinstance(error, str):
+            raise ValidationError("error", "must be a string")
+        if not isinstance(calculate_next_run, bool):
+            raise ValidationError("calculate_next_run", "must be true or false")
         await self.tasks.get(caller, task_id)
         task = await self.repository.complete_scheduled(
             task_id,
@@ -378,10 +391,35 @@ class Schedules:
         budget: Budget = UNLIMITED,
         **schedule_fields: Any,
     ) -> list[datetime]:
+        """The next `count` fire times of a stored task's schedule, or of schedule fields given
+        here (nothing is saved), computed off the event loop within `budget`."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAGE:
+            raise ValidationError("count", f"must be a whole number in 1..{MAX_PAGE}")
+        now = self.repository.clock()
+        start = parse_utc_instant("after", after) or now
+        schedule: Timetable
         if task_id is not None:
-            await self.tasks.get(caller, task_id)
-        return await self.repository.preview_schedule(
-            task_id=task_id, count=count, after=after, budget=budget, **schedule_fields
+            if schedule_fields:
+                raise ValidationError(sorted(schedule_fields)[0], "give a task_id or a schedule")
+            task, stored = await self.timetable(caller, task_id)
+            if stored is None:
+                raise ValidationError("schedule_type", "the task has no schedule")
+            schedule = stored
+            remaining = None if task.max_runs is None else task.max_runs - task.run_count
+        else:
+            default_timezone = self.repository.settings.default_timezone
+            schedule, remaining = draft_schedule(
+                schedule_fields, default_timezone=default_timezone, now=now
+            )
+        check = budget.checker("count", "ask for fewer fire times")
+        return await off_loop(
+            fires_ahead,
+            schedule,
+            count,
+            start,
+            remaining,
+            strictly_after=after is not None,
+            between_steps=check,
         )
 
     async def preview_holds(

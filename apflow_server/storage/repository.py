@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, literal, or_, select
@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apflow_server.config import Settings
 from apflow_server.core.clock import Clock, utcnow
 from apflow_server.core.commands import check_command_env, names_command_executor
-from apflow_server.core.compute import UNLIMITED, Budget, off_loop
 from apflow_server.core.errors import (
     ConflictError,
     TaskNotFoundError,
@@ -27,7 +26,7 @@ from apflow_server.core.errors import (
 from apflow_server.core.events import Event
 from apflow_server.core.task_fields import (
     SCHEDULE_FIELDS,
-    parse_instant,
+    parse_utc_instant,
     validate_task_fields,
 )
 from apflow_server.core.trees import (
@@ -45,16 +44,13 @@ from apflow_server.core.types import (
     TaskStatus,
     parse_schedule_type,
 )
-from apflow_server.schedules.expressions import IntervalRecurrence
 from apflow_server.schedules.plan import (
     apply_schedule,
-    fire_after,
-    fires_ahead,
-    localise,
     next_run_from,
     schedule_of,
     set_next_run,
 )
+from apflow_server.schedules.policy import decide_external_run
 from apflow_server.storage import notifications as outbox
 from apflow_server.storage.calendars import attach_calendars, load_calendar
 from apflow_server.storage.database import Database
@@ -87,13 +83,6 @@ def check_page(limit: Any, offset: Any) -> tuple[int, int]:
     if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
         raise ValidationError("offset", f"must be a whole number in 0..{MAX_OFFSET}")
     return limit, offset
-
-
-def _instant(field_name: str, value: Any) -> datetime | None:
-    parsed = parse_instant(field_name, value)
-    if parsed is not None and parsed.tzinfo is None:
-        raise ValidationError(field_name, "must carry a UTC offset, e.g. 2025-01-15T09:00:00Z")
-    return parsed.astimezone(UTC) if parsed else None
 
 
 class TaskRepository:
@@ -437,7 +426,7 @@ class TaskRepository:
         """Enabled schedules whose next occurrence is due by `before` (default now) and that are
         not running, oldest first."""
         limit, _ = check_page(limit, 0)
-        cutoff = _instant("before", before) or self.clock()
+        cutoff = parse_utc_instant("before", before) or self.clock()
         query = (
             due_filter(select(Task), cutoff, user_id)
             .where(Task.status != TaskStatus.IN_PROGRESS.value)
@@ -451,7 +440,7 @@ class TaskRepository:
 
     async def init_schedule(self, task_id: str, *, from_time: datetime | str | None = None) -> Task:
         """Recompute next_run_at from `from_time` (default now) on the task's current grid."""
-        start = _instant("from_time", from_time)
+        start = parse_utc_instant("from_time", from_time)
         now = self.clock()
         database = await self.db()
         async with schedule_write(database) as session:
@@ -478,23 +467,16 @@ class TaskRepository:
         result: Any = None,
         calculate_next_run: bool = True,
     ) -> Task:
-        """Record the outcome of a run an external scheduler performed, and move the schedule on.
-
-        The occurrence it served is the current next_run_at when that is due, so reporting the
-        same occurrence twice is refused by the history's unique key.
-        """
-        if not isinstance(success, bool):
-            raise ValidationError("success", "must be true or false")
-        if error is not None and not isinstance(error, str):
-            raise ValidationError("error", "must be a string")
-        if not isinstance(calculate_next_run, bool):
-            raise ValidationError("calculate_next_run", "must be true or false")
+        """Record the outcome of a run an external scheduler performed, and move the schedule on
+        (policy.decide_external_run says which occurrence it served and where the schedule
+        goes). The task's row is locked first; the history's unique key refuses an occurrence
+        reported twice."""
         now = self.clock()
         database = await self.db()
         occurrence: datetime | None = None
         try:
             async with schedule_write(database) as session:
-                task = await session.get(Task, task_id)
+                task = await session.get(Task, task_id, with_for_update=True)
                 if task is None:
                     raise TaskNotFoundError(task_id)
                 if task.status == TaskStatus.IN_PROGRESS.value:
@@ -502,35 +484,39 @@ class TaskRepository:
                         f"task {task_id!r} is running here; its run completes itself",
                         data={"task_id": task_id},
                     )
-                occurrence = (
-                    task.next_run_at if task.next_run_at and task.next_run_at <= now else None
+                await attach_calendars(session, [task])
+                decided = decide_external_run(
+                    schedule_of(task) if task.schedule_type else None,
+                    task,
+                    now,
+                    success=success,
+                    error=error,
+                    calculate_next_run=calculate_next_run,
                 )
-                status = RunStatus.COMPLETED if success else RunStatus.FAILED
+                occurrence = decided.occurrence
                 outcome = run_row(
                     task.id,
                     task.user_id,
                     RunTrigger.API.value,
                     occurrence,
-                    status.value,
+                    decided.status.value,
                     now,
                     started_at=now,
                     finished_at=now,
                     attempt=1,
-                    error=None if success else (error or "failed"),
+                    error=decided.error,
                     result=result,
                 )
                 session.add(TaskRun(**outcome))
                 task.status = TaskStatus.COMPLETED.value if success else TaskStatus.FAILED.value
                 task.result = result
-                task.error = None if success else (error or "failed")
+                task.error = decided.error
                 task.completed_at = now
                 task.last_run_at = now
                 task.run_count += 1
                 task.updated_at = now
-                if calculate_next_run and task.schedule_enabled and task.schedule_type:
-                    await attach_calendars(session, [task])
-                    after = max(now, occurrence) if occurrence else now
-                    set_next_run(task, fire_after(schedule_of(task), task, after))
+                if decided.move:
+                    set_next_run(task, decided.following)
                 await session.flush()
                 await prune_runs(session, task.id, self.settings.run_history_keep)
         except IntegrityError:
@@ -539,72 +525,6 @@ class TaskRepository:
                 data={"task_id": task_id},
             ) from None
         return task
-
-    async def preview_schedule(
-        self,
-        *,
-        task_id: str | None = None,
-        count: int = 10,
-        after: datetime | str | None = None,
-        budget: Budget = UNLIMITED,
-        **schedule_fields: Any,
-    ) -> list[datetime]:
-        """The next `count` fire times of a stored task's schedule, or of schedule fields given
-        here (nothing is saved). An unsaved interval without a start counts from now.
-
-        The fire times are computed off the event loop, within `budget`."""
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PAGE:
-            raise ValidationError("count", f"must be a whole number in 1..{MAX_PAGE}")
-        now = self.clock()
-        start = _instant("after", after) or now
-        remaining: int | None = None
-        if task_id is not None:
-            if schedule_fields:
-                raise ValidationError(sorted(schedule_fields)[0], "give a task_id or a schedule")
-            task = await self.require_task(task_id)
-            await self.attach_calendars([task])
-            schedule = schedule_of(task)
-            if task.max_runs is not None:
-                remaining = task.max_runs - task.run_count
-        else:
-            fields = validate_task_fields(schedule_fields, creating=False)
-            if fields.get("schedule_calendar") is not None:
-                # Whose calendar is a stored task's user's: a draft has none.
-                raise ValidationError(
-                    "schedule_calendar", "preview a stored task to see its calendar's effect"
-                )
-            if set(fields) - SCHEDULE_FIELDS:
-                raise ValidationError(sorted(set(fields) - SCHEDULE_FIELDS)[0], "unknown field")
-            draft = Task(
-                id="preview",
-                schedule_type=fields.get("schedule_type"),
-                schedule_expression=fields.get("schedule_expression"),
-                schedule_timezone=fields.get("schedule_timezone", self.settings.default_timezone),
-                schedule_start_at=fields.get("schedule_start_at"),
-                schedule_end_at=fields.get("schedule_end_at"),
-                schedule_anchor_at=None,
-            )
-            if draft.schedule_type is None:
-                raise ValidationError("schedule_type", "is required for a preview")
-            if not draft.schedule_expression:
-                raise ValidationError("schedule_expression", "is required for a preview")
-            draft.schedule_start_at = localise(draft.schedule_start_at, draft.schedule_timezone)
-            draft.schedule_end_at = localise(draft.schedule_end_at, draft.schedule_timezone)
-            schedule = schedule_of(draft)
-            if isinstance(schedule.recurrence, IntervalRecurrence) and schedule.start_at is None:
-                draft.schedule_anchor_at = now.replace(microsecond=0) + schedule.recurrence.period
-                schedule = schedule_of(draft)
-            remaining = fields.get("max_runs")
-        check = budget.checker("count", "ask for fewer fire times")
-        return await off_loop(
-            fires_ahead,
-            schedule,
-            count,
-            start,
-            remaining,
-            strictly_after=after is not None,
-            between_steps=check,
-        )
 
     # ------------------------------------------------------------------ run history
 

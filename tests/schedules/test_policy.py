@@ -7,12 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from apflow_server.core.errors import ValidationError
+from apflow_server.core.types import RunStatus
 from apflow_server.schedules import Schedule
+from apflow_server.schedules.plan import draft_schedule
 from apflow_server.schedules.policy import (
     OCCURRENCE_CHUNK,
     DueDecision,
     decide_after_run,
     decide_due,
+    decide_external_run,
 )
 
 T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
@@ -117,3 +121,93 @@ def test_occurrences_that_came_due_during_a_run_follow_the_overlap_policy(
 def test_a_disabled_schedule_decides_nothing_after_a_run() -> None:
     row = Row(T0 + 2 * MINUTE, schedule_enabled=False)
     assert decide_after_run(EVERY_MINUTE, row, T0 + MINUTE, T0 + 5 * MINUTE) is None
+
+
+# ---------------------------------------------------------------------- external runs
+
+
+def test_an_external_run_serves_the_due_occurrence_and_moves_past_now() -> None:
+    row = Row(next_run_at=T0, due_at=T0)
+    now = T0 + timedelta(seconds=30)
+    decided = decide_external_run(
+        EVERY_MINUTE, row, now, success=False, error="boom", calculate_next_run=True
+    )
+    assert decided.occurrence == T0
+    assert (decided.status, decided.error) == (RunStatus.FAILED, "boom")
+    assert (decided.move, decided.following) == (True, T0 + MINUTE)
+
+
+def test_an_external_run_before_the_occurrence_serves_none() -> None:
+    row = Row(next_run_at=T0 + MINUTE, due_at=T0 + MINUTE)
+    decided = decide_external_run(
+        EVERY_MINUTE, row, T0, success=True, error="ignored", calculate_next_run=True
+    )
+    assert decided.occurrence is None
+    assert (decided.status, decided.error) == (RunStatus.COMPLETED, None)
+    assert decided.following == T0 + MINUTE
+
+
+def test_the_run_that_uses_up_max_runs_ends_the_schedule() -> None:
+    row = Row(next_run_at=T0, due_at=T0, max_runs=2, run_count=1)
+    decided = decide_external_run(
+        EVERY_MINUTE, row, T0, success=True, error=None, calculate_next_run=True
+    )
+    assert (decided.move, decided.following) == (True, None)
+
+
+def test_an_external_run_leaves_the_schedule_when_asked_or_when_there_is_none() -> None:
+    row = Row(next_run_at=T0, due_at=T0)
+    kept = decide_external_run(
+        EVERY_MINUTE, row, T0, success=False, error=None, calculate_next_run=False
+    )
+    assert (kept.move, kept.following, kept.error) == (False, None, "failed")
+    unscheduled = decide_external_run(
+        None, Row(next_run_at=None), T0, success=True, error=None, calculate_next_run=True
+    )
+    assert (unscheduled.occurrence, unscheduled.move) == (None, False)
+
+
+# ---------------------------------------------------------------------- draft schedules
+
+
+def test_a_draft_interval_without_a_start_counts_from_now() -> None:
+    schedule, remaining = draft_schedule(
+        {"schedule_type": "interval", "schedule_expression": "1h", "max_runs": 2},
+        default_timezone="UTC",
+        now=T0 + timedelta(microseconds=5),
+    )
+    assert schedule.next_after(T0) == T0 + timedelta(hours=1)
+    assert remaining == 2
+
+
+def test_a_draft_reads_wall_clock_bounds_in_its_zone() -> None:
+    schedule, remaining = draft_schedule(
+        {
+            "schedule_type": "daily",
+            "schedule_expression": "09:00",
+            "schedule_start_at": "2025-03-10T00:00:00",
+        },
+        default_timezone="America/New_York",
+        now=T0,
+    )
+    assert schedule.start_at == datetime(2025, 3, 10, 4, 0, tzinfo=UTC)  # EDT midnight
+    assert remaining is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"schedule_expression": "09:00"}, "schedule_type"),
+        ({"schedule_type": "daily"}, "schedule_expression"),
+        ({"schedule_type": "daily", "schedule_expression": "09:00", "name": "x"}, "name"),
+        ({"schedule_type": "monthly", "schedule_expression": "BD1 09:00"}, "schedule_expression"),
+        (
+            {"schedule_type": "daily", "schedule_expression": "09:00", "schedule_calendar": "x"},
+            "schedule_calendar",
+        ),
+    ],
+)
+def test_a_draft_names_the_field_it_cannot_use(fields: dict[str, str], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        draft_schedule(fields, default_timezone="UTC", now=T0)
+    assert caught.value.field == field

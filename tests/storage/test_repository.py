@@ -559,44 +559,6 @@ async def test_runs_cascade_with_task(repo: TaskRepository, database: Database) 
         assert await session.scalar(select(func.count()).select_from(TaskRun)) == 0
 
 
-async def test_preview_of_a_stored_task_and_of_unsaved_fields(repo: TaskRepository) -> None:
-    task = await repo.create_task(
-        name="x", schedule_type="weekly", schedule_expression="1,3 09:00", max_runs=3
-    )
-    fires = await repo.preview_schedule(task_id=task.id, count=10)
-    assert fires == [
-        datetime(2025, 3, 10, 9, 0, tzinfo=UTC),
-        datetime(2025, 3, 12, 9, 0, tzinfo=UTC),
-        datetime(2025, 3, 17, 9, 0, tzinfo=UTC),
-    ]  # max_runs=3 caps the preview
-    fires = await repo.preview_schedule(schedule_type="interval", schedule_expression="1h", count=2)
-    assert fires == [NOW + timedelta(hours=1), NOW + timedelta(hours=2)]
-    fires = await repo.preview_schedule(
-        schedule_type="daily",
-        schedule_expression="02:30",
-        schedule_timezone="Europe/Berlin",
-        after="2025-03-29T12:00:00Z",
-        count=2,
-    )
-    # 02:30 does not exist on 30 March 2025 in Berlin: it fires at 03:30 CEST.
-    assert fires == [
-        datetime(2025, 3, 30, 1, 30, tzinfo=UTC),
-        datetime(2025, 3, 31, 0, 30, tzinfo=UTC),
-    ]
-    once = {"schedule_type": "once", "schedule_expression": "2030-01-01T00:00:00Z"}
-    assert await repo.preview_schedule(**once) == [datetime(2030, 1, 1, tzinfo=UTC)]
-    assert await repo.preview_schedule(after="2031-01-01T00:00:00Z", **once) == []
-    for bad, field in [
-        ({"schedule_type": "daily", "schedule_expression": "9am"}, "schedule_expression"),
-        ({"schedule_expression": "09:00"}, "schedule_type"),
-        ({"schedule_type": "daily", "schedule_expression": "09:00", "name": "x"}, "name"),
-        ({"schedule_type": "daily", "schedule_expression": "09:00", "count": 0}, "count"),
-    ]:
-        with pytest.raises(ValidationError) as caught:
-            await repo.preview_schedule(**bad)
-        assert caught.value.field == field
-
-
 # ---------------------------------------------------------------------- bounded trees
 
 
