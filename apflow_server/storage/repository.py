@@ -6,7 +6,7 @@ anything is refused.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -52,9 +52,10 @@ from apflow_server.schedules.plan import (
 )
 from apflow_server.schedules.policy import decide_external_run
 from apflow_server.storage import notifications as outbox
+from apflow_server.storage.batches import among
 from apflow_server.storage.calendars import attach_calendars, load_calendar
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import TASKS, Task, TaskRun, run_row
+from apflow_server.storage.models import RUNS, TASKS, Task, TaskRun, run_row
 from apflow_server.storage.pages import Page as Page
 from apflow_server.storage.signals import schedule_write
 
@@ -518,7 +519,7 @@ class TaskRepository:
                 if decided.move:
                     set_next_run(task, decided.following)
                 await session.flush()
-                await prune_runs(session, task.id, self.settings.run_history_keep)
+                await prune_runs(session, [task.id], self.settings.run_history_keep)
         except IntegrityError:
             raise ConflictError(
                 f"the occurrence of task {task_id!r} at {occurrence} is already recorded",
@@ -609,15 +610,35 @@ def due_filter(
     return query
 
 
-async def prune_runs(session: AsyncSession, task_id: str, keep: int) -> None:
-    """Keep the newest `keep` history rows of a task, never a running one."""
-    stale = (
-        select(TaskRun.id)
-        .where(TaskRun.task_id == task_id, TaskRun.status != RunStatus.RUNNING.value)
-        .order_by(TaskRun.created_at.desc(), TaskRun.id.desc())
-        .offset(keep)
+# A task's history is pruned back to `keep` rows once `prune_step(keep)` more have piled up:
+# the cost is paid once per so many runs rather than on every one, and the history of a task
+# never exceeds keep + prune_step(keep) - 1 rows (at most twice keep, or keep + 49).
+PRUNE_EVERY = 50
+
+
+def prune_step(keep: int) -> int:
+    return max(1, min(PRUNE_EVERY, keep))
+
+
+async def prune_runs(session: AsyncSession, task_ids: Collection[str], keep: int) -> None:
+    """Keep the newest `keep` history rows of each of these tasks, never a running one: one
+    statement for a whole batch of tasks, deleting at most what piled up since their last
+    pruning (small steps: no long lock on the history)."""
+    if not task_ids:
+        return
+    dialect = (await session.connection()).dialect.name
+    newest_first = (TaskRun.created_at.desc(), TaskRun.id.desc())
+    ranked = (
+        select(
+            TaskRun.id,
+            func.row_number().over(partition_by=TaskRun.task_id, order_by=newest_first).label("n"),
+        )
+        .where(among(RUNS.c.task_id, task_ids, dialect))
+        .where(TaskRun.status != RunStatus.RUNNING.value)
+        .subquery()
     )
-    await session.execute(delete(TaskRun).where(TaskRun.id.in_(stale.scalar_subquery())))
+    stale = select(ranked.c.id).where(ranked.c.n > keep)
+    await session.execute(delete(TaskRun).where(TaskRun.id.in_(stale)))
 
 
 def build_tree(rows: Sequence[Task], root_id: str) -> TaskNode:

@@ -84,14 +84,17 @@ from apflow_server.storage.calendars import attach_calendars
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
 from apflow_server.storage.models import BACKFILLS, RUNS, TASKS, Task, TaskRun, run_row
-from apflow_server.storage.repository import ancestor_ids, due_filter, prune_runs, subtree_ids
+from apflow_server.storage.repository import (
+    ancestor_ids,
+    due_filter,
+    prune_runs,
+    prune_step,
+    subtree_ids,
+)
 from apflow_server.storage.signals import notify_in_transaction, schedule_write, wake_local
 
 logger = logging.getLogger(__name__)
 
-# History is pruned to APFLOW_RUN_HISTORY_KEEP when a task's run count reaches a multiple of
-# this, so the cost is paid once per so many runs rather than on every one.
-PRUNE_EVERY = 50
 # Backfills looked at per claim (oldest first); the others wait for the next claim.
 BACKFILLS_PER_CLAIM = 20
 MAX_PRUNE_COUNTERS = 100_000
@@ -808,13 +811,16 @@ class RunStore:
             now,
         )
         # Rows that no run follows (a paused schedule writes one per occurrence) are pruned
-        # here, every PRUNE_EVERY of them per task; runs are pruned as they finish. A count
+        # here, every prune_step of them per task; runs are pruned as they finish. A count
         # in memory is enough: it only decides when to tidy, never what is kept.
+        keep = self.settings.run_history_keep
+        tidy = []
         for task, _, _ in occurrences:
             self._unpruned[task.id] = self._unpruned.get(task.id, 0) + 1
-            if self._unpruned[task.id] >= PRUNE_EVERY:
+            if self._unpruned[task.id] >= prune_step(keep):
                 del self._unpruned[task.id]
-                await prune_runs(session, task.id, self.settings.run_history_keep)
+                tidy.append(task.id)
+        await prune_runs(session, tidy, keep)
         if len(self._unpruned) > MAX_PRUNE_COUNTERS:
             self._unpruned.clear()
 
@@ -1273,6 +1279,7 @@ class RunStore:
             )
             tasks = {task.id: task for task in await load_states(session, owners)}
             released: list[TaskState] = []
+            tidy: list[str] = []  # tasks whose history is due for pruning
             events: list[ev.Event] = []
             wake = False
             for index, claimed, outcome in mine:
@@ -1303,8 +1310,9 @@ class RunStore:
                     session, task, claimed.started_at, now
                 )
                 wake = wake or task.schedule_enabled
-                if task.run_count % PRUNE_EVERY == 0:
-                    await prune_runs(session, task.id, self.settings.run_history_keep)
+                if task.run_count % prune_step(self.settings.run_history_keep) == 0:
+                    tidy.append(task.id)
+            await prune_runs(session, tidy, self.settings.run_history_keep)
             await write_back(session, released)
             await outbox.enqueue(session, events, now)
             if wake:  # the task is claimable again: peers may be asleep past its next time

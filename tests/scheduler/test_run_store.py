@@ -769,8 +769,34 @@ async def test_rows_of_a_paused_schedule_are_pruned_to_the_history_limit(
         clock.now = T0 + k * MINUTE
         assert await store.claim_due(10) == []
     rows = await history(database, task.id)
-    assert len(rows) < 10 + 50  # pruned every 50 rows, down to the 10 newest
+    assert len(rows) < 10 + 10  # pruned every 10 rows (keep=10), down to the 10 newest
     assert rows[-1].scheduled_for == T0 + 120 * MINUTE and rows[-1].reason == "paused"
+
+
+async def test_finished_runs_are_pruned_in_small_steps_for_a_whole_batch(
+    database: Database, settings: Settings, repo: TaskRepository, clock: Clock
+) -> None:
+    import dataclasses
+
+    kept = dataclasses.replace(settings, run_history_keep=3)
+    store = RunStore(database, kept, "a", clock=clock)
+    tasks = [await every_minute(repo), await every_minute(repo)]
+    largest = 0
+    for k in range(1, 14):
+        clock.now = T0 + k * MINUTE
+        claimed = await store.claim_due(10)
+        assert len(claimed) == 2
+        if k < 13:
+            await store.finish_many([(run, RunResult(RunStatus.COMPLETED)) for run in claimed])
+        for task in tasks:
+            largest = max(largest, len(await history(database, task.id)))
+    # Pruned back to 3 every 3 runs: never more than 3 + 2 rows, and never the running one.
+    assert largest == 5
+    for task in tasks:
+        rows = await history(database, task.id)
+        assert [row.scheduled_for for row in rows][-1] == T0 + 13 * MINUTE
+        assert rows[-1].status == "running"
+        assert len(rows) <= 5
 
 
 async def test_allow_all_runs_of_one_task_are_bounded(
