@@ -3,13 +3,17 @@ and how much CPU does an idle scheduler burn?
 
     .venv/bin/python bench/scale.py --tasks 1000000 --rounds 200 --idle-seconds 60
 
-The tasks are COPY-inserted as enabled `once` schedules spread over the next year (none due).
-Each round makes 10 random tasks due and times the due query alone (SELECT ... FOR UPDATE SKIP
-LOCKED on the partial index), then `RunStore.claim_due(10)` (the whole claiming transaction:
-that query, history rows, schedule updates and the commit's fsync), and `next_wake_at` (the
-query a scheduler sleeps on). Then `apflow scheduler start` runs against
-the database for --idle-seconds with nothing due, and its CPU time is read from /proc.
-Prints one JSON line.
+The tasks are COPY-inserted as enabled schedules in a realistic mix (`--mix realistic`, the
+default): 1 % every minute (cron `* * * * *`), a third hourly (cron at a minute of the hour),
+a third daily and a third weekly at times of day in five zones; `--mix once` makes them all
+`once` schedules at distinct instants instead (no two share a shape, so none of the claim's
+schedule math is cached: the worst case). Their next runs are spread over the next year, so
+none is due but the ones a round makes due. Each round makes 10 random tasks due and times
+the due query alone (SELECT ... FOR UPDATE SKIP LOCKED on the partial index), then
+`RunStore.claim_due(10)` (the whole claiming transaction: that query, history rows, schedule
+updates and the commit's fsync), and `next_wake_at` (the query a scheduler sleeps on). Then
+`apflow scheduler start` runs against the database for --idle-seconds with nothing due, and
+its CPU time is read from /proc. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -45,20 +49,39 @@ COLUMNS = (
 )  # fmt: skip
 
 
-async def copy_tasks(dsn: str, count: int, now: datetime) -> list[str]:
-    """COPY `count` enabled once-schedules due at random times over the next year."""
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney")
+
+
+def schedule_shape(rng: random.Random, index: int, when: datetime, mix: str) -> tuple[str, ...]:
+    """(schedule_type, expression, zone) of the index-th task of the mix."""
+    if mix == "once":
+        return "once", when.isoformat(), "UTC"
+    if index % 100 == 0:
+        return "cron", "* * * * *", "UTC"
+    hour, minute, zone = rng.randrange(24), rng.randrange(0, 60, 5), rng.choice(ZONES)
+    kind = index % 3
+    if kind == 0:
+        return "cron", f"{minute} * * * *", zone
+    if kind == 1:
+        return "daily", f"{hour:02d}:{minute:02d}", zone
+    return "weekly", f"{rng.randint(1, 7)} {hour:02d}:{minute:02d}", zone
+
+
+async def copy_tasks(dsn: str, count: int, now: datetime, mix: str = "realistic") -> list[str]:
+    """COPY `count` enabled schedules of the mix, next due at random times over the next year."""
     rng = random.Random(1)
     ids = [str(uuid.uuid4()) for _ in range(count)]
     connection = await asyncpg.connect(dsn)
     try:
         for start in range(0, count, 100_000):
             records = []
-            for task_id in ids[start : start + 100_000]:
+            for index, task_id in enumerate(ids[start : start + 100_000], start):
                 when = now + timedelta(seconds=rng.randint(3600, 365 * 86400))
+                kind, expression, zone = schedule_shape(rng, index, when, mix)
                 records.append(
                     (
                         task_id, "scale", "pending", 2, "{}", '{"executor_id": "echo_executor"}',
-                        "{}", "[]", 0.0, now, now, "once", when.isoformat(), "UTC", True, 0,
+                        "{}", "[]", 0.0, now, now, kind, expression, zone, True, 0,
                         when, when, "run_once", "skip", 0,
                     )
                 )  # fmt: skip
@@ -81,6 +104,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--mix", choices=("realistic", "once"), default="realistic")
     args = parser.parse_args()
 
     name, url = await create_pg()
@@ -89,10 +113,10 @@ async def main() -> None:
         await database.upgrade()
         now = datetime.now(UTC)
         began = time.monotonic()
-        ids = await copy_tasks(asyncpg_dsn(url), args.tasks, now)
+        ids = await copy_tasks(asyncpg_dsn(url), args.tasks, now, args.mix)
         inserted_in = time.monotonic() - began
         store = RunStore(database, Settings(home=Path("/tmp"), database_url=url), "bench")
-        # Distinct tasks every round: a claimed `once` is disabled and would not be due again.
+        # Distinct tasks every round (a claimed `once` is disabled and would not be due again).
         pool = random.Random(2).sample(ids, args.rounds * args.per_round)
         claims: list[float] = []
         queries: list[float] = []
@@ -142,6 +166,7 @@ async def main() -> None:
             json.dumps(
                 {
                     "tasks": args.tasks,
+                    "mix": args.mix,
                     "copy_seconds": round(inserted_in, 1),
                     "rounds": args.rounds,
                     "claimed_per_round": args.per_round,
