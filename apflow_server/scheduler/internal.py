@@ -82,6 +82,8 @@ class _Active:
     # Between its start and its outcome: only then is cancelling it stopping the run (later,
     # it would cut the recording of the outcome and the start of a buffered follow-up).
     executing: bool = False
+    # Its outcome is waiting to be recorded (the finisher's batch): its slot is free.
+    recording: bool = False
 
 
 class InternalScheduler:
@@ -375,7 +377,7 @@ class InternalScheduler:
         now = utcnow()
         self.stats.last_poll_at = now
         claimed: list[ClaimedRun] = []
-        free = self.config.max_concurrent_tasks - len(self._active)
+        free = self._free_slots()
         if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
             claimed = await self.store.claim_due(free, self.config.user_id, ahead=CLAIM_AHEAD)
             self._check_interrupted()
@@ -392,7 +394,7 @@ class InternalScheduler:
                 self.stats.runs_reclaimed += len(reclaimed)
                 logger.warning("recorded %d abandoned run(s): %s", len(reclaimed), reclaimed)
         backfilled: list[ClaimedRun] = []
-        free = self.config.max_concurrent_tasks - len(self._active)
+        free = self._free_slots()
         if self.claiming and self.state is SchedulerState.RUNNING and free > 0:
             # Backfills take the slots that due occurrences left (those come first).
             # In small batches: a claim launches its runs in one go, and a schedule falling
@@ -406,7 +408,7 @@ class InternalScheduler:
             return self._idle_poll
         if backfilled:
             return 0.0  # more may be queued: take them while slots are free
-        if self.config.max_concurrent_tasks - len(self._active) <= 0:
+        if self._free_slots() <= 0:
             return self._idle_poll  # a finishing run frees a slot and wakes us
         wake_at = await self.store.next_wake_at(self.config.user_id)
         self.stats.next_wake_at = wake_at
@@ -428,6 +430,16 @@ class InternalScheduler:
         return MIN_SLEEP  # inside the window and not ours: another scheduler holds it
 
     # ------------------------------------------------------------------ runs
+
+    def _free_slots(self) -> int:
+        """How many more runs may start: max_concurrent runs execute at once. A run whose
+        outcome waits for its recording no longer holds a slot, so the next claim overlaps
+        the recording instead of waiting for it (claims and records would otherwise take
+        turns, each idling the process while the database answers); at most max_concurrent
+        of those wait at once, which bounds what this process holds in memory."""
+        limit = self.config.max_concurrent_tasks
+        recording = sum(1 for active in self._active.values() if active.recording)
+        return min(limit - (len(self._active) - recording), 2 * limit - len(self._active))
 
     def _launch(self, claimed: ClaimedRun) -> None:
         self._outcome_future(claimed.run_id)
@@ -504,7 +516,10 @@ class InternalScheduler:
                     logger.exception("run %s failed in the scheduler", current.run_id)
                     outcome = RunResult(RunStatus.FAILED, None, f"internal error: {exc}")
                 active.executing = False
+                active.recording = True
+                self._wake.set()  # its slot is free
                 follow_up = await self._finish(current, outcome)
+                active.recording = False
                 self._settle_outcome(current.run_id, outcome)
                 await self._completed(current, outcome)
                 if follow_up is not None:

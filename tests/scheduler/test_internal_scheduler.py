@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import support  # noqa: F401  (test executors)
+import support  # registers the test executors
 
 from apflow_server.config import Settings
 from apflow_server.core.types import RunTrigger
@@ -335,3 +335,47 @@ async def test_leases_are_renewed_on_their_interval_not_on_every_change_signal(
         assert renewals == []
     finally:
         await scheduler.stop(grace=0)
+
+
+async def test_a_run_waiting_for_its_record_no_longer_holds_its_slot(
+    database: Database, settings: Settings, repo: TaskRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_concurrent bounds executing runs: the next run starts while the previous one's
+    outcome is still being recorded; at most max_concurrent outcomes wait so."""
+    scheduler = scheduler_for(database, settings, max_concurrent_tasks=1)
+    await scheduler.start()
+    assert scheduler.store is not None
+    recording = scheduler.store.finish_many
+    release = asyncio.Event()
+
+    async def held_back(items):  # the database is slow to record the first outcomes
+        await release.wait()
+        return await recording(items)
+
+    monkeypatch.setattr(scheduler.store, "finish_many", held_back)
+    support.RECORDED.clear()
+    try:
+        for name in ("first", "second", "third"):
+            await repo.create_task(
+                name=name,
+                params={"executor_id": "test_record"},
+                inputs={"seconds": 0.01},
+                schedule_type="once",
+                schedule_expression=soon(0.2),
+                schedule_enabled=True,
+            )
+        deadline = time.monotonic() + 5
+        while len(support.RECORDED) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        # Two ran, one after the other, with neither recorded; the third waits for a slot.
+        ran = sorted(support.RECORDED, key=lambda entry: entry[1])
+        assert len(ran) == 2
+        assert ran[0][2] <= ran[1][1]  # never two at once
+        release.set()
+        while len(support.RECORDED) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(support.RECORDED) == 3
+    finally:
+        release.set()
+        await scheduler.stop()
