@@ -12,6 +12,11 @@ docs/benchmark-api.png         requests per second of bench/api.py's scenarios
 docs/benchmark-http-lateness.png    real work (bench/http_work.py): lateness at the HTTP sink,
                                1,000 calls over 60 s, apflow's rest_executor against APScheduler
 docs/benchmark-http-throughput.png  calls per second at the sink, 10,000 calls due at once
+docs/benchmark-top-of-minute.png    10,000 tasks on `* * * * *`, two scheduler processes:
+                               p50/p99 lateness per minute and the history's size under retention
+                               (bench/top_of_minute.py's JSON, saved as top-of-minute.json)
+docs/benchmark-scale-out.png   echo bursts with 1, 2 and 4 scheduler processes, and direct
+                               against PgBouncer (bench/scale_out.py --out scale-out.json)
 
 Prints one JSON line: the files written and the numbers drawn.
 """
@@ -223,6 +228,72 @@ def http_throughput_plot(results: Path, out: Path) -> dict[str, Any]:
     return drawn
 
 
+def top_of_minute_plot(results: Path, out: Path) -> dict[str, Any]:
+    data = load(results, "top-of-minute.json")
+    if data is None:
+        return {}
+    minutes = [row["minute"] for row in data["per_minute"]]
+    p50 = [row["p50_ms"] / 1000 for row in data["per_minute"]]
+    p99 = [row["p99_ms"] / 1000 for row in data["per_minute"]]
+    fig, (late, size) = plt.subplots(2, 1, figsize=(7.5, 6), sharex=False)
+    late.plot(minutes, p99, "o-", color="tab:blue", label="p99")
+    late.plot(minutes, p50, "o--", color="tab:cyan", label="p50")
+    late.axhline(1.5, color="tab:red", linestyle=":", label="target p99 1.5 s")
+    late.set_ylabel("lateness (s)")
+    late.set_ylim(0, max([*p99, 1.5]) * 1.3)
+    late.legend(loc="upper center", ncol=3, fontsize=8)
+    late.set_title(
+        f"{data['tasks']:,} tasks on * * * * *, {data['processes']} scheduler processes, "
+        f"PostgreSQL; {data['duplicates']} duplicates"
+    )
+    late.tick_params(axis="x", labelsize=8)
+    sizes = data["history_rows_each_minute"]
+    size.plot(range(len(sizes)), sizes, "s-", color="tab:green")
+    size.set_ylabel("history rows")
+    size.set_xlabel(f"minute of the run (APFLOW_RUN_HISTORY_KEEP={data['keep']})")
+    size.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    size.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return {"worst_p99_ms": data["worst_minute_p99_ms"], "largest_history": max(sizes)}
+
+
+def scale_out_plot(results: Path, out: Path) -> dict[str, Any]:
+    data = load(results, "scale-out.json")
+    if data is None:
+        return {}
+    fig, (procs, pooled) = plt.subplots(1, 2, figsize=(9, 4.2))
+    counts = sorted(data["processes"], key=int)
+    best = [max(run["runs_per_second"] for run in data["processes"][c]) for c in counts]
+    worst = [min(run["runs_per_second"] for run in data["processes"][c]) for c in counts]
+    bars = procs.bar([f"{c} process{'es' if c != '1' else ''}" for c in counts], best,
+                     color="tab:blue")  # fmt: skip
+    procs.bar_label(bars, labels=[f"{w:,.0f}-{b:,.0f}" for w, b in zip(worst, best, strict=True)])
+    procs.set_ylabel("runs per second (best of the repeats)")
+    procs.set_title(f"{data['tasks']:,} echo runs due at once", fontsize=10)
+    procs.margins(y=0.15)
+    pairs = data["pgbouncer_pairs"]
+    direct = [pair["direct"]["runs_per_second"] for pair in pairs]
+    through = [pair["pgbouncer"]["runs_per_second"] for pair in pairs]
+    index = range(len(pairs))
+    procs_width = 0.38
+    pooled.bar([i - procs_width / 2 for i in index], direct, procs_width, label="direct",
+               color="tab:blue")  # fmt: skip
+    pooled.bar([i + procs_width / 2 for i in index], through, procs_width,
+               label="through PgBouncer", color="tab:purple")  # fmt: skip
+    pooled.set_xticks(list(index), [f"pair {i + 1}\n{pair['ratio']:.2f}x" for i, pair in
+                                    enumerate(pairs)])  # fmt: skip
+    pooled.set_title("10,000 echo runs, one process: direct and pooled", fontsize=10)
+    pooled.legend(loc="upper center", ncol=2, fontsize=8)
+    pooled.margins(y=0.2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return {"processes": dict(zip(counts, best, strict=True)), "pgbouncer_ratios": [
+        pair["ratio"] for pair in pairs]}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
@@ -235,6 +306,8 @@ def main() -> None:
         ("benchmark-api.png", api_plot),
         ("benchmark-http-lateness.png", http_lateness_plot),
         ("benchmark-http-throughput.png", http_throughput_plot),
+        ("benchmark-top-of-minute.png", top_of_minute_plot),
+        ("benchmark-scale-out.png", scale_out_plot),
     ):
         drawn = draw(args.results, args.docs / name)
         if drawn:

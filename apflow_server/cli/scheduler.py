@@ -188,7 +188,7 @@ def _start_background(files: DaemonFiles, arguments: Sequence[str]) -> None:
     type=click.IntRange(min=1),
     default=10,
     show_default=True,
-    help="Most runs at once.",
+    help="Most runs executing at once.",
 )
 @click.option(
     "--timeout",
