@@ -19,6 +19,7 @@ from rich.status import Status
 
 from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
+from apflow_server.core.collector import settle_after_startup
 from apflow_server.core.errors import ApflowError
 from apflow_server.core.logs import configure_logging
 from apflow_server.core.types import RunStatus, RunTrigger, TaskStatus
@@ -116,6 +117,7 @@ async def run_scheduler(config: SchedulerConfig, settings: Settings, pid_file: P
         async with scheduler_for(config, settings) as scheduler:
             with database_errors():
                 await scheduler.start()
+            settle_after_startup()
             try:
                 if pid_file is not None:
                     daemon.write_pid_file(pid_file, os.getpid())

@@ -15,6 +15,7 @@ import click
 from sqlalchemy.engine import make_url
 
 from apflow_server.config import CONFIG_FILE, MIN_JWT_SECRET_BYTES, ConfigError, Settings
+from apflow_server.core.collector import settle_after_startup
 from apflow_server.core.logs import configure_logging
 from apflow_server.plugins import load_plugins
 from apflow_server.storage.database import Database
@@ -72,6 +73,8 @@ def graceful_server(config: uvicorn.Config, started: str = "") -> uvicorn.Server
     class GracefulServer(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
+            if self.started:
+                settle_after_startup()  # what the app loaded at start-up stays loaded
             if self.started and started:
                 logging.getLogger("apflow_server.serve").info("%s", started)
 
