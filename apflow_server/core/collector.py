@@ -5,9 +5,12 @@ With CPython's defaults a busy server collected its youngest generation every 70
 allocations and, every hundred of those, walked every object it had loaded at start-up
 (SQLAlchemy's, Starlette's, the schedules'): pauses of tens of milliseconds that made up the
 tail of request latency (webhook triggers p99 65-135 ms; with this tuning 31-67 ms, measured
-in docs/benchmarks.md). Freezing moves what start-up made, and never frees, out of the
-collector's sight; a larger first threshold collects less often. Reference cycles are still
-collected, only in larger steps.
+in docs/benchmarks.md). Freezing moves what start-up made out of the collector's sight; a
+larger first threshold collects less often. Objects made after start-up are collected as
+before (cycles among them included), in larger steps. What existed at start-up is freed by
+reference counting as ever, but a reference cycle among those objects that becomes garbage
+later is never collected: a one-time, bounded cost (start-up's objects are mostly modules,
+classes, compiled statements and settings, which live as long as the process anyway).
 """
 
 from __future__ import annotations

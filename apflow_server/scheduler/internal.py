@@ -433,12 +433,18 @@ class InternalScheduler:
 
     def _free_slots(self) -> int:
         """How many more runs may start: max_concurrent runs execute at once. A run whose
-        outcome waits for its recording no longer holds a slot, so the next claim overlaps
+        outcome waits for its recording no longer holds a slot (unless its overlap policy may
+        start a buffered occurrence in its place then), so the next claim overlaps
         the recording instead of waiting for it (claims and records would otherwise take
         turns, each idling the process while the database answers); at most max_concurrent
         of those wait at once, which bounds what this process holds in memory."""
         limit = self.config.max_concurrent_tasks
-        recording = sum(1 for active in self._active.values() if active.recording)
+        # A run whose record may hand its slot to a buffered occurrence keeps it until then.
+        recording = sum(
+            1
+            for active in self._active.values()
+            if active.recording and not active.claimed.may_hand_over
+        )
         return min(limit - (len(self._active) - recording), 2 * limit - len(self._active))
 
     def _launch(self, claimed: ClaimedRun) -> None:

@@ -155,6 +155,13 @@ class AfterRunDecision:
     following: datetime | None
 
 
+def end_may_start_another(overlap: str) -> bool:
+    """Whether the end of a run can start an occurrence that waited for it (see
+    decide_after_run): buffer_one, buffer_all, cancel_other and terminate_other can; skip
+    and allow_all never do."""
+    return overlap not in (OverlapPolicy.SKIP.value, OverlapPolicy.ALLOW_ALL.value)
+
+
 def decide_after_run(
     schedule: Timetable, task: PolicyRow, started: datetime, now: datetime
 ) -> AfterRunDecision | None:

@@ -6,7 +6,7 @@ anything is refused.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -485,9 +485,11 @@ class TaskRepository:
                         f"task {task_id!r} is running here; its run completes itself",
                         data={"task_id": task_id},
                     )
-                await attach_calendars(session, [task])
+                moves = calculate_next_run and task.schedule_enabled and task.schedule_type
+                if moves:  # a schedule it cannot rebuild must not stop the run's record
+                    await attach_calendars(session, [task])
                 decided = decide_external_run(
-                    schedule_of(task) if task.schedule_type else None,
+                    schedule_of(task) if moves else None,
                     task,
                     now,
                     success=success,
@@ -611,8 +613,11 @@ def due_filter(
 
 
 # A task's history is pruned back to `keep` rows once `prune_step(keep)` more have piled up:
-# the cost is paid once per so many runs rather than on every one, and the history of a task
-# never exceeds keep + prune_step(keep) - 1 rows (at most twice keep, or keep + 49).
+# the cost is paid once per so many runs rather than on every one. Its runs are counted in
+# the database (run_count), so their rows stay under keep + prune_step(keep) - 1 (at most
+# twice keep, or keep + 49); rows that no run follows (missed, skipped) are counted per
+# process, so a restart or a second scheduler can let a few more pile up before the next
+# pruning takes them.
 PRUNE_EVERY = 50
 
 
@@ -620,8 +625,9 @@ def prune_step(keep: int) -> int:
     return max(1, min(PRUNE_EVERY, keep))
 
 
-async def prune_runs(session: AsyncSession, task_ids: Collection[str], keep: int) -> None:
-    """Keep the newest `keep` history rows of each of these tasks, never a running one: one
+async def prune_runs(session: AsyncSession, task_ids: list[str], keep: int) -> None:
+    """Keep the newest `keep` history rows of each of these tasks (a running run or a queued
+    backfill occurrence is not history, and stays): one
     statement for a whole batch of tasks, deleting at most what piled up since their last
     pruning (small steps: no long lock on the history)."""
     if not task_ids:
@@ -634,7 +640,8 @@ async def prune_runs(session: AsyncSession, task_ids: Collection[str], keep: int
             func.row_number().over(partition_by=TaskRun.task_id, order_by=newest_first).label("n"),
         )
         .where(among(RUNS.c.task_id, task_ids, dialect))
-        .where(TaskRun.status != RunStatus.RUNNING.value)
+        # what is still to happen is not history: running runs, queued backfill occurrences
+        .where(TaskRun.status.not_in([RunStatus.RUNNING.value, RunStatus.QUEUED.value]))
         .subquery()
     )
     stale = select(ranked.c.id).where(ranked.c.n > keep)

@@ -74,6 +74,7 @@ from apflow_server.schedules.policy import (
     closed_reason,
     decide_after_run,
     decide_due,
+    end_may_start_another,
     held_reason,
     paused_at,
 )
@@ -281,6 +282,9 @@ class ClaimedRun:
     replayed: bool = False
     # The task itself when it has no children: the runner needs no further read.
     leaf: TaskState | None = None
+    # Whether recording its outcome may start another run (a buffered occurrence) in its
+    # place, which then needs the slot this run held.
+    may_hand_over: bool = True
 
     @property
     def lateness(self) -> float | None:
@@ -487,7 +491,10 @@ class RunStore:
             await notify_in_transaction(session)
         definition = states_query(definition=True).where(TASKS.c.id == backfill.task_id)
         states = await load_states(session, definition, definition=True)
+        # Its definition, not its last outcome (held for as long as the runs last).
         leaf = states[0] if states and states[0].standalone else None
+        if leaf is not None:
+            leaf.result = leaf.error = None
         return [
             ClaimedRun(
                 run_id,
@@ -497,6 +504,7 @@ class RunStore:
                 _aware(scheduled_for),
                 now,
                 leaf=leaf,
+                may_hand_over=False,  # a backfilled occurrence's end starts nothing else
             )
             for run_id, scheduled_for in picked
         ]
@@ -723,6 +731,7 @@ class RunStore:
             occurrence,
             now,
             leaf=task if task.standalone else None,
+            may_hand_over=end_may_start_another(task.schedule_overlap),
         )
 
     def _run_row(

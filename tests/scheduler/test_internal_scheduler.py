@@ -379,3 +379,32 @@ async def test_a_run_waiting_for_its_record_no_longer_holds_its_slot(
     finally:
         release.set()
         await scheduler.stop()
+
+
+def test_a_recording_run_that_may_hand_over_its_slot_keeps_it() -> None:
+    """A run whose record may start a buffered occurrence in its place (buffer_one,
+    buffer_all, cancel_other, terminate_other) holds its slot until then; others free it at
+    their outcome, and at most max_concurrent outcomes wait."""
+    from apflow_server.scheduler.internal import _Active
+    from apflow_server.storage.runs import ClaimedRun
+
+    scheduler = InternalScheduler(SchedulerConfig(max_concurrent_tasks=2))
+
+    def active(run_id: str, *, recording: bool, hands_over: bool) -> _Active:
+        claimed = ClaimedRun(
+            run_id, "task", None, "schedule", None, datetime.now(UTC), may_hand_over=hands_over
+        )
+        entry = _Active(claimed, task=None)  # type: ignore[arg-type]
+        entry.recording = recording
+        return entry
+
+    scheduler._active = {"a": active("a", recording=True, hands_over=False)}
+    assert scheduler._free_slots() == 2
+    scheduler._active["b"] = active("b", recording=True, hands_over=True)
+    assert scheduler._free_slots() == 1
+    scheduler._active["c"] = active("c", recording=False, hands_over=False)
+    assert scheduler._free_slots() == 0
+    scheduler._active = {
+        name: active(name, recording=True, hands_over=False) for name in ("d", "e", "f", "g")
+    }
+    assert scheduler._free_slots() == 0  # two limits' worth are held: none executing, no room

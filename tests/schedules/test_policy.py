@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from apflow_server.core.errors import ValidationError
-from apflow_server.core.types import RunStatus
+from apflow_server.core.types import OverlapPolicy, RunStatus
 from apflow_server.schedules import Schedule
 from apflow_server.schedules.plan import draft_schedule
 from apflow_server.schedules.policy import (
@@ -17,6 +17,7 @@ from apflow_server.schedules.policy import (
     decide_after_run,
     decide_due,
     decide_external_run,
+    end_may_start_another,
 )
 
 T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
@@ -211,3 +212,15 @@ def test_a_draft_names_the_field_it_cannot_use(fields: dict[str, str], field: st
     with pytest.raises(ValidationError) as caught:
         draft_schedule(fields, default_timezone="UTC", now=T0)
     assert caught.value.field == field
+
+
+def test_which_overlap_policies_may_start_a_waiting_occurrence_when_a_run_ends() -> None:
+    may = {policy.value: end_may_start_another(policy.value) for policy in OverlapPolicy}
+    assert may == {
+        "skip": False,
+        "allow_all": False,
+        "buffer_one": True,
+        "buffer_all": True,
+        "cancel_other": True,
+        "terminate_other": True,
+    }

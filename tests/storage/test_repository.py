@@ -13,8 +13,8 @@ from apflow_server.config import Settings
 from apflow_server.core.errors import ConflictError, NotFoundError, ValidationError
 from apflow_server.core.trees import MAX_TREE_DEPTH, MAX_TREE_TASKS
 from apflow_server.storage.database import Database
-from apflow_server.storage.models import Task, TaskRun, task_to_dict
-from apflow_server.storage.repository import TaskRepository
+from apflow_server.storage.models import Task, TaskRun, run_row, task_to_dict
+from apflow_server.storage.repository import TaskRepository, prune_runs
 
 NOW = datetime(2025, 3, 5, 12, 0, tzinfo=UTC)  # a Wednesday
 
@@ -549,6 +549,23 @@ async def test_history_is_pruned_to_the_newest(repo: TaskRepository, clock: Cloc
     runs = await repo.list_runs(task_id=task.id)
     assert runs.total == 3  # run_history_keep=3 in this fixture
     assert [r.started_at for r in runs.items] == [NOW + timedelta(minutes=m) for m in (4, 3, 2)]
+
+
+async def test_pruning_keeps_running_runs_and_queued_backfill_occurrences(
+    repo: TaskRepository, database: Database
+) -> None:
+    task = await repo.create_task(name="busy")
+    rows = [
+        run_row(task.id, None, "schedule", NOW - timedelta(minutes=m), status, NOW)
+        for m, status in enumerate(["completed"] * 6 + ["running"] + ["queued"] * 5)
+    ]
+    async with database.transaction(write=True) as session:
+        session.add_all([TaskRun(**row) for row in rows])
+    async with database.transaction(write=True) as session:
+        await prune_runs(session, [task.id], keep=2)
+    async with database.transaction() as session:
+        kept = list(await session.scalars(select(TaskRun.status).where(TaskRun.task_id == task.id)))
+    assert sorted(kept) == ["completed"] * 2 + ["queued"] * 5 + ["running"]
 
 
 async def test_runs_cascade_with_task(repo: TaskRepository, database: Database) -> None:
