@@ -425,7 +425,8 @@ class RunStore:
         if limit <= 0:
             return []
         now = self.clock()
-        async with self.database.transaction() as session:  # a plain read, as on every poll
+        # A plain read, as on every poll: one autocommit statement on PostgreSQL.
+        async with self.database.read() as session:
             active = await session.scalar(
                 select(BACKFILLS.c.id).where(BACKFILLS.c.status == ACTIVE).limit(1)
             )
