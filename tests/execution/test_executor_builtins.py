@@ -74,18 +74,24 @@ async def rest_context(tmp_path: Path) -> AsyncIterator[ExecutionContext]:
         await services.aclose()
 
 
-def gone(pid: int) -> bool:
-    """Whether the process has ended: no longer there, or a zombie (dead, waiting for a
-    parent that is not ours to reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
+def gone(pid: int, seconds: float = 5) -> bool:
+    """Whether the process (a `time.sleep` of these tests) ends within `seconds`: no longer
+    there, a zombie (dead, waiting for a parent that is not ours to reap it), or its pid
+    already taken by another program. A SIGKILL takes effect a moment after it is sent: on a
+    loaded machine the process can still be listed just after the run has ended."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            ours = b"time.sleep" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ProcessLookupError, OSError):
+            return True
+        if state == "Z" or not ours:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def wait_for_file(path: Path, seconds: float = 5) -> str:
