@@ -25,16 +25,10 @@ from typing import Any
 
 import asyncpg
 from burst import create_pg, drop_pg, percentile, stop_processes
+from scale import COLUMNS
 
 from apflow_server.storage.database import Database
 from apflow_server.storage.listener import asyncpg_dsn
-
-COLUMNS = (
-    "id", "name", "status", "priority", "inputs", "params", "schemas", "dependencies",
-    "progress", "created_at", "updated_at", "schedule_type", "schedule_expression",
-    "schedule_timezone", "schedule_enabled", "run_count", "next_run_at", "due_at",
-    "schedule_misfire", "schedule_overlap", "schedule_jitter_seconds",
-)  # fmt: skip
 
 
 async def copy_every_minute(dsn: str, count: int, first: datetime) -> None:

@@ -105,9 +105,17 @@ def draft_schedule(
     end_at = localise(clean.get("schedule_end_at"), timezone)
     schedule = _parsed(schedule_type, expression, timezone, start_at, end_at, None)
     if isinstance(schedule.recurrence, IntervalRecurrence) and schedule.start_at is None:
-        anchor = now.replace(microsecond=0) + schedule.recurrence.period
+        anchor = _interval_anchor(schedule, now)
         schedule = _parsed(schedule_type, expression, timezone, start_at, end_at, anchor)
     return schedule, clean.get("max_runs")
+
+
+def _interval_anchor(schedule: Timetable, now: datetime) -> datetime:
+    """Where an interval schedule enabled (or previewed) at `now` starts counting: its first
+    occurrence is one period after now, in whole seconds."""
+    recurrence = schedule.recurrence
+    assert isinstance(recurrence, IntervalRecurrence)
+    return now.replace(microsecond=0) + recurrence.period
 
 
 def _counts_business_days(expression: str | None) -> bool:
@@ -313,7 +321,7 @@ def apply_schedule(
     if isinstance(schedule.recurrence, IntervalRecurrence) and (
         grid_changed or not was_enabled or task.schedule_anchor_at is None
     ):
-        task.schedule_anchor_at = now.replace(microsecond=0) + schedule.recurrence.period
+        task.schedule_anchor_at = _interval_anchor(schedule, now)
     schedule = schedule_of(task)
     next_run = first_fire(schedule, task, now)
     if next_run is None:
