@@ -383,9 +383,8 @@ async def test_once_disables_after_its_run_whatever_the_outcome(
     assert (stored.status, stored.schedule_enabled, stored.next_run_at) == ("failed", False, None)
 
 
-async def test_an_occurrence_already_recorded_never_runs_again(
-    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
-) -> None:
+async def ran_and_enabled_again(store: RunStore, repo: TaskRepository, clock: Clock) -> Task:
+    """A `once` task whose occurrence ran, enabled again: due at the same past instant."""
     when = (T0 + MINUTE).isoformat()
     task = await repo.create_task(
         name="once", schedule_type="once", schedule_expression=when, schedule_enabled=True
@@ -393,11 +392,39 @@ async def test_an_occurrence_already_recorded_never_runs_again(
     clock.now = T0 + MINUTE
     [run] = await store.claim_due(10)
     await store.finish(run, RunResult(RunStatus.COMPLETED))
-    await repo.update_task(task.id, schedule_enabled=True)  # the same past instant again
+    await repo.update_task(task.id, schedule_enabled=True)
+    return task
+
+
+async def test_an_occurrence_already_recorded_never_runs_again(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    task = await ran_and_enabled_again(store, repo, clock)
     assert await store.claim_due(10) == []
     stored = await reload(database, task.id)
     assert stored.schedule_enabled is False
     assert len(await history(database, task.id)) == 1
+
+
+async def test_a_claim_with_one_recorded_occurrence_still_starts_the_others(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    """The claim writes its history rows and tasks in one statement expecting every
+    occurrence to be new; one recorded already makes it roll back and claim again."""
+    recorded = await ran_and_enabled_again(store, repo, clock)
+    fresh = await every_minute(repo)
+    clock.now = T0 + 2 * MINUTE
+    [started] = await store.claim_due(10)
+    assert (started.task_id, started.scheduled_for) == (fresh.id, T0 + 2 * MINUTE)
+    assert len(await history(database, recorded.id)) == 1
+    assert (await reload(database, recorded.id)).schedule_enabled is False
+    stored = await reload(database, fresh.id)
+    assert (stored.status, stored.current_run_id, stored.run_count) == (
+        "in_progress",
+        started.run_id,
+        1,
+    )
+    assert [row.id for row in await history(database, fresh.id)] == [started.run_id]
 
 
 async def test_expired_lease_is_reclaimed_and_the_schedule_continues(

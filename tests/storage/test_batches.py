@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from apflow_server.config import Settings
-from apflow_server.storage.batches import among, insert_rows, update_rows
+from apflow_server.storage.batches import among, insert_all_then_update, insert_rows, update_rows
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import RUNS, TASKS
 from apflow_server.storage.repository import TaskRepository
@@ -161,3 +161,80 @@ async def test_insert_rows_refuses_a_column_the_table_lacks(database: Database) 
         with pytest.raises(KeyError):
             await insert_rows(session, RUNS, [{"id": "x", "nope": 1}], unique=("id",))
         assert await insert_rows(session, RUNS, [], unique=("id",)) == []
+
+
+async def test_insert_all_then_update_writes_both_when_every_row_is_new(
+    database: Database, three: list[str]
+) -> None:
+    first, second, untouched = three
+    rows = [run_row("n1", first, WHEN, {"x": 1}), run_row("n2", second, WHEN, None)]
+    updates = [
+        {"id": first, "status": "in_progress", "result": {"y": [2]}},
+        {"id": second, "status": "in_progress", "result": None},
+    ]
+    async with database.transaction(write=True) as session:
+        written = await insert_all_then_update(
+            session,
+            RUNS,
+            rows,
+            unique=("task_id", "scheduled_for"),
+            then=TASKS,
+            key="id",
+            columns=("status", "result"),
+            updates=updates,
+        )
+    assert written is True
+    tasks = await read(database, "status", "result")
+    assert tasks[first] == ("in_progress", {"y": [2]})
+    assert tasks[second] == ("in_progress", None)
+    assert tasks[untouched] == ("pending", None)
+    async with database.transaction() as session:
+        runs = dict((await session.execute(select(RUNS.c.id, RUNS.c.result))).all())
+    assert runs == {"n1": {"x": 1}, "n2": None}
+
+
+async def test_insert_all_then_update_updates_nothing_when_a_row_collides(
+    database: Database, three: list[str]
+) -> None:
+    first, second, _ = three
+    async with database.transaction(write=True) as session:
+        await insert_rows(session, RUNS, [run_row("old", second, WHEN, None)], unique=("id",))
+    async with database.transaction(write=True) as session:
+        written = await insert_all_then_update(
+            session,
+            RUNS,
+            [run_row("n1", first, WHEN, None), run_row("n2", second, WHEN, None)],
+            unique=("task_id", "scheduled_for"),
+            then=TASKS,
+            key="id",
+            columns=("status",),
+            updates=[{"id": first, "status": "failed"}, {"id": second, "status": "failed"}],
+        )
+        assert written is False
+        # No task was written; the caller decides what to do with the rows that went in.
+        assert set((await read_in(session, "status")).values()) == {("pending",)}
+        await session.rollback()
+    async with database.transaction() as session:
+        assert list(await session.scalars(select(RUNS.c.id))) == ["old"]
+
+
+async def test_insert_all_then_update_with_no_rows_is_an_update(
+    database: Database, three: list[str]
+) -> None:
+    async with database.transaction(write=True) as session:
+        assert await insert_all_then_update(
+            session,
+            RUNS,
+            [],
+            unique=("task_id", "scheduled_for"),
+            then=TASKS,
+            key="id",
+            columns=("status",),
+            updates=[{"id": three[0], "status": "cancelled"}],
+        )
+    assert (await read(database, "status"))[three[0]] == ("cancelled",)
+
+
+async def read_in(session: Any, *columns: str) -> dict[str, tuple[Any, ...]]:
+    rows = await session.execute(select(TASKS.c.id, *(TASKS.c[c] for c in columns)))
+    return {row[0]: tuple(row[1:]) for row in rows}
