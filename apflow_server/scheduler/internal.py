@@ -59,6 +59,8 @@ MIN_SLEEP = 0.05
 # Occurrences due this soon are claimed now and started at their instant: claiming is a
 # transaction of a few milliseconds, which would otherwise make every run that much late.
 CLAIM_AHEAD = timedelta(milliseconds=50)
+# Seconds between looks for expired leases (a lease lasts at least 2 s, 30 by default).
+RECLAIM_EVERY = 1.0
 # After a change signal, how long the lease task waits before checking ownership (signals
 # come in bursts; one check serves them all).
 OWNERSHIP_CHECK = 0.25
@@ -129,6 +131,7 @@ class InternalScheduler:
         # The longest sleep while nothing is due: poll_interval, shorter when no listener
         # tells of other processes' changes.
         self._idle_poll = self.config.poll_interval
+        self._reclaim_at = 0.0  # the event loop's time of the next look for expired leases
         self._heartbeat_task: asyncio.Task[None] | None = None
         # Set when a run of ours may have been ended elsewhere (terminate_other): the lease
         # task checks ownership at once instead of at its next renewal.
@@ -383,7 +386,11 @@ class InternalScheduler:
             self._check_interrupted()
             for run in claimed:
                 self._launch(run)
-        if self.claiming:  # after claiming: what is due comes first
+        loop_time = asyncio.get_running_loop().time()
+        if self.claiming and loop_time >= self._reclaim_at:  # after claiming: due runs first
+            # Leases last seconds; a look a second costs a statement a second, where a look
+            # per poll cost one per claim under load.
+            self._reclaim_at = loop_time + RECLAIM_EVERY
             buffered: list[ClaimedRun] = []
             reclaimed = await self.store.reclaim_expired(
                 follow_ups=buffered, user_id=self.config.user_id

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Table, any_, bindparam, update
+from sqlalchemy import JSON, ColumnElement, Table, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +43,40 @@ async def update_rows(
     await session.execute(
         statement, [{KEY: row[key], **{name: row[name] for name in names}} for row in rows]
     )
+
+
+async def update_rows_where(
+    session: AsyncSession,
+    table: Table,
+    key: str,
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    where: Mapping[str, Any],
+) -> set[Any]:
+    """As `update_rows`, but only the rows whose `where` columns hold those values (checked
+    under the row's lock, on its latest version); the keys of the rows it updated. On
+    PostgreSQL one statement (UPDATE ... RETURNING), where a SELECT ... FOR UPDATE and then
+    the UPDATE took two round trips."""
+    names = tuple(columns)
+    _check_columns(table, (key, *names, *where))
+    if not rows:
+        return set()
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        arrays = [_column_values(table, name, rows) for name in (key, *names)]
+        conditions = tuple(where)
+        statement = _unnest_update(table, key, names, conditions=conditions)
+        values = (*arrays, *(where[name] for name in conditions))
+        result = await connection.exec_driver_sql(statement, values)
+        return {row[0] for row in result}
+    matching = select(table.c[key]).where(
+        table.c[key].in_([row[key] for row in rows]),
+        *(table.c[name] == value for name, value in where.items()),
+    )
+    wanted = set(await session.scalars(matching))
+    await update_rows(session, table, key, columns, [row for row in rows if row[key] in wanted])
+    return wanted
 
 
 async def insert_rows(
@@ -161,11 +195,29 @@ def _value(table: Table, name: str) -> str:
 
 
 @lru_cache(maxsize=32)
-def _unnest_update(table: Table, key: str, names: tuple[str, ...], first: int = 1) -> str:
+def _unnest_update(
+    table: Table,
+    key: str,
+    names: tuple[str, ...],
+    first: int = 1,
+    conditions: tuple[str, ...] = (),
+) -> str:
+    """With `conditions`, only rows whose those columns equal the parameters after the
+    arrays, returning the keys updated."""
     assignments = ", ".join(f"{_quote(name)} = {_value(table, name)}" for name in names)
     target, matched = _quote(table.name), _quote(key)
     source = _arrays(table, (key, *names), first)
-    return f"UPDATE {target} AS t SET {assignments} FROM {source} WHERE t.{matched} = v.{matched}"  # noqa: S608
+    statement = (
+        f"UPDATE {target} AS t SET {assignments} FROM {source} WHERE t.{matched} = v.{matched}"  # noqa: S608
+    )
+    if conditions:
+        after = first + len(names) + 1
+        statement += "".join(
+            f" AND t.{_quote(name)} = ${index}::{table.c[name].type.compile(dialect=_PG)}"
+            for index, name in enumerate(conditions, start=after)
+        )
+        statement += f" RETURNING t.{matched}"
+    return statement
 
 
 @lru_cache(maxsize=32)

@@ -80,7 +80,13 @@ from apflow_server.schedules.policy import (
 )
 from apflow_server.storage import notifications as outbox
 from apflow_server.storage.backfills import ACTIVE, DONE
-from apflow_server.storage.batches import among, insert_all_then_update, insert_rows, update_rows
+from apflow_server.storage.batches import (
+    among,
+    insert_all_then_update,
+    insert_rows,
+    update_rows,
+    update_rows_where,
+)
 from apflow_server.storage.calendars import attach_calendars
 from apflow_server.storage.database import Database
 from apflow_server.storage.group_commit import GroupCommit
@@ -1300,17 +1306,27 @@ class RunStore:
         now = self.clock()
         dialect = self.database.dialect
         follow_ups: list[ClaimedRun | None] = [None] * len(items)
+        finished = [
+            {
+                "id": claimed.run_id,
+                "status": outcome.status.value,
+                "started_at": claimed.started_at,
+                "finished_at": now,
+                "result": outcome.result,
+                "error": outcome.error,
+                "attempt": outcome.attempt,
+                "lease_expires_at": None,
+            }
+            for claimed, outcome in items
+        ]
         async with self.database.transaction(write=True) as session:
-            owned = set(
-                await session.scalars(
-                    select(RUNS.c.id)
-                    .where(
-                        among(RUNS.c.id, [claimed.run_id for claimed, _ in items], dialect),
-                        RUNS.c.status == RUNNING,
-                        RUNS.c.instance_id == self.instance_id,
-                    )
-                    .with_for_update()
-                )
+            owned = await update_rows_where(
+                session,
+                RUNS,
+                "id",
+                FINISHED_RUN_COLUMNS,
+                finished,
+                where={"status": RUNNING, "instance_id": self.instance_id},
             )
             mine = [(i, c, o) for i, (c, o) in enumerate(items) if c.run_id in owned]
             for claimed, _ in items:
@@ -1318,20 +1334,6 @@ class RunStore:
                     logger.info("run %s ended elsewhere; not recording it", claimed.run_id)
             if not mine:
                 return follow_ups
-            finished = [
-                {
-                    "id": claimed.run_id,
-                    "status": outcome.status.value,
-                    "started_at": claimed.started_at,
-                    "finished_at": now,
-                    "result": outcome.result,
-                    "error": outcome.error,
-                    "attempt": outcome.attempt,
-                    "lease_expires_at": None,
-                }
-                for _, claimed, outcome in mine
-            ]
-            await update_rows(session, RUNS, "id", FINISHED_RUN_COLUMNS, finished)
             owners = (
                 states_query()
                 .where(among(TASKS.c.id, {claimed.task_id for _, claimed, _ in mine}, dialect))

@@ -10,7 +10,13 @@ import pytest
 from sqlalchemy import select
 
 from apflow_server.config import Settings
-from apflow_server.storage.batches import among, insert_all_then_update, insert_rows, update_rows
+from apflow_server.storage.batches import (
+    among,
+    insert_all_then_update,
+    insert_rows,
+    update_rows,
+    update_rows_where,
+)
 from apflow_server.storage.database import Database
 from apflow_server.storage.models import RUNS, TASKS
 from apflow_server.storage.repository import TaskRepository
@@ -238,3 +244,44 @@ async def test_insert_all_then_update_with_no_rows_is_an_update(
 async def read_in(session: Any, *columns: str) -> dict[str, tuple[Any, ...]]:
     rows = await session.execute(select(TASKS.c.id, *(TASKS.c[c] for c in columns)))
     return {row[0]: tuple(row[1:]) for row in rows}
+
+
+async def test_update_rows_where_writes_only_the_rows_that_still_match(
+    database: Database, three: list[str]
+) -> None:
+    first, second, third = three
+    async with database.transaction(write=True) as session:
+        await update_rows(
+            session,
+            TASKS,
+            "id",
+            ("status", "error"),
+            [
+                {"id": first, "status": "in_progress", "error": None},
+                {"id": second, "status": "completed", "error": None},
+                {"id": third, "status": "in_progress", "error": None},
+            ],
+        )
+    rows = [{"id": task, "status": "failed", "error": {"why": task}} for task in (first, second)]
+    rows.append({"id": "missing", "status": "failed", "error": None})
+    async with database.transaction(write=True) as session:
+        updated = await update_rows_where(
+            session,
+            TASKS,
+            "id",
+            ("status", "result"),
+            [{"id": r["id"], "status": r["status"], "result": r["error"]} for r in rows],
+            where={"status": "in_progress", "name": "t0"},
+        )
+    assert updated == {first}
+    after = await read(database, "status", "result")
+    assert after[first] == ("failed", {"why": first})
+    assert after[second] == ("completed", None)  # no longer in_progress: left alone
+    assert after[third] == ("in_progress", None)  # not named
+    async with database.transaction(write=True) as session:
+        assert (
+            await update_rows_where(
+                session, TASKS, "id", ("status",), [], where={"status": "failed"}
+            )
+            == set()
+        )
