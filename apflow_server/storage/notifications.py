@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from apflow_server.core.clock import iso_utc
@@ -116,6 +116,18 @@ async def _cancel_pending(session: AsyncSession, endpoint_id: str, reason: str) 
 
 
 # ---------------------------------------------------------------------- the outbox
+
+
+def owner_has_endpoint(user_id: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether the owner in `user_id` (a column of the enclosing query) has an enabled
+    endpoint: `enqueue` writes nothing for the events of one who has none."""
+    return exists().where(
+        ENDPOINTS.c.enabled.is_(True),
+        or_(
+            ENDPOINTS.c.user_id == user_id,
+            and_(ENDPOINTS.c.user_id.is_(None), user_id.is_(None)),
+        ),
+    )
 
 
 async def enqueue(session: AsyncSession, events: Sequence[Event], now: datetime) -> int:

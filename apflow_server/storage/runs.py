@@ -170,6 +170,9 @@ class TaskState:
     has_children: bool | None = None
     # The closed days of the calendar it names (read with it: `load_states`).
     loaded_calendar: Any = None
+    # Whether its owner has an enabled notification endpoint; None when not read. Finishing
+    # reads it with the task, so outcomes nobody is notified of cost no outbox query.
+    notified: bool | None = None
 
     @property
     def standalone(self) -> bool:
@@ -182,7 +185,7 @@ DEFINITION_COLUMNS = ("priority", "inputs", "params", "schemas", "dependencies")
 STATE_COLUMNS = tuple(
     f.name
     for f in fields(TaskState)
-    if f.name not in {*DEFINITION_COLUMNS, "has_children", "loaded_calendar"}
+    if f.name not in {*DEFINITION_COLUMNS, "has_children", "loaded_calendar", "notified"}
 )
 # What the run lifecycle changes on a task; everything else is the user's to edit.
 WRITTEN_COLUMNS = (
@@ -243,26 +246,34 @@ def states_query(*, definition: bool = False) -> Select[Any]:
     return _STATES[definition]
 
 
+# Finishing's task states, each with whether its owner has an enabled endpoint (`notified`).
+_OWNERS = _STATES[False].add_columns(outbox.owner_has_endpoint(TASKS.c.user_id))
+
+
 async def load_states(
     session: AsyncSession,
     query: Select[Any],
     parameters: dict[str, Any] | None = None,
     *,
     definition: bool = False,
+    notified: bool = False,
 ) -> list[TaskState]:
-    """Task states as selected by `states_query`, with their definitions if it selected them."""
+    """Task states as selected by `states_query`, with their definitions if it selected them
+    and, with `notified`, the owner's endpoint flag its last column holds."""
     width = len(STATE_COLUMNS)
     states = []
     for row in await session.execute(query, parameters):
         state = TaskState(*row[:width])
         if definition:
-            priority, inputs, params, schemas, dependencies, has_children = row[width:]
+            priority, inputs, params, schemas, dependencies, has_children = row[width : width + 6]
             state.priority = priority
             state.inputs = dict(inputs or {})
             state.params = dict(params or {})
             state.schemas = dict(schemas or {})
             state.dependencies = list(dependencies or [])
             state.has_children = bool(has_children)
+        if notified:
+            state.notified = bool(row[-1])
         states.append(state)
     await attach_calendars(session, states)
     return states
@@ -1335,12 +1346,14 @@ class RunStore:
             if not mine:
                 return follow_ups
             owners = (
-                states_query()
-                .where(among(TASKS.c.id, {claimed.task_id for _, claimed, _ in mine}, dialect))
+                _OWNERS.where(
+                    among(TASKS.c.id, {claimed.task_id for _, claimed, _ in mine}, dialect)
+                )
                 .order_by(TASKS.c.id)  # the lock order of every multi-row writer
-                .with_for_update()
+                .with_for_update(of=TASKS)
             )
-            tasks = {task.id: task for task in await load_states(session, owners)}
+            loaded = await load_states(session, owners, notified=True)
+            tasks = {task.id: task for task in loaded}
             released: list[TaskState] = []
             tidy: list[str] = []  # tasks whose history is due for pruning
             events: list[ev.Event] = []
@@ -1377,6 +1390,8 @@ class RunStore:
                     tidy.append(task.id)
             await prune_runs(session, tidy, self.settings.run_history_keep)
             await write_back(session, released)
+            notified = {task.user_id for task in loaded if task.notified}
+            events = [event for event in events if event.user_id in notified]
             await outbox.enqueue(session, events, now)
             if wake:  # the task is claimable again: peers may be asleep past its next time
                 await notify_in_transaction(session)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fixed_clock import Clock
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from apflow_server.config import Settings
 from apflow_server.core.errors import ValidationError
@@ -213,3 +213,66 @@ async def test_thresholds_out_of_range_are_refused_naming_the_field(
         await minutely(service, **{field: value})
     assert refused.value.data == {"field": field}
     assert (await service.tasks.list_tasks(None)).total == 0
+
+
+@pytest.mark.usefixtures("everything")
+async def test_one_batch_of_outcomes_announces_only_to_owners_with_an_enabled_endpoint(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    """Finishing reads, with each task, whether its owner has an enabled endpoint: alice has
+    one, bob's is disabled, carol has none; one transaction records all three."""
+    bob, carol = Principal("bob", False, "jwt"), Principal("carol", False, "jwt")
+    endpoint = await service.notifications.create(
+        bob, url="http://127.0.0.1:9/b", events=["run.succeeded"]
+    )
+    await service.notifications.update(bob, endpoint.endpoint.id, {"enabled": False})
+    owners = {}
+    for who in (ALICE, bob, carol):
+        spec = {
+            "name": f"job-{who.subject}",
+            "params": {"executor_id": "echo_executor"},
+            "schedule_type": "interval",
+            "schedule_expression": "60",
+            "schedule_start_at": (T0 + MINUTE).isoformat(),
+            "schedule_enabled": True,
+        }
+        (task,) = await service.tasks.create(who, [spec], batch=False)
+        owners[task.id] = who.subject
+    clock.now = T0 + MINUTE
+    runs = await store.claim_due(10)
+    assert len(runs) == 3
+    await store.finish_many([(run, RunResult(RunStatus.COMPLETED)) for run in runs])
+    found = await events(database)
+    assert [(kind, owners[data["task_id"]]) for kind, data in found] == [("run.succeeded", "alice")]
+
+
+@pytest.mark.usefixtures("everything")
+async def test_outcomes_of_an_owner_without_endpoints_cost_no_outbox_query(
+    service: Service, store: RunStore, database: Database, clock: Clock
+) -> None:
+    carol = Principal("carol", False, "jwt")
+    spec = {
+        "name": "job",
+        "params": {"executor_id": "echo_executor"},
+        "schedule_type": "interval",
+        "schedule_expression": "60",
+        "schedule_start_at": (T0 + MINUTE).isoformat(),
+        "schedule_enabled": True,
+    }
+    await service.tasks.create(carol, [spec], batch=False)
+    clock.now = T0 + MINUTE
+    [run] = await store.claim_due(10)
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        await store.finish_many([(run, RunResult(RunStatus.FAILED, None, "exit 1"))])
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", seen)
+    # Only the flag read with the task (an EXISTS inside the task's own select).
+    outbox_reads = [s for s in statements if "notification_endpoints" in s]
+    assert len(outbox_reads) == 1 and "FROM tasks" in outbox_reads[0].replace("\n", " ")
+    assert await events(database) == []
