@@ -57,7 +57,7 @@ async def events(database: Database) -> list[tuple[str, dict]]:
     return [(row.event_type, json.loads(row.body)["data"]) for row in rows]
 
 
-async def minutely(service: Service, **fields) -> str:
+async def minutely(service: Service, owner: Principal = ALICE, **fields) -> str:
     spec = {
         "name": "job",
         "params": {"executor_id": "echo_executor"},
@@ -67,7 +67,7 @@ async def minutely(service: Service, **fields) -> str:
         "schedule_enabled": True,
         **fields,
     }
-    (task,) = await service.tasks.create(ALICE, [spec], batch=False)
+    (task,) = await service.tasks.create(owner, [spec], batch=False)
     return str(task.id)
 
 
@@ -228,16 +228,7 @@ async def test_one_batch_of_outcomes_announces_only_to_owners_with_an_enabled_en
     await service.notifications.update(bob, endpoint.endpoint.id, {"enabled": False})
     owners = {}
     for who in (ALICE, bob, carol):
-        spec = {
-            "name": f"job-{who.subject}",
-            "params": {"executor_id": "echo_executor"},
-            "schedule_type": "interval",
-            "schedule_expression": "60",
-            "schedule_start_at": (T0 + MINUTE).isoformat(),
-            "schedule_enabled": True,
-        }
-        (task,) = await service.tasks.create(who, [spec], batch=False)
-        owners[task.id] = who.subject
+        owners[await minutely(service, who)] = who.subject
     clock.now = T0 + MINUTE
     runs = await store.claim_due(10)
     assert len(runs) == 3
@@ -250,16 +241,7 @@ async def test_one_batch_of_outcomes_announces_only_to_owners_with_an_enabled_en
 async def test_outcomes_of_an_owner_without_endpoints_cost_no_outbox_query(
     service: Service, store: RunStore, database: Database, clock: Clock
 ) -> None:
-    carol = Principal("carol", False, "jwt")
-    spec = {
-        "name": "job",
-        "params": {"executor_id": "echo_executor"},
-        "schedule_type": "interval",
-        "schedule_expression": "60",
-        "schedule_start_at": (T0 + MINUTE).isoformat(),
-        "schedule_enabled": True,
-    }
-    await service.tasks.create(carol, [spec], batch=False)
+    await minutely(service, Principal("carol", False, "jwt"))
     clock.now = T0 + MINUTE
     [run] = await store.claim_due(10)
     statements: list[str] = []
