@@ -439,8 +439,14 @@ class RunStore:
             claimed = await self._settle(session, loaded, now, fired=fired)
             room = limit - len(claimed)
             if room > 0:
+                # Not the tasks this claim just settled: their rows are ours already (SKIP
+                # LOCKED skips only others' locks) and may hold a run this claim started,
+                # which the request waits for like any running run.
+                settled = [task.id for task in loaded]
                 requested = states_query(definition=True).where(
-                    TASKS.c.trigger_requested_at <= now, TASKS.c.status != IN_PROGRESS
+                    TASKS.c.trigger_requested_at <= now,
+                    TASKS.c.status != IN_PROGRESS,
+                    ~among(TASKS.c.id, settled, self.database.dialect),
                 )
                 if user_id is not None:
                     requested = requested.where(TASKS.c.user_id == user_id)

@@ -577,6 +577,26 @@ async def test_manual_trigger_request_is_claimed_once(
     assert (await reload(database, task.id)).trigger_requested_at is None
 
 
+async def test_a_trigger_requested_as_the_occurrence_falls_due_waits_for_its_run(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    """One claim finds the task both due and asked to run: the occurrence starts; the manual
+    trigger stays requested (a task's row holds one run's state) and starts after it."""
+    task = await every_minute(repo)
+    clock.now = T0 + MINUTE
+    await store.request_trigger(task.id)
+    [run] = await store.claim_due(10)
+    assert (run.trigger, run.scheduled_for) == ("schedule", T0 + MINUTE)
+    stored = await reload(database, task.id)
+    assert (stored.current_run_id, stored.run_count) == (run.run_id, 1)
+    assert stored.trigger_requested_at is not None
+    assert len(await history(database, task.id)) == 1
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    [manual] = await store.claim_due(10)
+    assert (manual.task_id, manual.trigger) == (task.id, "manual")
+    assert (await reload(database, task.id)).trigger_requested_at is None
+
+
 async def test_cancel_stops_ownership(
     store: RunStore, repo: TaskRepository, database: Database
 ) -> None:
