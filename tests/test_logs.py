@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import logging.handlers
 import queue
 
 import pytest
 
 from apflow_server.core.logs import (
+    BatchingStreamHandler,
     DroppingQueueHandler,
     JsonFormatter,
+    _stop,
     configure_logging,
     writer_handler,
 )
@@ -96,3 +100,38 @@ def test_a_run_line_never_carries_the_credentials_an_error_quotes(
     text = line.getMessage() + json.dumps(line.fields)  # type: ignore[attr-defined]
     assert "hunter2" not in text and "SECRET" not in text
     assert "https://[redacted]@api.example.com/x?token=[redacted]&page=2" in line.getMessage()
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_the_writer_writes_at_once_when_idle_and_in_bulk_under_load() -> None:
+    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    stream = CountingStream()
+    writer = BatchingStreamHandler(stream, records)
+    writer.handle(record("alone"))  # nothing else waiting: written now
+    assert (stream.getvalue(), stream.writes) == ("alone\n", 1)
+    for index in range(5):
+        records.put_nowait(record("line %d", index))
+    while not records.empty():  # as the writer thread drains a backlog
+        writer.handle(records.get_nowait())
+    assert stream.writes == 2  # the five lines in one write, once the queue ran dry
+    assert stream.getvalue().splitlines()[1:] == [f"line {index}" for index in range(5)]
+
+
+def test_lines_held_back_are_written_when_logging_stops() -> None:
+    records: queue.Queue[logging.LogRecord] = queue.Queue()
+    stream = CountingStream()
+    listener = logging.handlers.QueueListener(records, BatchingStreamHandler(stream, records))
+    listener.start()
+    for index in range(3):
+        records.put_nowait(record("late %d", index))
+    _stop(listener)  # the stop marker queued behind them kept the last ones waiting
+    assert stream.getvalue().splitlines() == ["late 0", "late 1", "late 2"]

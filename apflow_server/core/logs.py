@@ -55,6 +55,39 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The writer thread's handler: lines go out in one write when the queue has run dry (or
+    BATCH_LINES are waiting), not one write (a system call: stderr is line-buffered) per
+    line. When records come one at a time the queue is empty at each, so each is written at
+    once; a scheduler logging two lines per run under load writes them in bulk."""
+
+    BATCH_LINES = 256
+
+    def __init__(self, stream: Any, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(stream)
+        self._records = records
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+            if len(self._pending) >= self.BATCH_LINES or self._records.empty():
+                self._write_pending()
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+        super().flush()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self.stream.write("".join(self._pending))
+            self._pending.clear()
+            self.stream.flush()
+
+
 _listener: logging.handlers.QueueListener | None = None
 
 
@@ -62,6 +95,11 @@ def _stop(listener: logging.handlers.QueueListener) -> None:
     """Write what is queued and end the writer thread (once)."""
     if listener._thread is not None:  # stop() may not be called twice
         listener.stop()
+    for handler in listener.handlers:
+        try:
+            handler.flush()  # lines held back while the queue still had the stop marker
+        except (OSError, ValueError):  # its stream closed already (as logging.shutdown does)
+            pass
 
 
 def writer_handler() -> logging.Handler | None:
@@ -91,14 +129,14 @@ def configure_logging(level: int, log_format: str, *, verbose: bool = False) -> 
     own (see DroppingQueueHandler); the root logger's handlers are replaced, so uvicorn
     (started with log_config=None) writes through the same one."""
     global _listener
-    writer = logging.StreamHandler(sys.stderr)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
+    writer = BatchingStreamHandler(sys.stderr, records)
     if log_format == "json":
         writer.setFormatter(JsonFormatter())
     else:
         writer.setFormatter(logging.Formatter(TEXT_FORMAT, datefmt=DATE_FORMAT))
     if _listener is not None:
         _stop(_listener)
-    records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
     _listener = logging.handlers.QueueListener(records, writer)
     _listener.start()
     atexit.register(_stop, _listener)  # what is queued is written before the process ends
