@@ -9,10 +9,14 @@ This module holds the SQL that exactly-once rests on. The guarantees and why the
   next_run_at. On SQLite the transaction is BEGIN IMMEDIATE, which serialises writers outright.
   The unique key is the backstop for anything else (a re-enabled `once`, an operator's edit):
   the insert is ON CONFLICT DO NOTHING and an occurrence already recorded is never run again.
+  The history rows and the tasks' new state go in one statement at the claim's end (an INSERT
+  and an UPDATE in CTEs, the UPDATE only if every row went in); when one collided, the claim
+  is rolled back and made again with the insert first, which says which occurrences to skip.
 * A run belongs to one process. The run row carries instance_id and lease_expires_at; the task
-  row carries current_run_id. Only the owner renews the lease, and finishing a run first checks,
-  under a row lock, that the run is still `running` and still its own: a run that was ended
-  by `terminate_other` or reclaimed after its lease expired writes nothing. `cancel_other`
+  row carries current_run_id. Only the owner renews the lease, and finishing a run records it
+  only where it is still `running` and still its own (an UPDATE whose WHERE says so, checked
+  by PostgreSQL on the row's latest version under its lock): a run that was ended by
+  `terminate_other` or reclaimed after its lease expired writes nothing. `cancel_other`
   does not end the run itself: it marks it `cancel_requested_at`, its owner stops it and
   records it cancelled, and the occurrence that asked (kept due, but not claimable while it
   waits) starts when that run ends, as a buffered one does.
