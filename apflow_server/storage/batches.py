@@ -212,8 +212,10 @@ def _unnest_update(
     )
     if conditions:
         after = first + len(names) + 1
+        # No cast: the parameter takes the column's type (a cast to VARCHAR(n) would cut a
+        # longer value down to one that might match).
         statement += "".join(
-            f" AND t.{_quote(name)} = ${index}::{table.c[name].type.compile(dialect=_PG)}"
+            f" AND t.{_quote(name)} = ${index}"
             for index, name in enumerate(conditions, start=after)
         )
         statement += f" RETURNING t.{matched}"
