@@ -130,8 +130,12 @@ def test_lines_held_back_are_written_when_logging_stops() -> None:
     records: queue.Queue[logging.LogRecord] = queue.Queue()
     stream = CountingStream()
     listener = logging.handlers.QueueListener(records, BatchingStreamHandler(stream, records))
-    listener.start()
     for index in range(3):
         records.put_nowait(record("late %d", index))
-    _stop(listener)  # the stop marker queued behind them kept the last ones waiting
+    listener.enqueue_sentinel()  # queued behind them: the writer holds them back, then ends
+    listener.start()
+    assert listener._thread is not None
+    listener._thread.join(5)
+    assert stream.getvalue() == ""  # held, the queue was never empty
+    _stop(listener)
     assert stream.getvalue().splitlines() == ["late 0", "late 1", "late 2"]

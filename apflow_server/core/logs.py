@@ -83,8 +83,11 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _write_pending(self) -> None:
         if self._pending:
-            self.stream.write("".join(self._pending))
+            # Taken before writing: a write that fails (a closed pipe) loses these lines, as
+            # StreamHandler loses the one it fails on, rather than retrying a growing batch.
+            text = "".join(self._pending)
             self._pending.clear()
+            self.stream.write(text)
             self.stream.flush()
 
 

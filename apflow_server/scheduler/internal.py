@@ -59,7 +59,8 @@ MIN_SLEEP = 0.05
 # Occurrences due this soon are claimed now and started at their instant: claiming is a
 # transaction of a few milliseconds, which would otherwise make every run that much late.
 CLAIM_AHEAD = timedelta(milliseconds=50)
-# Seconds between looks for expired leases (a lease lasts at least 2 s, 30 by default).
+# Seconds between looks for expired leases while claims keep finding runs (a lease lasts
+# at least 2 s, 30 by default); a poll that claims nothing always looks.
 RECLAIM_EVERY = 1.0
 # After a change signal, how long the lease task waits before checking ownership (signals
 # come in bursts; one check serves them all).
@@ -387,9 +388,10 @@ class InternalScheduler:
             for run in claimed:
                 self._launch(run)
         loop_time = asyncio.get_running_loop().time()
-        if self.claiming and loop_time >= self._reclaim_at:  # after claiming: due runs first
-            # Leases last seconds; a look a second costs a statement a second, where a look
-            # per poll cost one per claim under load.
+        # After claiming: due runs first. A poll that claimed nothing looks every time (it
+        # may have woken for a lease that just expired); one that claimed, at most once a
+        # RECLAIM_EVERY: under load a look per claim was a statement per claim.
+        if self.claiming and (not claimed or loop_time >= self._reclaim_at):
             self._reclaim_at = loop_time + RECLAIM_EVERY
             buffered: list[ClaimedRun] = []
             reclaimed = await self.store.reclaim_expired(

@@ -60,6 +60,9 @@ async def update_rows_where(
     the UPDATE took two round trips."""
     names = tuple(columns)
     _check_columns(table, (key, *names, *where))
+    for name, value in where.items():  # `=` alike on both databases: no NULL, no JSON
+        if value is None or isinstance(table.c[name].type, JSON):
+            raise ValueError(f"cannot compare {table.name}.{name} with {value!r}")
     if not rows:
         return set()
     connection = await session.connection()

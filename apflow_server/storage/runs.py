@@ -430,6 +430,9 @@ class RunStore:
         try:
             return await self._claim_due(limit, user_id, ahead, expect_new=True)
         except _AlreadyRecorded:
+            # What the rolled-back attempt left in memory is harmless: a pruning count or
+            # two too many (it only decides when to tidy, by at most a step) and interrupted
+            # ids the redo did not interrupt (one ownership read).
             return await self._claim_due(limit, user_id, ahead, expect_new=False)
 
     async def _claim_due(
@@ -1249,7 +1252,7 @@ class RunStore:
         now = self.clock()
         abandoned: list[str] = []
         # A plain read first: the locking transaction (on SQLite, the write lock) only when
-        # some lease has actually expired, which is rare, while this runs on every poll. One
+        # some lease has actually expired, which is rare, while this runs on most polls. One
         # statement: in autocommit on PostgreSQL (no BEGIN and COMMIT round trips).
         async with self.database.read() as session:
             any_expired = await session.scalar(
@@ -1340,6 +1343,7 @@ class RunStore:
             }
             for claimed, outcome in items
         ]
+        finished.sort(key=lambda row: row["id"])  # locked in id order, as renew() locks them
         async with self.database.transaction(write=True) as session:
             owned = await update_rows_where(
                 session,

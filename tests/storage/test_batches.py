@@ -285,3 +285,14 @@ async def test_update_rows_where_writes_only_the_rows_that_still_match(
             )
             == set()
         )
+
+
+@pytest.mark.parametrize("where", [{"status": None}, {"result": {"a": 1}}])
+async def test_update_rows_where_refuses_what_the_databases_compare_differently(
+    database: Database, three: list[str], where: dict[str, Any]
+) -> None:
+    async with database.transaction(write=True) as session:
+        with pytest.raises(ValueError):
+            await update_rows_where(
+                session, TASKS, "id", ("status",), [{"id": three[0], "status": "x"}], where=where
+            )
