@@ -57,7 +57,7 @@ async def events(database: Database) -> list[tuple[str, dict]]:
     return [(row.event_type, json.loads(row.body)["data"]) for row in rows]
 
 
-async def minutely(service: Service, owner: Principal = ALICE, **fields) -> str:
+async def minutely(service: Service, owner: Principal | None = ALICE, **fields) -> str:
     spec = {
         "name": "job",
         "params": {"executor_id": "echo_executor"},
@@ -261,22 +261,14 @@ async def test_outcomes_of_an_owner_without_endpoints_cost_no_outbox_query(
 
 
 async def test_outcomes_of_tasks_without_an_owner_go_to_the_operators_endpoints(
-    service: Service, store: RunStore, database: Database, clock: Clock, settings: Settings
+    service: Service, store: RunStore, database: Database, clock: Clock
 ) -> None:
     """Authentication off: tasks and endpoints have no user. Finishing's endpoint flag matches
     a missing owner with the operator's endpoints."""
     await service.notifications.create(None, url="http://127.0.0.1:9/op", events=["run.failed"])
-    repo = TaskRepository(database, settings=settings, clock=clock)
-    task = await repo.create_task(
-        name="job",
-        params={"executor_id": "echo_executor"},
-        schedule_type="interval",
-        schedule_expression="60",
-        schedule_start_at=(T0 + MINUTE).isoformat(),
-        schedule_enabled=True,
-    )
+    task_id = await minutely(service, None)
     clock.now = T0 + MINUTE
     [run] = await store.claim_due(10)
     await store.finish_many([(run, RunResult(RunStatus.FAILED, None, "exit 1"))])
     found = await events(database)
-    assert [(kind, data["task_id"]) for kind, data in found] == [("run.failed", task.id)]
+    assert [(kind, data["task_id"]) for kind, data in found] == [("run.failed", task_id)]
