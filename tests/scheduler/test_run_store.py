@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fixed_clock import Clock
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from apflow_server.config import Settings
 from apflow_server.core.errors import ConflictError, NotFoundError
@@ -414,7 +414,25 @@ async def test_a_claim_with_one_recorded_occurrence_still_starts_the_others(
     recorded = await ran_and_enabled_again(store, repo, clock)
     fresh = await every_minute(repo)
     clock.now = T0 + 2 * MINUTE
-    [started] = await store.claim_due(10)
+    seen: list[str] = []
+    engine = database.engine.sync_engine
+
+    def statement(conn, cursor, text, parameters, context, executemany) -> None:
+        seen.append("history" if "INSERT INTO task_runs" in text else "other")
+
+    def rollback(conn) -> None:
+        seen.append("rollback")
+
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "rollback", rollback)
+    try:
+        [started] = await store.claim_due(10)
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "rollback", rollback)
+    # The one-statement write went first, was rolled back, and the claim was made again.
+    wrote = [step for step in seen if step != "other"]
+    assert wrote[:2] == ["history", "rollback"] and wrote.count("history") >= 2
     assert (started.task_id, started.scheduled_for) == (fresh.id, T0 + 2 * MINUTE)
     assert len(await history(database, recorded.id)) == 1
     assert (await reload(database, recorded.id)).schedule_enabled is False
