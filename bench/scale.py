@@ -14,6 +14,11 @@ the due query alone (SELECT ... FOR UPDATE SKIP LOCKED on the partial index), th
 updates and the commit's fsync), and `next_wake_at` (the query a scheduler sleeps on). Then
 `apflow scheduler start` runs against the database for --idle-seconds with nothing due, and
 its CPU time is read from /proc. Prints one JSON line.
+
+The claim's time is also split (SQLAlchemy's cursor events around each statement of
+`claim_due`): the due query, the write (history rows and tasks in one statement), and what is
+outside the statements (BEGIN, COMMIT with its WAL flush, the schedule math and row building
+in Python), each as p50/p99.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import asyncpg
 from burst import create_pg, drop_pg, percentile
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from apflow_server.config import Settings
 from apflow_server.core.types import RunStatus
@@ -98,6 +103,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def watch_statements(database: Database) -> list[float]:
+    """A list that gets the duration of every statement the database's engine runs (the
+    caller clears it before the part it times)."""
+    durations: list[float] = []
+    began: list[float] = []
+
+    def before(*_: object) -> None:
+        began.append(time.perf_counter())
+
+    def after(*_: object) -> None:
+        durations.append(time.perf_counter() - began.pop())
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", before)
+    event.listen(database.engine.sync_engine, "after_cursor_execute", after)
+    return durations
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=1_000_000)
@@ -119,6 +141,10 @@ async def main() -> None:
         # Distinct tasks every round (a claimed `once` is disabled and would not be due again).
         pool = random.Random(2).sample(ids, args.rounds * args.per_round)
         claims: list[float] = []
+        statements = watch_statements(database)
+        split: dict[str, list[float]] = {
+            "due query": [], "write": [], "outside the statements": []
+        }  # fmt: skip
         queries: list[float] = []
         wakes: list[float] = []
         for round_ in range(args.rounds):
@@ -136,9 +162,14 @@ async def main() -> None:
                 queries.append(time.perf_counter() - started)
                 assert len(rows) == args.per_round
                 await session.rollback()
+            statements.clear()
             started = time.perf_counter()
             claimed = await store.claim_due(args.per_round)
             claims.append(time.perf_counter() - started)
+            if len(statements) == 2:  # the due query and the write (no redo, no manual look)
+                split["due query"].append(statements[0])
+                split["write"].append(statements[1])
+                split["outside the statements"].append(claims[-1] - sum(statements))
             assert len(claimed) == args.per_round, len(claimed)
             # Record them done, so the idle scheduler below finds no leases to reclaim.
             await store.finish_many([(run, RunResult(RunStatus.COMPLETED)) for run in claimed])
@@ -175,6 +206,14 @@ async def main() -> None:
                     "claim_p50_ms": round(percentile(claims, 0.5) * 1000, 2),
                     "claim_p99_ms": round(percentile(claims, 0.99) * 1000, 2),
                     "claim_max_ms": round(max(claims) * 1000, 2),
+                    "claim_split_ms": {
+                        part: [
+                            round(percentile(times, 0.5) * 1000, 2),
+                            round(percentile(times, 0.99) * 1000, 2),
+                        ]
+                        for part, times in split.items()
+                        if times
+                    },
                     "next_wake_p50_ms": round(percentile(wakes, 0.5) * 1000, 2),
                     "next_wake_p99_ms": round(percentile(wakes, 0.99) * 1000, 2),
                     "idle_seconds": args.idle_seconds,
