@@ -61,7 +61,10 @@ async def test_fires_on_time_despite_a_long_poll_interval(
             await asyncio.sleep(0.05)
         assert started, "the task never ran"
         lateness = started[0] - due.timestamp()
-        assert -0.01 <= lateness < 1.0  # a generous bound; bench/ measures the real figure
+        # Against the 60 s poll this tells on time from a missed wake-up; the bound is loose
+        # because a loaded CI machine once stalled the run 1.4 s (typically 15-25 ms here;
+        # bench/ measures the real figure).
+        assert -0.01 <= lateness < 3.0
     finally:
         await scheduler.stop()
 
