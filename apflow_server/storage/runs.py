@@ -464,7 +464,7 @@ class RunStore:
                     task.trigger_requested_at = None
                     claimed.append(await self._start(session, task, RunTrigger.MANUAL, None, now))
                 loaded += manual
-            if not fired:
+            if fired is None:  # the step-by-step claim inserted its history rows already
                 await write_back(session, loaded)
             elif not await insert_all_then_update(
                 session,
