@@ -119,7 +119,11 @@ class InternalScheduler:
         self.stats = SchedulerStats(instance_id=self.instance_id)
         self._callbacks: list[CompletionCallback] = []
         self._active: dict[str, _Active] = {}
+        # Outcomes of runs in progress, and of the last MAX_KEPT_OUTCOMES that ended (oldest
+        # first), for waiters that ask after the end (sync webhooks). Two dicts so that keeping
+        # the second bounded never scans the first: under a burst it holds thousands.
         self._outcomes: dict[str, asyncio.Future[RunResult]] = {}
+        self._settled: dict[str, asyncio.Future[RunResult]] = {}
         self._finishing: asyncio.Queue[
             tuple[ClaimedRun, RunResult, asyncio.Future[ClaimedRun | None]]
         ] = asyncio.Queue()
@@ -325,7 +329,7 @@ class InternalScheduler:
 
     async def wait_for(self, run_id: str) -> RunResult | None:
         """The outcome of a run started in this process (None if it is not one of ours)."""
-        future = self._outcomes.get(run_id)
+        future = self._outcomes.get(run_id) or self._settled.get(run_id)
         return None if future is None else await asyncio.shield(future)
 
     async def run_and_wait(self, task_id: str, trigger: RunTrigger) -> tuple[str, RunResult]:
@@ -467,18 +471,20 @@ class InternalScheduler:
         future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         self._outcomes[run_id] = future
-        if len(self._outcomes) > MAX_KEPT_OUTCOMES:
-            for old in [k for k, f in self._outcomes.items() if f.done()][: MAX_KEPT_OUTCOMES // 2]:
-                del self._outcomes[old]
         return future
 
     def _settle_outcome(self, run_id: str, outcome: RunResult | None) -> None:
-        future = self._outcomes.get(run_id)
-        if future is not None and not future.done():
+        future = self._outcomes.pop(run_id, None)
+        if future is None:
+            return
+        if not future.done():
             if outcome is None:
                 future.set_exception(RuntimeError("the run ended without an outcome"))
             else:
                 future.set_result(outcome)
+        self._settled[run_id] = future
+        if len(self._settled) > MAX_KEPT_OUTCOMES:
+            del self._settled[next(iter(self._settled))]
 
     async def _on_time(self, claimed: ClaimedRun) -> None:
         """Wait for the start instant of a run claimed ahead of it."""

@@ -411,3 +411,31 @@ def test_a_recording_run_that_may_hand_over_its_slot_keeps_it() -> None:
         name: active(name, recording=True, hands_over=False) for name in ("d", "e", "f", "g")
     }
     assert scheduler._free_slots() == 0  # two limits' worth are held: none executing, no room
+
+
+async def test_outcomes_stay_for_waiters_after_the_run_and_only_the_last_ones_are_kept() -> None:
+    """A waiter that asks after the run ended still gets its outcome (sync webhooks ask late);
+    what is kept of ended runs is bounded, oldest dropped first, and runs in progress are
+    never dropped, however many there are."""
+    from apflow_server.core.types import RunStatus
+    from apflow_server.scheduler import internal
+    from apflow_server.storage.runs import RunResult
+
+    scheduler = InternalScheduler(SchedulerConfig())
+    in_progress = [f"busy-{n}" for n in range(internal.MAX_KEPT_OUTCOMES + 5)]
+    for run_id in in_progress:
+        scheduler._outcome_future(run_id)
+    ended = [f"done-{n}" for n in range(internal.MAX_KEPT_OUTCOMES + 3)]
+    for n, run_id in enumerate(ended):
+        scheduler._outcome_future(run_id)
+        scheduler._settle_outcome(run_id, RunResult(RunStatus.COMPLETED, {"n": n}, None))
+    for run_id in ("done-0", "done-1", "done-2"):
+        assert await scheduler.wait_for(run_id) is None  # the oldest three were let go
+    outcome = await scheduler.wait_for("done-3")
+    assert outcome is not None and outcome.result == {"n": 3}
+    assert (await scheduler.wait_for(ended[-1])).result == {"n": len(ended) - 1}  # type: ignore[union-attr]
+    waiter = asyncio.ensure_future(scheduler.wait_for(in_progress[0]))
+    await asyncio.sleep(0)
+    assert not waiter.done()  # the first in progress is still awaited
+    scheduler._settle_outcome(in_progress[0], RunResult(RunStatus.FAILED, None, "boom"))
+    assert (await waiter).error == "boom"  # type: ignore[union-attr]
