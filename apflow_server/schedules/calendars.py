@@ -34,17 +34,16 @@ from apflow_server.schedules.expressions import (
     FIELD,
     IntervalRecurrence,
     OnceRecurrence,
-    WallClockRecurrence,
     _parse_times,
 )
 from apflow_server.schedules.schedule import (
     Recurrence,
     Schedule,
+    fires_of,
     occurrences_from,
     preview_from,
 )
 from apflow_server.schedules.timezones import (
-    LocalKind,
     ensure_utc,
     get_zone,
     resolve_local,
@@ -816,7 +815,7 @@ class CalendarSchedule:
         for local in recurrence.iter_local(datetime.combine(day, time.min)):
             if local.date() != day:
                 break
-            found.extend((fire, local.time()) for fire in _fires_of(local, zone, recurrence))
+            found.extend((fire, local.time()) for fire in fires_of(local, zone, recurrence.elapsed))
         return found
 
     def _first_source_day(self, day: date) -> date | None:
@@ -859,18 +858,6 @@ class CalendarSchedule:
 
 def _after_or_min(day: date) -> date:
     return day + _DAY if day < date.max else day
-
-
-def _fires_of(local: datetime, zone: ZoneInfo, recurrence: WallClockRecurrence) -> list[datetime]:
-    """The instants a wall-clock time fires at, as the engine fires them: RFC 5545's one for a
-    wall-clock schedule; every real one for an elapsed-time (every-hour) schedule."""
-    resolved = resolve_local(local, zone)
-    if recurrence.elapsed:
-        if resolved.kind is LocalKind.GAP:
-            return []
-        if resolved.second is not None:
-            return [resolved.first, resolved.second]
-    return [resolved.first]
 
 
 # ---------------------------------------------------------------------- BD1 / BDL expressions
