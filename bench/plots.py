@@ -242,9 +242,11 @@ def top_of_minute_plot(results: Path, out: Path) -> dict[str, Any]:
     late.set_ylabel("lateness (s)")
     late.set_ylim(0, max([*p99, 1.5]) * 1.3)
     late.legend(loc="upper center", ncol=3, fontsize=8)
+    slots = f" ({data['max_concurrent']:,} slots each)" if "max_concurrent" in data else ""
     late.set_title(
-        f"{data['tasks']:,} tasks on * * * * *, {data['processes']} scheduler processes, "
-        f"PostgreSQL; {data['duplicates']} duplicates"
+        f"{data['tasks']:,} tasks on * * * * *, {data['processes']} scheduler processes"
+        f"{slots},\nPostgreSQL; {data['duplicates']} duplicates",
+        fontsize=10,
     )
     late.tick_params(axis="x", labelsize=8)
     sizes = data["history_rows_each_minute"]
