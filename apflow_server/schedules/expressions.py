@@ -193,6 +193,9 @@ class CronRecurrence:
     # Vixie cron: day-of-month and day-of-week both restricted means either matches; a field
     # that starts with "*" (like */2) counts as unrestricted, and then both must match.
     day_or: bool = True
+    # croniter's "R" picks a random value each time an iterator is built: such a schedule's
+    # next fire time is not a function of the instant, and must never be remembered as one.
+    random: bool = False
 
     def iter_local(self, start: datetime) -> Iterator[datetime]:
         # croniter yields matches strictly after its start; step back one second to include it.
@@ -238,6 +241,10 @@ def _return_croniter(key: tuple[str, bool], it: croniter) -> None:
 _SINGLE_RANGE = re.compile(r"(?<![\w-])(\w+)-\1(?:/\d+)?(?![\w-])", re.IGNORECASE)
 
 
+# croniter's random value: "R" or "R(low-high)" standing alone in a field (not the r of "fri").
+_RANDOM_FIELD = re.compile(r"(?<![a-z])r(?![a-z])", re.IGNORECASE)
+
+
 def normalise_cron(expression: str) -> str:
     text = " ".join(expression.split())
     text = _CRON_ALIASES.get(text.lower(), text)
@@ -262,4 +269,5 @@ def parse_cron(expression: str) -> CronRecurrence:
     hours = expanded[1]
     every_hour = hours == ["*"] or set(hours) == set(range(24))
     day_or = not (fields[2].startswith("*") or fields[4].startswith("*"))
-    return CronRecurrence(expression=text, elapsed=every_hour, day_or=day_or)
+    random = _RANDOM_FIELD.search(text) is not None
+    return CronRecurrence(expression=text, elapsed=every_hour, day_or=day_or, random=random)

@@ -308,6 +308,9 @@ async def test_cancel_other_asks_the_running_command_to_end_and_waits_for_it(
     finally:
         for scheduler in schedulers:
             await scheduler.stop(grace=0)
+    # Every run's outcome, the follow-up's and those cut short by the stop, was settled.
+    assert [scheduler._outcomes for scheduler in schedulers] == [{}, {}]
+    assert sum(len(scheduler._settled) for scheduler in schedulers) >= 2
 
 
 async def test_leases_are_renewed_on_their_interval_not_on_every_change_signal(

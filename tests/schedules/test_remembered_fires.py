@@ -4,7 +4,7 @@ the answer. What is remembered must be what would be computed, DST transitions i
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -62,5 +62,31 @@ def test_business_day_schedules_are_not_remembered_their_calendar_can_change() -
     fire = schedule._wall_clock_from(recurrence, instant, inclusive=False)
     assert fire == datetime(2027, 1, 1, 8, tzinfo=UTC)  # a Friday, no holidays in it
     assert fire == wall_clock_next(recurrence, zone, instant, inclusive=False)
+    after = _remembered_wall_clock_next.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)
+
+
+def test_an_instant_given_with_another_offset_is_answered_as_its_utc_reading() -> None:
+    """One instant written with two offsets is one key: what is remembered is computed from
+    UTC, so asking with an offset first cannot plant a wrong answer (Berlin's autumn change)."""
+    schedule = Schedule.parse("cron", "*/20 * * * *", "Europe/Berlin")
+    instant = datetime(2026, 10, 24, 22, 0, tzinfo=UTC)
+    elsewhere = instant.astimezone(timezone(timedelta(hours=5)))
+    assert schedule._wall_clock_from(schedule.recurrence, elsewhere, False) == datetime(  # type: ignore[arg-type]
+        2026, 10, 24, 22, 20, tzinfo=UTC
+    )
+    assert schedule.next_after(instant) == datetime(2026, 10, 24, 22, 20, tzinfo=UTC)
+
+
+def test_a_cron_with_a_random_field_is_never_remembered() -> None:
+    """croniter's R draws a value when an iterator is built: its answer is not a function of
+    the instant, so it is computed every time. (Names like "fri" or "mar" are not R.)"""
+    random_minute = Schedule.parse("cron", "R * * * *", "UTC")
+    assert random_minute.recurrence.random  # type: ignore[union-attr]
+    assert not Schedule.parse("cron", "0 9 * mar fri", "UTC").recurrence.random  # type: ignore[union-attr]
+    assert not Schedule.parse("cron", "0 9 * * *", "UTC").recurrence.random  # type: ignore[union-attr]
+    before = _remembered_wall_clock_next.cache_info()
+    fire = random_minute.next_after(datetime(2026, 12, 6, 13, 0, 30, tzinfo=UTC))
+    assert fire is not None and fire > datetime(2026, 12, 6, 13, 0, 30, tzinfo=UTC)
     after = _remembered_wall_clock_next.cache_info()
     assert (after.hits, after.misses) == (before.hits, before.misses)
