@@ -52,7 +52,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from apflow_server.config import Settings
 from apflow_server.core import events as ev
 from apflow_server.core.clock import iso_utc, utcnow
-from apflow_server.core.errors import ApflowError, ConflictError, TaskNotFoundError
+from apflow_server.core.errors import (
+    ApflowError,
+    ConflictError,
+    TaskNotFoundError,
+    ValidationError,
+)
 from apflow_server.core.types import (
     CLAIMED_WHILE_RUNNING,
     REPLACES_RUNNING,
@@ -601,7 +606,13 @@ class RunStore:
         every one to be new (a run id is known before its row is written)."""
         await self._watch([task for task in tasks if is_external(task)], session, now)
         tasks = [task for task in tasks if not is_external(task)]
-        decisions = [self._decide(task, now) for task in tasks]
+        decisions: list[_Decision] = []
+        uncomputable: list[tuple[TaskState, datetime, str]] = []
+        for task in tasks:
+            try:
+                decisions.append(self._decide(task, now))
+            except ValidationError as exc:
+                uncomputable += _set_aside(task, exc)
         # Late occurrences are missed, unless they fell due while paused: skipped, as every
         # occurrence of a paused schedule is (read before a pause that ends here is lifted).
         late = [(d.task, o) for d in decisions for o in d.due.missed]
@@ -611,7 +622,7 @@ class RunStore:
             (task.id, o): PAUSED if paused_at(task, o) else closed_reason(schedules[task.id], o)
             for task, o in late
         }
-        skipped: list[tuple[TaskState, datetime, str]] = []
+        skipped: list[tuple[TaskState, datetime, str]] = uncomputable
         for task, o in late:
             why = why_late[task.id, o]
             if why is not None:
@@ -701,8 +712,13 @@ class RunStore:
         skipped: list[tuple[TaskState, datetime, str]] = []
         for task in tasks:
             assert task.next_run_at is not None
+            try:
+                schedule = schedule_of(task)
+            except ValidationError as exc:
+                skipped += _set_aside(task, exc)
+                continue
             overdue, following = occurrences_due(
-                schedule_of(task), task, task.next_run_at, now, OCCURRENCE_CHUNK
+                schedule, task, task.next_run_at, now, OCCURRENCE_CHUNK
             )
             grace = trigger_grace(task)
             reason = f"no trigger arrived within {grace} s of the occurrence (external schedule)"
@@ -1598,6 +1614,18 @@ def _overlaps(task: TaskState, policy: str | None = None) -> bool:
     without children (a tree's task rows hold the state of one run at a time)."""
     chosen = policy or task.schedule_overlap
     return chosen == OverlapPolicy.ALLOW_ALL.value and task.standalone
+
+
+def _set_aside(task: TaskState, error: ValidationError) -> list[tuple[TaskState, datetime, str]]:
+    """A stored schedule that can no longer be computed (a time zone a tzdata update removed,
+    a row written by hand or by an older version): its schedule is disabled and its due
+    occurrence recorded skipped with the reason, rather than failing the claim, which would
+    stop every other schedule too. Enabling it again goes through the usual validation."""
+    reason = f"the schedule cannot be computed ({error}); it was disabled"
+    logger.warning("task %s: %s", task.id, reason)
+    occurrence = task.next_run_at
+    set_next_run(task, None)
+    return [] if occurrence is None else [(task, occurrence, reason)]
 
 
 def _missed_reason(task: TaskState) -> str:

@@ -884,3 +884,36 @@ async def test_allow_all_runs_of_one_task_are_bounded(
     [skipped] = [r for r in await history(database, task.id) if r.status == "skipped"]
     assert skipped.scheduled_for == T0 + MINUTE
     assert skipped.reason == "2 runs of the task were still running (allow_all)"
+
+
+@pytest.mark.parametrize("mode", ["internal", "external"])
+async def test_a_stored_schedule_that_cannot_be_computed_is_disabled_not_a_stop_for_all(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock, mode: str
+) -> None:
+    """A row whose schedule no longer parses (here a time zone that tzdata dropped, as it
+    dropped US/Pacific-New in 2020b) made every claim fail, so one bad row stopped every
+    schedule of every user. It is now set aside: its schedule disabled, its due occurrence
+    recorded skipped with the reason; the others fire as usual, and later claims are clean."""
+    good = await every_minute(repo, name="good")
+    grace = {"trigger_grace_seconds": 1} if mode == "external" else {}
+    bad = await every_minute(repo, name="bad", schedule_mode=mode, **grace)
+    async with database.transaction(write=True) as session:
+        await session.execute(
+            update(Task).where(Task.id == bad.id).values(schedule_timezone="US/Pacific-New")
+        )
+    clock.now = T0 + MINUTE + timedelta(seconds=1)
+    [run] = await store.claim_due(10)
+    assert run.task_id == good.id
+    stored = await reload(database, bad.id)
+    assert (stored.schedule_enabled, stored.next_run_at, stored.due_at) == (False, None, None)
+    [row] = await history(database, bad.id)
+    assert (row.status, row.scheduled_for) == ("skipped", T0 + MINUTE)
+    assert row.reason == (
+        "the schedule cannot be computed (schedule_timezone: unknown time zone "
+        "'US/Pacific-New'); it was disabled"
+    )
+    await store.finish(run, RunResult(RunStatus.COMPLETED))
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=1)
+    [later] = await store.claim_due(10)
+    assert later.task_id == good.id
+    assert len(await history(database, bad.id)) == 1
