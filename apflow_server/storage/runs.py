@@ -1476,7 +1476,13 @@ class RunStore:
         """Occurrences that came due while the run was running meet the overlap policy now."""
         if not task.schedule_enabled or task.next_run_at is None:
             return None
-        schedule = schedule_of(task)
+        try:
+            schedule = schedule_of(task)
+        except ValidationError as exc:  # the run is recorded; its schedule cannot go on
+            for _, occurrence, why in _set_aside(task, exc):
+                if occurrence <= now:  # one not yet due is not recorded ahead of its time
+                    await self._record(session, task, [occurrence], RunStatus.SKIPPED, now, why)
+            return None
         decision = decide_after_run(schedule, task, started, now)
         if decision is None:
             return None

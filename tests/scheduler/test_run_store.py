@@ -917,3 +917,30 @@ async def test_a_stored_schedule_that_cannot_be_computed_is_disabled_not_a_stop_
     [later] = await store.claim_due(10)
     assert later.task_id == good.id
     assert len(await history(database, bad.id)) == 1
+
+
+async def test_a_run_whose_schedule_broke_meanwhile_is_still_recorded(
+    store: RunStore, repo: TaskRepository, database: Database, clock: Clock
+) -> None:
+    """Recording an outcome moves the schedule past what came due during the run; a schedule
+    that can no longer be computed must not stop the recording (nor the batch it is in)."""
+    task = await every_minute(repo)
+    other = await every_minute(repo, name="other")
+    clock.now = T0 + MINUTE
+    runs = await store.claim_due(10)
+    async with database.transaction(write=True) as session:
+        await session.execute(
+            update(Task).where(Task.id == task.id).values(schedule_timezone="US/Pacific-New")
+        )
+    clock.now = T0 + 2 * MINUTE + timedelta(seconds=5)  # the next occurrence came due meanwhile
+    await store.finish_many([(run, RunResult(RunStatus.COMPLETED)) for run in runs])
+    # the other task of the batch: recorded, and its own occurrence of the meanwhile skipped
+    assert [row.status for row in await history(database, other.id)] == ["completed", "skipped"]
+    rows = await history(database, task.id)
+    assert [(row.status, row.scheduled_for) for row in rows] == [
+        ("completed", T0 + MINUTE),
+        ("skipped", T0 + 2 * MINUTE),
+    ]
+    assert rows[1].reason.startswith("the schedule cannot be computed (schedule_timezone")
+    stored = await reload(database, task.id)
+    assert (stored.status, stored.schedule_enabled, stored.due_at) == ("completed", False, None)
