@@ -193,9 +193,6 @@ class CronRecurrence:
     # Vixie cron: day-of-month and day-of-week both restricted means either matches; a field
     # that starts with "*" (like */2) counts as unrestricted, and then both must match.
     day_or: bool = True
-    # croniter's "R" picks a random value each time an iterator is built: such a schedule's
-    # next fire time is not a function of the instant, and must never be remembered as one.
-    random: bool = False
 
     def iter_local(self, start: datetime) -> Iterator[datetime]:
         # croniter yields matches strictly after its start; step back one second to include it.
@@ -241,7 +238,9 @@ def _return_croniter(key: tuple[str, bool], it: croniter) -> None:
 _SINGLE_RANGE = re.compile(r"(?<![\w-])(\w+)-\1(?:/\d+)?(?![\w-])", re.IGNORECASE)
 
 
-# croniter's random value: "R" or "R(low-high)" standing alone in a field (not the r of "fri").
+# croniter's random value, "R" or "R(low-high)" standing alone in a field (not the r of "fri"):
+# not cron (no crontab or CronJob accepts it), and drawn anew by each croniter, so a schedule
+# with one has no fixed fire times to preview, export or fire exactly once.
 _RANDOM_FIELD = re.compile(r"(?<![a-z])r(?![a-z])", re.IGNORECASE)
 
 
@@ -260,6 +259,12 @@ def parse_cron(expression: str) -> CronRecurrence:
             f"cron {expression!r} must have 5 fields (minute hour day month weekday) "
             "or 6 with seconds last",
         )
+    if _RANDOM_FIELD.search(text):
+        raise ValidationError(
+            FIELD,
+            f"cron {expression!r}: random fields (R) are not supported; a schedule fires at "
+            "fixed times (for a spread-out start, use schedule_jitter_seconds)",
+        )
     try:  # expand is what croniter.is_valid runs: once is enough
         expanded = croniter.expand(text)[0]
     except Exception:  # croniter raises a zoo of types on odd input
@@ -269,5 +274,4 @@ def parse_cron(expression: str) -> CronRecurrence:
     hours = expanded[1]
     every_hour = hours == ["*"] or set(hours) == set(range(24))
     day_or = not (fields[2].startswith("*") or fields[4].startswith("*"))
-    random = _RANDOM_FIELD.search(text) is not None
-    return CronRecurrence(expression=text, elapsed=every_hour, day_or=day_or, random=random)
+    return CronRecurrence(expression=text, elapsed=every_hour, day_or=day_or)

@@ -193,7 +193,7 @@ class Schedule:
             # Aware datetimes of one instant are equal keys whatever their offset, and the
             # computation reads the offset: remembered answers are computed from UTC only.
             instant = instant.astimezone(UTC)
-        if isinstance(recurrence, _PLAIN_RECURRENCES) and not getattr(recurrence, "random", False):
+        if isinstance(recurrence, _PLAIN_RECURRENCES):
             return _remembered_wall_clock_next(recurrence, self.zone, instant, inclusive)
         return wall_clock_next(recurrence, self.zone, instant, inclusive)
 
@@ -249,9 +249,7 @@ def wall_clock_next(
 # the same next fire time after the same instant when it fires, 10,000 times at the top of a
 # busy minute, at ~45 us each. The answer depends only on the recurrence, the zone and the
 # instant, so it is remembered. Only for recurrences that are plain values (their equality is
-# their content): a business-day one holds a calendar, whose days can change; and not for a
-# cron with a random field, whose answer is drawn anew each time (remembering it would give
-# every task on "R * * * *" the same minute).
+# their content): a business-day one holds a calendar, whose days can change.
 _PLAIN_RECURRENCES = CronRecurrence | DayTimesRecurrence
 _remembered_wall_clock_next = functools.lru_cache(maxsize=4096)(wall_clock_next)
 

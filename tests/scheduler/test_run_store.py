@@ -886,9 +886,27 @@ async def test_allow_all_runs_of_one_task_are_bounded(
     assert skipped.reason == "2 runs of the task were still running (allow_all)"
 
 
+BROKEN = {
+    "zone": (
+        {"schedule_timezone": "US/Pacific-New"},
+        "schedule_timezone: unknown time zone 'US/Pacific-New'",
+    ),
+    "random cron": (
+        {"schedule_type": "cron", "schedule_expression": "R * * * *"},
+        "schedule_expression: cron 'R * * * *': random fields (R) are not supported",
+    ),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
 @pytest.mark.parametrize("mode", ["internal", "external"])
 async def test_a_stored_schedule_that_cannot_be_computed_is_disabled_not_a_stop_for_all(
-    store: RunStore, repo: TaskRepository, database: Database, clock: Clock, mode: str
+    store: RunStore,
+    repo: TaskRepository,
+    database: Database,
+    clock: Clock,
+    mode: str,
+    broken: str,
 ) -> None:
     """A row whose schedule no longer parses (here a time zone that tzdata dropped, as it
     dropped US/Pacific-New in 2020b) made every claim fail, so one bad row stopped every
@@ -897,10 +915,9 @@ async def test_a_stored_schedule_that_cannot_be_computed_is_disabled_not_a_stop_
     good = await every_minute(repo, name="good")
     grace = {"trigger_grace_seconds": 1} if mode == "external" else {}
     bad = await every_minute(repo, name="bad", schedule_mode=mode, **grace)
+    fields, error = BROKEN[broken]
     async with database.transaction(write=True) as session:
-        await session.execute(
-            update(Task).where(Task.id == bad.id).values(schedule_timezone="US/Pacific-New")
-        )
+        await session.execute(update(Task).where(Task.id == bad.id).values(**fields))
     clock.now = T0 + MINUTE + timedelta(seconds=1)
     [run] = await store.claim_due(10)
     assert run.task_id == good.id
@@ -908,10 +925,8 @@ async def test_a_stored_schedule_that_cannot_be_computed_is_disabled_not_a_stop_
     assert (stored.schedule_enabled, stored.next_run_at, stored.due_at) == (False, None, None)
     [row] = await history(database, bad.id)
     assert (row.status, row.scheduled_for) == ("skipped", T0 + MINUTE)
-    assert row.reason == (
-        "the schedule cannot be computed (schedule_timezone: unknown time zone "
-        "'US/Pacific-New'); it was disabled"
-    )
+    assert row.reason.startswith(f"the schedule cannot be computed ({error}")
+    assert row.reason.endswith("; it was disabled")
     await store.finish(run, RunResult(RunStatus.COMPLETED))
     clock.now = T0 + 2 * MINUTE + timedelta(seconds=1)
     [later] = await store.claim_due(10)

@@ -213,3 +213,18 @@ def test_the_budget_refuses_once_spent() -> None:
         check()  # 2.1 s
     assert spent.value.field == "count"
     assert "2 s" in spent.value.reason
+
+
+@pytest.mark.parametrize("expression", ["R * * * *", "0 R * * *", "r(0-29) 9 * * *", "0 9 * * R"])
+def test_a_random_cron_field_is_refused_with_a_reason(expression: str) -> None:
+    """croniter's R draws a value per iterator: no fixed fire times to preview, export as a
+    crontab or CronJob, or fire exactly once."""
+    with pytest.raises(ValidationError) as raised:
+        Schedule.parse("cron", expression, "UTC")
+    assert raised.value.field == "schedule_expression"
+    assert "random fields (R) are not supported" in raised.value.reason
+
+
+@pytest.mark.parametrize("expression", ["0 9 * mar fri", "0 9 * APR-OCT SAT,sun", "@hourly"])
+def test_names_with_an_r_are_not_random_fields(expression: str) -> None:
+    assert Schedule.parse("cron", expression, "UTC").next_after(datetime(2026, 1, 1, tzinfo=UTC))

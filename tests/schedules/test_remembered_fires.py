@@ -76,17 +76,3 @@ def test_an_instant_given_with_another_offset_is_answered_as_its_utc_reading() -
         2026, 10, 24, 22, 20, tzinfo=UTC
     )
     assert schedule.next_after(instant) == datetime(2026, 10, 24, 22, 20, tzinfo=UTC)
-
-
-def test_a_cron_with_a_random_field_is_never_remembered() -> None:
-    """croniter's R draws a value when an iterator is built: its answer is not a function of
-    the instant, so it is computed every time. (Names like "fri" or "mar" are not R.)"""
-    random_minute = Schedule.parse("cron", "R * * * *", "UTC")
-    assert random_minute.recurrence.random  # type: ignore[union-attr]
-    assert not Schedule.parse("cron", "0 9 * mar fri", "UTC").recurrence.random  # type: ignore[union-attr]
-    assert not Schedule.parse("cron", "0 9 * * *", "UTC").recurrence.random  # type: ignore[union-attr]
-    before = _remembered_wall_clock_next.cache_info()
-    fire = random_minute.next_after(datetime(2026, 12, 6, 13, 0, 30, tzinfo=UTC))
-    assert fire is not None and fire > datetime(2026, 12, 6, 13, 0, 30, tzinfo=UTC)
-    after = _remembered_wall_clock_next.cache_info()
-    assert (after.hits, after.misses) == (before.hits, before.misses)
