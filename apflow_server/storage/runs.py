@@ -581,8 +581,7 @@ class RunStore:
             for run_id, scheduled_for in picked
         ]
 
-    def _decide(self, task: TaskState, now: datetime) -> _Decision:
-        schedule = schedule_of(task)
+    def _decide(self, task: TaskState, schedule: Timetable, now: datetime) -> _Decision:
         decision = decide_due(
             schedule,
             task,
@@ -609,10 +608,9 @@ class RunStore:
         decisions: list[_Decision] = []
         uncomputable: list[tuple[TaskState, datetime, str]] = []
         for task in tasks:
-            try:
-                decisions.append(self._decide(task, now))
-            except ValidationError as exc:
-                uncomputable += _set_aside(task, exc)
+            schedule = _schedule_or_set_aside(task, uncomputable)
+            if schedule is not None:
+                decisions.append(self._decide(task, schedule, now))
         # Late occurrences are missed, unless they fell due while paused: skipped, as every
         # occurrence of a paused schedule is (read before a pause that ends here is lifted).
         late = [(d.task, o) for d in decisions for o in d.due.missed]
@@ -712,10 +710,8 @@ class RunStore:
         skipped: list[tuple[TaskState, datetime, str]] = []
         for task in tasks:
             assert task.next_run_at is not None
-            try:
-                schedule = schedule_of(task)
-            except ValidationError as exc:
-                skipped += _set_aside(task, exc)
+            schedule = _schedule_or_set_aside(task, skipped)
+            if schedule is None:
                 continue
             overdue, following = occurrences_due(
                 schedule, task, task.next_run_at, now, OCCURRENCE_CHUNK
@@ -1476,10 +1472,10 @@ class RunStore:
         """Occurrences that came due while the run was running meet the overlap policy now."""
         if not task.schedule_enabled or task.next_run_at is None:
             return None
-        try:
-            schedule = schedule_of(task)
-        except ValidationError as exc:  # the run is recorded; its schedule cannot go on
-            for _, occurrence, why in _set_aside(task, exc):
+        aside: list[tuple[TaskState, datetime, str]] = []
+        schedule = _schedule_or_set_aside(task, aside)
+        if schedule is None:  # the run is recorded; its schedule cannot go on
+            for _, occurrence, why in aside:
                 if occurrence <= now:  # one not yet due is not recorded ahead of its time
                     await self._record(session, task, [occurrence], RunStatus.SKIPPED, now, why)
             return None
@@ -1622,16 +1618,23 @@ def _overlaps(task: TaskState, policy: str | None = None) -> bool:
     return chosen == OverlapPolicy.ALLOW_ALL.value and task.standalone
 
 
-def _set_aside(task: TaskState, error: ValidationError) -> list[tuple[TaskState, datetime, str]]:
-    """A stored schedule that can no longer be computed (a time zone a tzdata update removed,
-    a row written by hand or by an older version): its schedule is disabled and its due
-    occurrence recorded skipped with the reason, rather than failing the claim, which would
-    stop every other schedule too. Enabling it again goes through the usual validation."""
-    reason = f"the schedule cannot be computed ({error}); it was disabled"
-    logger.warning("task %s: %s", task.id, reason)
-    occurrence = task.next_run_at
-    set_next_run(task, None)
-    return [] if occurrence is None else [(task, occurrence, reason)]
+def _schedule_or_set_aside(
+    task: TaskState, skipped: list[tuple[TaskState, datetime, str]]
+) -> Timetable | None:
+    """The task's schedule; None for a stored one that can no longer be computed (a time zone
+    a tzdata update removed, an expression this version refuses, a row written by hand). That
+    one is disabled and its due occurrence appended to `skipped` with the reason, rather than
+    failing the claim or the batch, which would stop every other schedule too. Enabling it
+    again goes through the usual validation."""
+    try:
+        return schedule_of(task)
+    except ValidationError as error:
+        reason = f"the schedule cannot be computed ({error}); it was disabled"
+        logger.warning("task %s: %s", task.id, reason)
+        if task.next_run_at is not None:
+            skipped.append((task, task.next_run_at, reason))
+        set_next_run(task, None)
+        return None
 
 
 def _missed_reason(task: TaskState) -> str:
