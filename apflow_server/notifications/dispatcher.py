@@ -23,7 +23,8 @@ import httpx
 
 from apflow_server.config import Settings
 from apflow_server.core.clock import utcnow
-from apflow_server.execution.rest.transport import GuardedTransport, NonPublicAddressError
+from apflow_server.execution.rest.connection import TransportError, TransportTimeout
+from apflow_server.execution.rest.transport import GuardedClient, NonPublicAddressError
 from apflow_server.notifications import signing
 from apflow_server.notifications.secret_box import SecretBox, SecretUnreadable
 from apflow_server.storage import notifications as outbox
@@ -58,7 +59,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._transport: GuardedTransport | None = None
+        self._http: GuardedClient | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -76,9 +77,9 @@ class Dispatcher:
             except TimeoutError:
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            await transport.aclose()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
     def wake(self) -> None:
         """Something may have been queued (a change signal, or this process's own write)."""
@@ -151,9 +152,9 @@ class Dispatcher:
                 f"{exc.host} resolves to the non-public address {exc.address}; "
                 "set APFLOW_NOTIFY_ALLOW_PRIVATE_URLS=1 to allow it"
             )
-        except (httpx.TimeoutException, TimeoutError):
+        except (TransportTimeout, TimeoutError):
             error = f"no answer within {self.timeout:g} s"
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             error = f"cannot reach the receiver: {exc}"
         delivered = error is None
         retry_at = None
@@ -179,35 +180,33 @@ class Dispatcher:
 
     async def _post(self, delivery: outbox.ClaimedDelivery, secret: str) -> int:
         timestamp = int(self.clock().timestamp())
-        request = httpx.Request(
-            "POST",
-            delivery.url,
-            content=delivery.body.encode(),
-            headers={
-                **signing.headers(secret, delivery.id, timestamp, delivery.body),
-                "user-agent": "apflow-server-notifications",
-            },
-            extensions={"timeout": httpx.Timeout(self.timeout).as_dict()},
-        )
+        headers = {
+            **signing.headers(secret, delivery.id, timestamp, delivery.body),
+            "user-agent": "apflow-server-notifications",
+        }
         async with asyncio.timeout(self.timeout):
-            response = await self._client().handle_async_request(request)
+            response = await self._client().request(
+                "POST",
+                httpx.URL(delivery.url),
+                headers=headers,
+                body=delivery.body.encode(),
+                timeout=self.timeout,
+            )
             await response.aclose()  # the status is the answer; the body is not read
-        return response.status_code
+        return response.status
 
-    def _client(self) -> GuardedTransport:
+    def _client(self) -> GuardedClient:
         """The dispatcher's own pooled connections, through the private-address guard (the
         address actually connected to is checked, not a second resolution)."""
-        if self._transport is None:
-            self._transport = GuardedTransport(
+        if self._http is None:
+            self._http = GuardedClient(
                 allow_private=self.settings.notify_allow_private_urls,
-                limits=httpx.Limits(
-                    max_connections=MAX_CONNECTIONS,
-                    max_keepalive_connections=MAX_CONNECTIONS,
-                    keepalive_expiry=30.0,
-                ),
                 ssl_context=httpx.create_ssl_context(),
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive=MAX_CONNECTIONS,
+                keepalive_expiry=30.0,
             )
-        return self._transport
+        return self._http
 
 
 def _outcome_name(outcome: outbox.AttemptOutcome) -> str:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
-import httpcore
 import httpx
 
 from apflow_server.config import Settings
@@ -18,6 +17,7 @@ from apflow_server.core.errors import NotFoundError, ValidationError
 from apflow_server.core.events import DEFAULT_EVENTS, EVENT_TYPES, PING, Event
 from apflow_server.core.task_fields import is_valid_unicode
 from apflow_server.execution.rest.addresses import non_public_reason
+from apflow_server.execution.rest.connection import ConnectError
 from apflow_server.execution.rest.transport import resolve
 from apflow_server.notifications import signing
 from apflow_server.notifications.secret_box import SecretBox
@@ -204,7 +204,7 @@ class Notifications:
         except ValueError:
             try:
                 addresses = await resolve(url.host, url.port or 443)
-            except httpcore.ConnectError as exc:
+            except ConnectError as exc:
                 raise ValidationError("url", str(exc)) from None
         for address in addresses:
             reason = non_public_reason(address)

@@ -34,7 +34,7 @@ from apflow_server.config import Settings
 from apflow_server.core.types import RunStatus
 from apflow_server.execution import ExecutionContext, ExecutionError, ExecutorServices
 from apflow_server.execution.builtins import rest_executor
-from apflow_server.execution.rest.transport import GuardedTransport
+from apflow_server.execution.rest.transport import GuardedClient
 
 CONTEXT = ExecutionContext(
     task_id="t1", task_name="t", run_id="r1", user_id=None, params={}, attempt=1
@@ -191,17 +191,17 @@ async def test_the_switch_lifts_the_guard(rest: Rest, server: RecordingServer) -
 # ---------------------------------------------------------------------- one client
 
 
-async def test_runs_share_one_transport_and_one_tls_context(
+async def test_runs_share_one_pool_and_one_tls_context(
     rest: Rest, server: RecordingServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client and its TLS context (tens of milliseconds of CPU) were made for every run."""
-    made = {"transports": 0, "tls": 0, "clients": 0}
-    transport_init, tls_context = GuardedTransport.__init__, ssl.create_default_context
+    made = {"pools": 0, "tls": 0, "clients": 0}
+    pool_init, tls_context = GuardedClient.__init__, ssl.create_default_context
     client_init = httpx.AsyncClient.__init__
 
-    def counting_transport(self: GuardedTransport, *args: Any, **kwargs: Any) -> None:
-        made["transports"] += 1
-        transport_init(self, *args, **kwargs)
+    def counting_pool(self: GuardedClient, *args: Any, **kwargs: Any) -> None:
+        made["pools"] += 1
+        pool_init(self, *args, **kwargs)
 
     def counting_client(self: httpx.AsyncClient, *args: Any, **kwargs: Any) -> None:
         made["clients"] += 1
@@ -211,12 +211,12 @@ async def test_runs_share_one_transport_and_one_tls_context(
         made["tls"] += 1
         return tls_context(*args, **kwargs)
 
-    monkeypatch.setattr(GuardedTransport, "__init__", counting_transport)
+    monkeypatch.setattr(GuardedClient, "__init__", counting_pool)
     monkeypatch.setattr(httpx.AsyncClient, "__init__", counting_client)
     monkeypatch.setattr(ssl, "create_default_context", counting_tls)
     for _ in range(3):
         await rest({"url": f"{server.url}/c"}, rest_allow_private_urls=True)
-    assert made == {"transports": 1, "tls": 1, "clients": 0}
+    assert made == {"pools": 1, "tls": 1, "clients": 0}
     assert len(server.connections) == 1
 
 
@@ -255,6 +255,14 @@ async def test_a_cookie_one_task_received_is_not_sent_by_another(
         ({"headers": {"X-A": "caf\u00e9"}}, "inputs.headers['X-A'] must be printable ASCII text"),
         ({"headers": {"Bad Name": "v"}}, "inputs.headers: 'Bad Name' is not a header name"),
         ({"headers": {"": "v"}}, "inputs.headers: '' is not a header name"),
+        (
+            {"headers": {"Transfer-Encoding": "chunked"}},
+            "inputs.headers: Transfer-Encoding is set by the executor itself and cannot be given",
+        ),
+        (
+            {"headers": {"content-length": "5"}},
+            "inputs.headers: content-length is set by the executor itself and cannot be given",
+        ),
         (
             {"params": ["a", "b"]},
             "inputs.params must be an object of strings, numbers or lists of them",

@@ -23,6 +23,13 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 # A host name as sent (IDN names arrive here as xn-- ASCII).
 _HOST_NAME = re.compile(r"[A-Za-z0-9_\-.]+")
+# Headers that frame the message or steer the connection are the executor's own: set by a
+# task they could make one request read as two by a server behind a proxy (request
+# smuggling), or desynchronise a connection that other users' requests reuse.
+FRAMING_HEADERS = frozenset(
+    {"connection", "content-length", "expect", "keep-alive", "te", "trailer",
+     "transfer-encoding", "upgrade"}
+)  # fmt: skip
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -111,6 +118,10 @@ def _headers(value: Any) -> dict[str, str]:
             raise ExecutionError(f"inputs.headers: {_shown(name)} is not a header name")
         if not _HEADER_VALUE.fullmatch(text):  # the value itself is never shown: it may be a secret
             raise ExecutionError(f"inputs.headers[{name!r}] must be printable ASCII text")
+        if name.lower() in FRAMING_HEADERS:
+            raise ExecutionError(
+                f"inputs.headers: {name} is set by the executor itself and cannot be given"
+            )
     return dict(value)
 
 

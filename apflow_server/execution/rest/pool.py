@@ -1,150 +1,144 @@
-"""rest_executor's connection pool: httpcore's HTTP/1.1 connections, kept per origin.
+"""rest_executor's connection pool: HTTP/1.1 connections (connection.py), kept per origin.
 
-httpcore's own pool re-examines every connection it holds whenever a request starts or a
-response ends, and counts its idle connections once for each of them: with a hundred pooled
-connections that bookkeeping took 40 % of a scheduler's CPU in a burst of HTTP calls. Here a
-request costs the same however many connections are pooled: concurrent requests are bounded by
-a semaphore, and idle connections wait per origin on a stack, the most recently used on top
-(the likeliest to still be open; an expired one is closed when it comes up).
+httpcore's pool re-examined every connection it held whenever a request started or a response
+ended: with a hundred pooled connections that bookkeeping took 40 % of a scheduler's CPU in a
+burst of HTTP calls. Here a request costs the same however many connections are pooled:
+concurrent requests are bounded by a semaphore, and idle connections wait per origin on a
+stack, the most recently used on top (the likeliest to still be open; an expired one, or one
+its server closed, is dropped when it comes up).
 
-The connections themselves are httpcore's (`AsyncHTTPConnection`: connecting, TLS, HTTP/1.1),
-opened through the guarded network backend of transport.py.
+Timeouts: each step of a request (waiting for a free connection, connecting, writing the
+request, waiting for the response's status and headers) may take the request's whole timeout,
+as httpx's per-phase timeouts do; one timer is moved from step to step, and when it fires the
+error names the step. Reading the body is the caller's to bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
-import httpcore
+from apflow_server.execution.rest.connection import (
+    ConnectError,
+    Connection,
+    ConnectTimeout,
+    OriginKey,
+    PoolTimeout,
+    ReadTimeout,
+    Response,
+    TransportError,
+    WriteTimeout,
+)
 
-OriginKey = tuple[bytes, bytes, int]
+# Opens a connection to an origin (the private-address guard lives there).
+Connect = Callable[[str, str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+_TIMEOUTS: dict[str, type[TransportError]] = {
+    "pool": PoolTimeout,
+    "connect": ConnectTimeout,
+    "write": WriteTimeout,
+    "read": ReadTimeout,
+}
+_WAITING_FOR = {
+    "pool": "no connection came free",
+    "connect": "the connection was not made",
+    "write": "the server took nothing",
+    "read": "the server sent nothing",
+}
 
 
 class ConnectionPool:
     def __init__(
         self,
         *,
-        ssl_context: ssl.SSLContext,
+        connect: Connect,
         max_connections: int,
         max_keepalive: int,
         keepalive_expiry: float,
-        network_backend: httpcore.AsyncNetworkBackend,
     ) -> None:
-        self._ssl_context = ssl_context
+        self._connect = connect
         self._slots = asyncio.Semaphore(max_connections)
         self._max_keepalive = max_keepalive
         self._keepalive_expiry = keepalive_expiry
-        self._backend = network_backend
-        self._idle: dict[OriginKey, list[httpcore.AsyncHTTPConnection]] = {}
+        self._idle: dict[OriginKey, list[Connection]] = {}
         self._idle_count = 0
         self._closed = False
 
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+    async def request(
+        self,
+        origin: OriginKey,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        timeout: float,  # noqa: ASYNC109 - each step's own limit, not the whole call's
+    ) -> Response:
+        """Send a request and wait for its response's head; the caller reads the body and
+        closes the response, which frees the connection."""
         if self._closed:
-            raise httpcore.ConnectError("the HTTP client has been closed")
-        pool_timeout = request.extensions.get("timeout", {}).get("pool")
+            raise ConnectError("the HTTP client has been closed")
+        loop = asyncio.get_running_loop()
+        step = "pool"
+
+        def begin(next_step: str) -> None:
+            nonlocal step
+            step = next_step
+            limit.reschedule(loop.time() + timeout)
+
         try:
-            async with asyncio.timeout(pool_timeout):
+            async with asyncio.timeout(timeout) as limit:
                 await self._slots.acquire()
-        except TimeoutError:
-            raise httpcore.PoolTimeout("no connection came free in time") from None
-        origin = request.url.origin
-        key = (origin.scheme, origin.host, origin.port)
-        try:
-            response, connection = await self._send(request, key)
-        except BaseException:
-            self._slots.release()
-            raise
-        return httpcore.Response(
-            status=response.status,
-            headers=response.headers,
-            content=_ReturnedOnClose(response.stream, self, key, connection),
-            extensions=response.extensions,
-        )
-
-    async def _send(
-        self, request: httpcore.Request, key: OriginKey
-    ) -> tuple[httpcore.Response, httpcore.AsyncHTTPConnection]:
-        """Send on an idle connection to the origin, else on a new one; a pooled connection
-        that turns out to be unusable is dropped and the next one tried."""
-        while True:
-            connection = await self._take_idle(key)
-            fresh = connection is None
-            if connection is None:
-                connection = httpcore.AsyncHTTPConnection(
-                    origin=request.url.origin,
-                    ssl_context=self._ssl_context,
-                    keepalive_expiry=self._keepalive_expiry,
-                    http1=True,
-                    http2=False,
-                    network_backend=self._backend,
-                )
-            try:
-                return await connection.handle_async_request(request), connection
-            except httpcore.ConnectionNotAvailable:
-                await connection.aclose()
-                if fresh:
+                try:
+                    connection = self._take_idle(origin, loop.time())
+                    if connection is None:
+                        begin("connect")
+                        reader, writer = await self._connect(*origin)
+                        connection = Connection(
+                            reader, writer, origin=origin, keepalive_expiry=self._keepalive_expiry
+                        )
+                    try:
+                        status, response_headers = await connection.send(
+                            method, target, headers, body, begin
+                        )
+                    except BaseException:
+                        connection.close()
+                        raise
+                except BaseException:
+                    self._slots.release()
                     raise
-            except BaseException:
-                await connection.aclose()
+        except TimeoutError:
+            if not limit.expired():
                 raise
+            raise _TIMEOUTS[step](f"{_WAITING_FOR[step]} within {timeout:g} s") from None
+        return Response(status, response_headers, connection, self._release)
 
-    async def _take_idle(self, key: OriginKey) -> httpcore.AsyncHTTPConnection | None:
-        stack = self._idle.get(key)
+    def _take_idle(self, origin: OriginKey, now: float) -> Connection | None:
+        stack = self._idle.get(origin)
         while stack:
             connection = stack.pop()
             self._idle_count -= 1
-            if connection.is_idle() and not connection.has_expired():
+            if connection.usable(now):
                 return connection
-            await connection.aclose()
+            connection.close()
         return None
 
-    async def _returned(self, key: OriginKey, connection: httpcore.AsyncHTTPConnection) -> None:
+    def _release(self, connection: Connection, ended: bool) -> None:
         """A response was closed: its connection is kept for the next request, or closed."""
         self._slots.release()
-        if not self._closed and connection.is_idle() and self._idle_count < self._max_keepalive:
-            self._idle.setdefault(key, []).append(connection)
+        if (
+            ended
+            and not self._closed
+            and self._idle_count < self._max_keepalive
+            and connection.reusable(asyncio.get_running_loop().time())
+        ):
+            self._idle.setdefault(connection.origin, []).append(connection)
             self._idle_count += 1
         else:
-            await connection.aclose()
+            connection.close()
 
     async def aclose(self) -> None:
         self._closed = True
         idle, self._idle, self._idle_count = self._idle, {}, 0
         for stack in idle.values():
             for connection in stack:
-                await connection.aclose()
-
-
-class _ReturnedOnClose:
-    """A response's body; closing it hands the connection back to the pool."""
-
-    def __init__(
-        self,
-        stream: object,
-        pool: ConnectionPool,
-        key: OriginKey,
-        connection: httpcore.AsyncHTTPConnection,
-    ) -> None:
-        self._stream = stream
-        self._pool = pool
-        self._key = key
-        self._connection = connection
-        self._closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._stream:  # type: ignore[attr-defined]
-            yield part
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            close = getattr(self._stream, "aclose", None)
-            if close is not None:
-                await close()
-        finally:
-            await self._pool._returned(self._key, self._connection)
+                connection.close()
