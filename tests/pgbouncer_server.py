@@ -36,8 +36,10 @@ def pgbouncer_program() -> str:
 
 
 @contextmanager
-def pgbouncer(pool_mode: str = "transaction") -> Iterator[str]:
-    """A running PgBouncer; yields the admin URL through it (the `postgres` database)."""
+def pgbouncer(pool_mode: str = "transaction", pool_size: int = 20) -> Iterator[str]:
+    """A running PgBouncer; yields the admin URL through it (the `postgres` database).
+    `pool_size` server connections per database: fewer than its clients make consecutive
+    transactions of one client land on different server connections."""
     program = pgbouncer_program()
     server = make_url(postgres_server.admin_url())
     folder = Path(tempfile.mkdtemp(prefix="apflow-test-pgbouncer-"))
@@ -51,7 +53,7 @@ def pgbouncer(pool_mode: str = "transaction") -> Iterator[str]:
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"pool_mode = {pool_mode}\nauth_type = trust\nauth_file = {folder / 'userlist.txt'}\n"
         f"logfile = {folder / 'pgbouncer.log'}\npidfile = {folder / 'pgbouncer.pid'}\n"
-        "max_client_conn = 500\ndefault_pool_size = 20\n"
+        f"max_client_conn = 500\ndefault_pool_size = {pool_size}\n"
         # asyncpg asks for no other start-up parameter; what apflow sends without
         # APFLOW_DATABASE_POOLER (jit) stays refused, as a real deployment would see it.
         "ignore_startup_parameters = extra_float_digits\n"

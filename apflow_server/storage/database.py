@@ -15,7 +15,6 @@ statement once; SQLAlchemy then drops every pooled connection older than the fai
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -97,11 +96,21 @@ def _install_stale_check(engine: AsyncEngine) -> None:
 
 def _through_transaction_pooler(target: PostgresTarget) -> tuple[URL, dict[str, Any]]:
     """Connection settings for PgBouncer in transaction pooling, where consecutive
-    transactions of one client may run on different server connections: no statement kept
-    prepared from one transaction to the next (asyncpg's cache off; SQLAlchemy's too, and
-    the statements it prepares get unique names, which PgBouncer's other clients cannot
-    collide with), and no start-up parameters besides the ones PgBouncer passes on (so no
-    `jit=off`: set it on the database, `ALTER DATABASE ... SET jit = off`)."""
+    transactions of one client may run on different server connections.
+
+    asyncpg prepares every statement (parse and describe, one round trip) before it binds and
+    runs it (another). PgBouncer gives the server connection back to its pool at the end of
+    each transaction, and outside a transaction that is between those two round trips: the
+    statement was prepared on one server connection and run on another, which failed ("does
+    not exist") or, for an unnamed statement, ran whatever that connection had last prepared.
+    So behind a pooler every statement runs inside a transaction (`Database.read` opens one),
+    and nothing is kept prepared from one transaction to the next: asyncpg's statement cache
+    and SQLAlchemy's are off, and statements are unnamed, each replacing the last on its
+    server connection. (Named ones had to be closed afterwards, a round trip of their own that
+    often reached another server connection and left the statement behind on the first: 250
+    of them per server connection in a few seconds of load.) No start-up parameters besides
+    the ones PgBouncer passes on, so no `jit=off`: set it on the database (`ALTER DATABASE ...
+    SET jit = off`)."""
     if target.server_settings.keys() - _POOLER_PARAMETERS:
         raise DatabaseError(
             "behind a transaction pooler the URL cannot set start-up parameters "
@@ -111,16 +120,12 @@ def _through_transaction_pooler(target: PostgresTarget) -> tuple[URL, dict[str, 
     url = target.url.update_query_dict({"prepared_statement_cache_size": "0"})
     connect_args = target.connect_args()
     connect_args["statement_cache_size"] = 0
-    connect_args["prepared_statement_name_func"] = _unique_statement_name
     return url, connect_args
 
 
 # Start-up parameters PgBouncer forwards (the others make it refuse the connection).
 _POOLER_PARAMETERS = frozenset({"application_name"})
 
-
-def _unique_statement_name() -> str:
-    return f"__apflow_{uuid.uuid4().hex}__"
 
 
 class Database:
@@ -196,8 +201,9 @@ class Database:
         """A session for a read that is a single statement. On PostgreSQL it runs in autocommit
         (one statement is atomic on its own), which spares the BEGIN and COMMIT round trips:
         a third of what `tasks.get` cost. Reads of several statements that must agree use
-        `transaction()`, which sees one snapshot."""
-        if self.is_sqlite:  # in process: a transaction costs no round trip
+        `transaction()`, which sees one snapshot. Behind a transaction pooler a statement
+        must run inside a transaction (see `_through_transaction_pooler`)."""
+        if self.is_sqlite or self.pooler == "transaction":  # SQLite: no round trip to spare
             async with self.transaction() as session:
                 yield session
             return

@@ -18,6 +18,7 @@ import pytest
 import support  # noqa: F401  (registers the test executors)
 from pgbouncer_server import pgbouncer, through
 from processes import spawn, stop
+from sqlalchemy import text
 
 from apflow_server.config import Settings
 from apflow_server.service import Service
@@ -125,3 +126,60 @@ def test_a_pooler_mode_that_cannot_work_and_a_deaf_listen_url_are_one_line(
                   APFLOW_DATABASE_LISTEN_URL=nowhere)  # fmt: skip
     assert deaf.returncode == 1 and deaf.stderr.count("\n") == 1, deaf.stderr
     assert deaf.stderr.startswith("Error: cannot reach APFLOW_DATABASE_LISTEN_URL: ")
+
+
+def test_under_contention_each_statement_runs_on_the_server_connection_it_was_prepared_on(
+    database_name: str,
+) -> None:
+    """Twenty clients on two server connections: consecutive transactions of one client land
+    on different server connections. A statement prepared outside a transaction used to be
+    run on another one ("prepared statement ... does not exist" for a quarter of the reads),
+    and named statements were left behind on the server connections (about 250 each after
+    this much work). Every read and transaction answers its own question, and nothing stays
+    prepared."""
+
+    async def work(url: str) -> tuple[list[str], list[int]]:
+        databases = [Database(url, pooler="transaction", pool_size=5) for _ in range(4)]
+        failures: list[str] = []
+
+        async def client(database: Database, number: int) -> None:
+            for step in range(60):
+                value = number * 1000 + step
+                try:
+                    if step % 2:
+                        async with database.read() as session:
+                            query = text("SELECT CAST(:v AS integer) + 1")
+                            answer = (await session.execute(query, {"v": value})).scalar()
+                        expected = value + 1
+                    else:
+                        async with database.transaction() as session:
+                            query = text("SELECT CAST(:v AS integer) * 2")
+                            answer = (await session.execute(query, {"v": value})).scalar()
+                        expected = value * 2
+                    if answer != expected:
+                        failures.append(f"{answer} for {expected}")
+                except Exception as exc:  # every failure is counted, not only the first
+                    failures.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+        try:
+            await asyncio.gather(
+                *(
+                    client(db, 10 * index + n)
+                    for index, db in enumerate(databases)
+                    for n in range(5)
+                )
+            )
+            left: list[int] = []
+            for _ in range(4):
+                async with databases[0].transaction() as session:
+                    query = text("SELECT count(*) FROM pg_prepared_statements")
+                    left.append(int((await session.execute(query)).scalar() or 0))
+            return failures, left
+        finally:
+            for database in databases:
+                await database.dispose()
+
+    with pgbouncer(pool_size=2) as pooler:
+        failures, left = asyncio.run(work(through(pooler, database_name)))
+    assert failures == []
+    assert left == [0, 0, 0, 0]
