@@ -127,7 +127,6 @@ def _through_transaction_pooler(target: PostgresTarget) -> tuple[URL, dict[str, 
 _POOLER_PARAMETERS = frozenset({"application_name"})
 
 
-
 class Database:
     """An engine plus the transaction helpers every storage module uses."""
 
