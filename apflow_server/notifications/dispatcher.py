@@ -192,7 +192,7 @@ class Dispatcher:
                 body=delivery.body.encode(),
                 timeout=self.timeout,
             )
-            await response.aclose()  # the status is the answer; the body is not read
+            response.close()  # the status is the answer; the body is not read
         return response.status
 
     def _client(self) -> GuardedClient:

@@ -187,10 +187,10 @@ async def test_closing_an_unread_response_keeps_the_connection_only_if_the_body_
     big = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10
     server = await scripted(replying(OK, OK, big, OK))
     for _ in range(2):
-        await (await get(client, server)).aclose()
+        (await get(client, server)).close()
     assert server.connections == 1
-    await (await get(client, server)).aclose()  # the body is still on its way
-    await (await get(client, server)).aclose()
+    (await get(client, server)).close()  # the body is still on its way
+    (await get(client, server)).close()
     assert server.connections == 2
 
 
@@ -277,7 +277,7 @@ async def test_waiting_for_a_free_connection_is_a_pool_timeout(scripted: Any) ->
         held = await get(http, server)
         with pytest.raises(PoolTimeout):
             await get(http, server, seconds=0.2)
-        await held.aclose()  # frees the one connection
+        held.close()  # frees the one connection
         assert await body_of(http, server) == b"ok"
         assert server.connections == 1
     finally:

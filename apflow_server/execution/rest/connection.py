@@ -7,7 +7,7 @@ same exchange, and with httpx's request and response models they were over a thi
 of a burst of calls.
 
 A connection carries one request at a time. Its response's body is read (or the response
-closed) before the connection can carry the next: `Response.aclose` hands it back to its
+closed) before the connection can carry the next: `Response.close` hands it back to its
 pool when the message ended cleanly and both sides keep the connection alive, and closes it
 otherwise. What may go wrong is named by the exceptions below, which the callers turn into
 their own one-line errors.
@@ -252,6 +252,3 @@ class Response:
         self._closed = True
         ended = self._ended or self._connection.body_already_read()
         self._release(self._connection, ended)
-
-    async def aclose(self) -> None:
-        self.close()

@@ -115,7 +115,7 @@ class RestExecutor:
         except TransportError as exc:
             raise ExecutionError(f"{request.label} failed: {type(exc).__name__}: {exc}") from None
         finally:
-            await response.aclose()
+            response.close()
         return {
             "status_code": response.status,
             "headers": _header_dict(response.headers),

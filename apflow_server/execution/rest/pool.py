@@ -33,17 +33,12 @@ from apflow_server.execution.rest.connection import (
 # Opens a connection to an origin (the private-address guard lives there).
 Connect = Callable[[str, str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
-_TIMEOUTS: dict[str, type[TransportError]] = {
-    "pool": PoolTimeout,
-    "connect": ConnectTimeout,
-    "write": WriteTimeout,
-    "read": ReadTimeout,
-}
-_WAITING_FOR = {
-    "pool": "no connection came free",
-    "connect": "the connection was not made",
-    "write": "the server took nothing",
-    "read": "the server sent nothing",
+# Each step of a request: the error its timeout raises, and what was awaited.
+_STEPS: dict[str, tuple[type[TransportError], str]] = {
+    "pool": (PoolTimeout, "no connection came free"),
+    "connect": (ConnectTimeout, "the connection was not made"),
+    "write": (WriteTimeout, "the server took nothing"),
+    "read": (ReadTimeout, "the server sent nothing"),
 }
 
 
@@ -109,7 +104,8 @@ class ConnectionPool:
         except TimeoutError:
             if not limit.expired():
                 raise
-            raise _TIMEOUTS[step](f"{_WAITING_FOR[step]} within {timeout:g} s") from None
+            error, awaited = _STEPS[step]
+            raise error(f"{awaited} within {timeout:g} s") from None
         return Response(status, response_headers, connection, self._release)
 
     def _take_idle(self, origin: OriginKey, now: float) -> Connection | None:
